@@ -1,0 +1,273 @@
+//! hearsay's config file: a raw serde model of the TOML file, and its validation into the typed
+//! [`Config`] the rest of the node uses.
+//!
+//! Validation reports every problem it finds at once, each with its key path and the allowed
+//! values (`listener[0].keepalive_timeout: 5000s is above the maximum 3600s`), so an operator fixes
+//! a file in one pass. Each `[[listener]]` / `[[pool]]` entry is decoded on its own, so a typo in
+//! one entry does not hide the problems of the others.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use ipnet::IpNet;
+
+/// Default idle (keep-alive) timeout of a listener.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Longest allowed idle timeout.
+pub const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default time to receive a whole request head, and longest gap inside a request body.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default grace period for in-flight requests at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A validated hearsay configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub runtime: RuntimeConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Stable node id (defaults to the host name).
+    pub id: String,
+    /// Where the node keeps state that must survive a restart.
+    pub data_dir: PathBuf,
+    /// How long in-flight requests may run after SIGTERM / SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; 1 runs the node on a single-threaded runtime.
+    pub worker_threads: usize,
+}
+
+/// A named front door: where it binds, where it forwards, and its connection policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub pool: String,
+    pub settings: ListenerSettings,
+}
+
+/// The part of a listener that can change at runtime. Open connections follow the current value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSettings {
+    /// Idle time after which a keep-alive connection is closed; zero turns keep-alive off.
+    pub keepalive_timeout: Duration,
+    /// Time allowed to receive a whole request head.
+    pub header_timeout: Duration,
+    /// Longest gap allowed between two reads of a request body.
+    pub body_timeout: Duration,
+    /// Requests served on one connection before it is closed; `None` = unlimited.
+    pub max_requests_per_connection: Option<u64>,
+    /// Age after which a connection is closed after its current request; `None` = unlimited.
+    pub max_connection_age: Option<Duration>,
+    /// Send `Keep-Alive: timeout=N` on responses of persistent connections.
+    pub keepalive_header: bool,
+    pub tcp_keepalive: TcpKeepalive,
+    /// Concurrent connections one client key may hold; `None` = unlimited.
+    pub max_connections_per_client: Option<u32>,
+    /// IPv6 clients are counted by their address masked to this prefix length.
+    pub client_ipv6_prefix: u8,
+    pub over_limit: OverLimitAction,
+    /// Client networks never limited.
+    pub limit_exempt: Vec<IpNet>,
+}
+
+/// TCP keepalive probing on client sockets, to find half-open connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub probes: u32,
+}
+
+/// What to do with a connection that would put its client over its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimitAction {
+    /// Answer `429 Too Many Requests` with `Connection: close`.
+    Http429,
+    /// Close the connection right after accept.
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendConfig>,
+    /// Time allowed to connect to a backend.
+    pub connect_timeout: Duration,
+    /// Time allowed for a backend to send its response head.
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `host:port`.
+    pub address: String,
+    pub weight: u32,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("config has {} problem(s):\n{}", .0.len(), ProblemList(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One invalid field: its key path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|error: toml::de::Error| ConfigError::Syntax(error.to_string()))?;
+        validate::validate(table)
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|listener| listener.name == name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|pool| pool.name == name)
+    }
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        ListenerSettings {
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_requests_per_connection: None,
+            max_connection_age: None,
+            keepalive_header: true,
+            tcp_keepalive: TcpKeepalive::default(),
+            max_connections_per_client: None,
+            client_ipv6_prefix: 64,
+            over_limit: OverLimitAction::Http429,
+            limit_exempt: Vec::new(),
+        }
+    }
+}
+
+impl ListenerSettings {
+    /// Whether `address` is in one of the exempt networks.
+    pub fn is_exempt(&self, address: IpAddr) -> bool {
+        let address = canonical_ip(address);
+        self.limit_exempt.iter().any(|net| net.contains(&address))
+    }
+}
+
+impl Default for TcpKeepalive {
+    /// The classic defaults: probe after 2 h idle, 10 probes 75 s apart.
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: Duration::from_secs(2 * 3600),
+            interval: Duration::from_secs(75),
+            probes: 10,
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) is the IPv4 client it carries.
+pub fn canonical_ip(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Formats a duration the way the config file writes it (`75s`, `500ms`).
+pub fn format_duration(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else if duration.subsec_nanos() % 1_000_000 == 0 {
+        format!("{}ms", duration.as_millis())
+    } else {
+        humantime::format_duration(duration)
+            .to_string()
+            .replace(' ', "")
+    }
+}
+
+/// The host name, used as the default node id.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "hearsay".to_owned())
+}
+
+#[cfg(test)]
+mod tests;

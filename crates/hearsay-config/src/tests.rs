@@ -1,0 +1,255 @@
+//! Table-driven tests of good and bad config files.
+
+use std::time::Duration;
+
+use crate::{Algorithm, Config, ConfigError, OverLimitAction};
+
+const POOL: &str = r#"
+[[pool]]
+name = "app"
+backends = ["127.0.0.1:9001"]
+"#;
+
+fn with_listener(listener_body: &str) -> String {
+    format!("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n{listener_body}\n{POOL}")
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(config) => panic!("expected problems, got {config:?}"),
+        Err(ConfigError::Invalid(problems)) => problems.iter().map(ToString::to_string).collect(),
+        Err(other) => vec![other.to_string()],
+    }
+}
+
+#[test]
+fn the_documented_example_file_is_valid() {
+    let text = r#"
+[node]
+id = "n1"
+data_dir = "data/n1"
+
+[runtime]
+worker_threads = 1
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+pool = "app"
+keepalive_timeout = "75s"
+header_timeout = "60s"
+body_timeout = "60s"
+max_requests_per_connection = 0
+max_connection_age = "0s"
+keepalive_header = true
+tcp_keepalive = { idle = "2h", interval = "75s", probes = 10 }
+max_connections_per_client = 0
+client_ipv6_prefix = 64
+over_limit = "http_429"
+limit_exempt = ["10.0.0.0/8"]
+
+[[pool]]
+name = "app"
+algorithm = "round_robin"
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+"#;
+    let config = Config::parse(text).unwrap();
+    assert_eq!(config.node.id, "n1");
+    assert_eq!(config.runtime.worker_threads, 1);
+    let listener = config.listener("web").unwrap();
+    assert_eq!(listener.settings.keepalive_timeout, Duration::from_secs(75));
+    assert_eq!(
+        listener.settings.tcp_keepalive.idle,
+        Duration::from_secs(7200)
+    );
+    assert_eq!(listener.settings.max_requests_per_connection, None);
+    assert_eq!(listener.settings.max_connection_age, None);
+    assert_eq!(listener.settings.max_connections_per_client, None);
+    assert_eq!(listener.settings.over_limit, OverLimitAction::Http429);
+    assert!(listener.settings.is_exempt("10.1.2.3".parse().unwrap()));
+    assert!(!listener.settings.is_exempt("11.1.2.3".parse().unwrap()));
+    let pool = config.pool("app").unwrap();
+    assert_eq!(pool.algorithm, Algorithm::RoundRobin);
+    assert_eq!(pool.backends.len(), 2);
+}
+
+#[test]
+fn defaults_apply_to_a_minimal_file() {
+    let config = Config::parse(&with_listener("")).unwrap();
+    let settings = &config.listeners[0].settings;
+    assert_eq!(settings.keepalive_timeout, Duration::from_secs(75));
+    assert_eq!(settings.header_timeout, Duration::from_secs(60));
+    assert_eq!(settings.body_timeout, Duration::from_secs(60));
+    assert!(settings.keepalive_header);
+    assert_eq!(settings.client_ipv6_prefix, 64);
+    assert_eq!(settings.tcp_keepalive.probes, 10);
+    assert_eq!(config.node.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.pools[0].connect_timeout, Duration::from_secs(5));
+    assert_eq!(config.pools[0].response_timeout, Duration::from_secs(60));
+    assert!(config.runtime.worker_threads >= 1);
+    assert_eq!(
+        config.node.data_dir,
+        std::path::Path::new("data").join(&config.node.id)
+    );
+}
+
+#[test]
+fn good_values_are_read() {
+    let cases: &[(&str, fn(&Config) -> bool)] = &[
+        ("keepalive_timeout = \"0s\"", |c| {
+            c.listeners[0].settings.keepalive_timeout.is_zero()
+        }),
+        ("keepalive_timeout = \"500ms\"", |c| {
+            c.listeners[0].settings.keepalive_timeout == Duration::from_millis(500)
+        }),
+        ("keepalive_timeout = \"1h\"", |c| {
+            c.listeners[0].settings.keepalive_timeout == Duration::from_secs(3600)
+        }),
+        ("max_requests_per_connection = 100", |c| {
+            c.listeners[0].settings.max_requests_per_connection == Some(100)
+        }),
+        ("max_connection_age = \"10m\"", |c| {
+            c.listeners[0].settings.max_connection_age == Some(Duration::from_secs(600))
+        }),
+        ("max_connections_per_client = 3", |c| {
+            c.listeners[0].settings.max_connections_per_client == Some(3)
+        }),
+        ("over_limit = \"close\"", |c| {
+            c.listeners[0].settings.over_limit == OverLimitAction::Close
+        }),
+        ("limit_exempt = [\"192.168.1.7\", \"fd00::/8\"]", |c| {
+            let settings = &c.listeners[0].settings;
+            settings.is_exempt("192.168.1.7".parse().unwrap())
+                && settings.is_exempt("fd00::1".parse().unwrap())
+                && settings.is_exempt("::ffff:192.168.1.7".parse().unwrap())
+                && !settings.is_exempt("192.168.1.8".parse().unwrap())
+        }),
+        ("client_ipv6_prefix = 56", |c| {
+            c.listeners[0].settings.client_ipv6_prefix == 56
+        }),
+        ("keepalive_header = false", |c| {
+            !c.listeners[0].settings.keepalive_header
+        }),
+    ];
+    for (line, check) in cases {
+        let config = Config::parse(&with_listener(line)).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(check(&config), "{line}");
+    }
+}
+
+#[test]
+fn bad_values_are_reported_with_path_and_allowed_range() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "keepalive_timeout = \"5000s\"",
+            "listener[0].keepalive_timeout: 5000s is above the maximum 3600s",
+        ),
+        ("keepalive_timeout = \"soon\"", "listener[0].keepalive_timeout: \"soon\" is not a duration"),
+        ("header_timeout = \"0s\"", "listener[0].header_timeout: 0s is below the minimum 1ms"),
+        ("body_timeout = \"2h\"", "listener[0].body_timeout: 7200s is above the maximum 3600s"),
+        ("max_requests_per_connection = -1", "listener[0].max_requests_per_connection: -1 is out of range"),
+        ("client_ipv6_prefix = 129", "listener[0].client_ipv6_prefix: 129 is out of range; allowed 1..=128"),
+        ("over_limit = \"drop\"", "listener[0].over_limit: \"drop\" is not an over-limit action; allowed: \"http_429\" or \"close\""),
+        ("limit_exempt = [\"10.0.0.0/33\"]", "listener[0].limit_exempt[0]: \"10.0.0.0/33\" is not a network"),
+        ("tcp_keepalive = { idle = \"0s\" }", "listener[0].tcp_keepalive.idle: 0s is below the minimum 1s"),
+        ("tcp_keepalive = { probes = 500 }", "listener[0].tcp_keepalive.probes: 500 is out of range; allowed 1..=127"),
+        ("keepalive_timout = \"5s\"", "listener[0]: unknown field `keepalive_timout`"),
+        ("keepalive_timeout = 5", "listener[0]: invalid type: integer `5`, expected a string"),
+    ];
+    for (line, expected) in cases {
+        let found = problems(&with_listener(line));
+        assert!(
+            found.iter().any(|problem| problem.starts_with(expected)),
+            "{line}: expected {expected:?} in {found:?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[node]
+id = "bad id!"
+shutdown_grace = "forever"
+
+[runtime]
+worker_threads = 0
+
+[[listener]]
+name = "web"
+bind = "localhost"
+pool = "nope"
+keepalive_timeout = "5000s"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8081"
+pool = "app"
+typo = 1
+
+[[pool]]
+name = "app"
+algorithm = "random"
+backends = ["127.0.0.1", { address = "127.0.0.1:9002", weight = 0 }, "127.0.0.1:9002"]
+
+[admin2]
+"#;
+    let found = problems(text);
+    let expected = [
+        "admin2: unknown section",
+        "node.id: \"bad id!\" is not a valid name",
+        "node.shutdown_grace: \"forever\" is not a duration",
+        "runtime.worker_threads: 0 is out of range; allowed 1..=1024",
+        "pool[0].algorithm: \"random\" is not a balancing algorithm; allowed: round_robin",
+        "pool[0].backends[0]: \"127.0.0.1\" is not a backend address",
+        "pool[0].backends[1].weight: 0 is out of range",
+        "pool[0].backends[2]: \"127.0.0.1:9002\" is listed twice",
+        "listener[0].bind: \"localhost\" is not an address",
+        "listener[0].keepalive_timeout: 5000s is above the maximum 3600s",
+        "listener[0].pool: \"nope\" is not a defined pool; defined: [app]",
+        "listener[1]: unknown field `typo`",
+    ];
+    for expected in expected {
+        assert!(
+            found.iter().any(|problem| problem.starts_with(expected)),
+            "expected {expected:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn structural_mistakes_are_reported() {
+    let cases: &[(&str, &str)] = &[
+        ("this is not toml", "config is not valid TOML"),
+        (POOL, "listener: at least one [[listener]] is required"),
+        ("listener = 3\n", "listener: must be an array of tables"),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbackends = [\"h:1\"]",
+            "listener[1].name: \"a\" is used by another listener",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbackends = []",
+            "pool[0].backends: at least one backend is required",
+        ),
+        ("[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"p\"", "listener[0].name: is required"),
+    ];
+    for (text, expected) in cases {
+        let found = problems(text);
+        assert!(
+            found.iter().any(|problem| problem.starts_with(expected)),
+            "expected {expected:?} in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn backend_addresses_accept_names_and_ipv6() {
+    let text = with_listener("").replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "backends = [\"backend-1.internal:80\", \"[::1]:9001\", { address = \"10.0.0.1:80\", weight = 3 }]",
+    );
+    let config = Config::parse(&text).unwrap();
+    let weights: Vec<u32> = config.pools[0].backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, [1, 1, 3]);
+}

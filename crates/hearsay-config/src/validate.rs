@@ -1,0 +1,559 @@
+//! Raw file model → validated [`Config`], collecting every problem with its key path.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::raw::{RawBackend, RawListener, RawNode, RawPool, RawRuntime, RawTcpKeepalive};
+use crate::{
+    format_duration, host_name, Algorithm, BackendConfig, Config, ConfigError, IpNet,
+    ListenerConfig, ListenerSettings, NodeConfig, OverLimitAction, PoolConfig, Problem,
+    RuntimeConfig, TcpKeepalive, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
+};
+
+const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "listener", "pool"];
+const ALGORITHMS: &str = "round_robin";
+const OVER_LIMIT_ACTIONS: &str = "\"http_429\" or \"close\"";
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Linux caps TCP_KEEPIDLE / TCP_KEEPINTVL at 32767 s and TCP_KEEPCNT at 127.
+const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(32767);
+const MAX_TCP_KEEPALIVE_PROBES: i64 = 127;
+const MAX_CONNECTIONS_PER_CLIENT: i64 = 10_000_000;
+const MAX_WEIGHT: i64 = 1000;
+
+/// Collects problems while validating.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Decodes one section; a structural error (unknown key, wrong type) becomes a problem.
+    fn decode<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        path: &str,
+        value: toml::Value,
+    ) -> Option<T> {
+        match T::deserialize(value) {
+            Ok(decoded) => Some(decoded),
+            Err(error) => {
+                self.problem(path, error.message().trim().to_owned());
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let Some(text) = value else {
+            return default;
+        };
+        let parsed = match humantime::parse_duration(text.trim()) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a duration ({error}); write it like \"75s\", \"500ms\" or \"2h\""),
+                );
+                return default;
+            }
+        };
+        if parsed < min {
+            self.problem(
+                path,
+                format!(
+                    "{} is below the minimum {}",
+                    format_duration(parsed),
+                    format_duration(min)
+                ),
+            );
+            return default;
+        }
+        if parsed > max {
+            self.problem(
+                path,
+                format!(
+                    "{} is above the maximum {}",
+                    format_duration(parsed),
+                    format_duration(max)
+                ),
+            );
+            return default;
+        }
+        parsed
+    }
+
+    fn integer(&mut self, path: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        let Some(value) = value else {
+            return default;
+        };
+        if value < min || value > max {
+            self.problem(
+                path,
+                format!("{value} is out of range; allowed {min}..={max}"),
+            );
+            return default;
+        }
+        value
+    }
+
+    fn name(&mut self, path: &str, value: Option<String>) -> String {
+        match value {
+            None => {
+                self.problem(path, "is required");
+                String::new()
+            }
+            Some(name) if !valid_name(&name) => {
+                self.problem(
+                    path,
+                    format!(
+                        "{name:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.'"
+                    ),
+                );
+                name
+            }
+            Some(name) => name,
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
+    let mut checker = Checker::default();
+    let mut unknown: Vec<&String> = table
+        .keys()
+        .filter(|key| !KNOWN_SECTIONS.contains(&key.as_str()))
+        .collect();
+    unknown.sort();
+    for key in unknown {
+        checker.problem(
+            key.clone(),
+            format!(
+                "unknown section; expected one of: {}",
+                KNOWN_SECTIONS.join(", ")
+            ),
+        );
+    }
+
+    let raw_node: RawNode = table
+        .remove("node")
+        .and_then(|value| checker.decode("node", value))
+        .unwrap_or_default();
+    let node = node(&mut checker, raw_node);
+
+    let raw_runtime: RawRuntime = table
+        .remove("runtime")
+        .and_then(|value| checker.decode("runtime", value))
+        .unwrap_or_default();
+    let runtime = runtime(&mut checker, raw_runtime);
+
+    let pools: Vec<PoolConfig> = entries(&mut checker, &mut table, "pool")
+        .into_iter()
+        .filter_map(|(path, value)| {
+            let raw: RawPool = checker.decode(&path, value)?;
+            Some(pool(&mut checker, &path, raw))
+        })
+        .collect();
+
+    let listener_entries = entries(&mut checker, &mut table, "listener");
+    if listener_entries.is_empty() {
+        checker.problem("listener", "at least one [[listener]] is required");
+    }
+    let listeners: Vec<ListenerConfig> = listener_entries
+        .into_iter()
+        .filter_map(|(path, value)| {
+            let raw: RawListener = checker.decode(&path, value)?;
+            Some(listener(&mut checker, &path, raw))
+        })
+        .collect();
+
+    cross_check(&mut checker, &listeners, &pools);
+
+    if checker.problems.is_empty() {
+        Ok(Config {
+            node,
+            runtime,
+            listeners,
+            pools,
+        })
+    } else {
+        Err(ConfigError::Invalid(checker.problems))
+    }
+}
+
+/// The entries of an array of tables (`[[listener]]`), each with its path (`listener[0]`).
+fn entries(
+    checker: &mut Checker,
+    table: &mut toml::Table,
+    key: &str,
+) -> Vec<(String, toml::Value)> {
+    match table.remove(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| (format!("{key}[{index}]"), item))
+            .collect(),
+        Some(_) => {
+            checker.problem(
+                key,
+                format!("must be an array of tables, written [[{key}]]"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn node(checker: &mut Checker, raw: RawNode) -> NodeConfig {
+    let id = match raw.id {
+        None => host_name(),
+        Some(id) => checker.name("node.id", Some(id)),
+    };
+    let data_dir = match raw.data_dir {
+        Some(dir) if dir.trim().is_empty() => {
+            checker.problem("node.data_dir", "must not be empty");
+            PathBuf::new()
+        }
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from("data").join(&id),
+    };
+    let shutdown_grace = checker.duration(
+        "node.shutdown_grace",
+        raw.shutdown_grace.as_deref(),
+        DEFAULT_SHUTDOWN_GRACE,
+        Duration::ZERO,
+        MAX_TIMEOUT,
+    );
+    NodeConfig {
+        id,
+        data_dir,
+        shutdown_grace,
+    }
+}
+
+fn runtime(checker: &mut Checker, raw: RawRuntime) -> RuntimeConfig {
+    let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let worker_threads = checker.integer(
+        "runtime.worker_threads",
+        raw.worker_threads,
+        cpus as i64,
+        1,
+        1024,
+    );
+    RuntimeConfig {
+        worker_threads: worker_threads as usize,
+    }
+}
+
+fn listener(checker: &mut Checker, path: &str, raw: RawListener) -> ListenerConfig {
+    let name = checker.name(&format!("{path}.name"), raw.name);
+    let bind = match raw.bind {
+        None => {
+            checker.problem(format!("{path}.bind"), "is required (e.g. \"127.0.0.1:8080\")");
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }
+        Some(text) => text.trim().parse().unwrap_or_else(|_| {
+            checker.problem(
+                format!("{path}.bind"),
+                format!("{text:?} is not an address; write it as IP:port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }),
+    };
+    let pool = match raw.pool {
+        None => {
+            checker.problem(
+                format!("{path}.pool"),
+                "is required: the name of a [[pool]]",
+            );
+            String::new()
+        }
+        Some(pool) => pool,
+    };
+
+    let keepalive_timeout = checker.duration(
+        &format!("{path}.keepalive_timeout"),
+        raw.keepalive_timeout.as_deref(),
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        Duration::ZERO,
+        MAX_KEEPALIVE_TIMEOUT,
+    );
+    let header_timeout = checker.duration(
+        &format!("{path}.header_timeout"),
+        raw.header_timeout.as_deref(),
+        DEFAULT_HEADER_TIMEOUT,
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    let body_timeout = checker.duration(
+        &format!("{path}.body_timeout"),
+        raw.body_timeout.as_deref(),
+        DEFAULT_BODY_TIMEOUT,
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    let max_requests = checker.integer(
+        &format!("{path}.max_requests_per_connection"),
+        raw.max_requests_per_connection,
+        0,
+        0,
+        i64::MAX,
+    );
+    let max_age = checker.duration(
+        &format!("{path}.max_connection_age"),
+        raw.max_connection_age.as_deref(),
+        Duration::ZERO,
+        Duration::ZERO,
+        MAX_CONNECTION_AGE,
+    );
+    let tcp_keepalive = tcp_keepalive(checker, &format!("{path}.tcp_keepalive"), raw.tcp_keepalive);
+    let max_per_client = checker.integer(
+        &format!("{path}.max_connections_per_client"),
+        raw.max_connections_per_client,
+        0,
+        0,
+        MAX_CONNECTIONS_PER_CLIENT,
+    );
+    let client_ipv6_prefix = checker.integer(
+        &format!("{path}.client_ipv6_prefix"),
+        raw.client_ipv6_prefix,
+        64,
+        1,
+        128,
+    );
+    let over_limit = match raw.over_limit.as_deref() {
+        None | Some("http_429") => OverLimitAction::Http429,
+        Some("close") => OverLimitAction::Close,
+        Some(other) => {
+            checker.problem(
+                format!("{path}.over_limit"),
+                format!("{other:?} is not an over-limit action; allowed: {OVER_LIMIT_ACTIONS}"),
+            );
+            OverLimitAction::Http429
+        }
+    };
+    let limit_exempt = raw
+        .limit_exempt
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, text)| {
+            let parsed = parse_network(&text);
+            if parsed.is_none() {
+                checker.problem(
+                    format!("{path}.limit_exempt[{index}]"),
+                    format!("{text:?} is not a network; write it as CIDR (\"10.0.0.0/8\", \"fd00::/8\") or a single IP"),
+                );
+            }
+            parsed
+        })
+        .collect();
+
+    ListenerConfig {
+        name,
+        bind,
+        pool,
+        settings: ListenerSettings {
+            keepalive_timeout,
+            header_timeout,
+            body_timeout,
+            max_requests_per_connection: (max_requests > 0).then_some(max_requests as u64),
+            max_connection_age: (!max_age.is_zero()).then_some(max_age),
+            keepalive_header: raw.keepalive_header.unwrap_or(true),
+            tcp_keepalive,
+            max_connections_per_client: (max_per_client > 0).then_some(max_per_client as u32),
+            client_ipv6_prefix: client_ipv6_prefix as u8,
+            over_limit,
+            limit_exempt,
+        },
+    }
+}
+
+fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    text.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+fn tcp_keepalive(checker: &mut Checker, path: &str, raw: Option<RawTcpKeepalive>) -> TcpKeepalive {
+    let defaults = TcpKeepalive::default();
+    let Some(raw) = raw else {
+        return defaults;
+    };
+    TcpKeepalive {
+        idle: checker.duration(
+            &format!("{path}.idle"),
+            raw.idle.as_deref(),
+            defaults.idle,
+            Duration::from_secs(1),
+            MAX_TCP_KEEPALIVE,
+        ),
+        interval: checker.duration(
+            &format!("{path}.interval"),
+            raw.interval.as_deref(),
+            defaults.interval,
+            Duration::from_secs(1),
+            MAX_TCP_KEEPALIVE,
+        ),
+        probes: checker.integer(
+            &format!("{path}.probes"),
+            raw.probes,
+            i64::from(defaults.probes),
+            1,
+            MAX_TCP_KEEPALIVE_PROBES,
+        ) as u32,
+    }
+}
+
+fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
+    let name = checker.name(&format!("{path}.name"), raw.name);
+    let algorithm = match raw.algorithm.as_deref() {
+        None | Some("round_robin") => Algorithm::RoundRobin,
+        Some(other) => {
+            checker.problem(
+                format!("{path}.algorithm"),
+                format!("{other:?} is not a balancing algorithm; allowed: {ALGORITHMS}"),
+            );
+            Algorithm::RoundRobin
+        }
+    };
+    let raw_backends = raw.backends.unwrap_or_default();
+    if raw_backends.is_empty() {
+        checker.problem(
+            format!("{path}.backends"),
+            "at least one backend is required",
+        );
+    }
+    let mut seen = HashSet::new();
+    let backends = raw_backends
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, raw)| {
+            let backend_path = format!("{path}.backends[{index}]");
+            let (address, weight) = match raw {
+                RawBackend::Address(address) => (address, None),
+                RawBackend::Detailed(detailed) => (detailed.address, detailed.weight),
+            };
+            let weight = checker.integer(&format!("{backend_path}.weight"), weight, 1, 1, MAX_WEIGHT);
+            if !valid_authority(&address) {
+                checker.problem(
+                    backend_path,
+                    format!("{address:?} is not a backend address; write it as host:port, e.g. \"127.0.0.1:9001\""),
+                );
+                return None;
+            }
+            if !seen.insert(address.clone()) {
+                checker.problem(backend_path, format!("{address:?} is listed twice"));
+                return None;
+            }
+            Some(BackendConfig {
+                address,
+                weight: weight as u32,
+            })
+        })
+        .collect();
+    let connect_timeout = checker.duration(
+        &format!("{path}.connect_timeout"),
+        raw.connect_timeout.as_deref(),
+        Duration::from_secs(5),
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    let response_timeout = checker.duration(
+        &format!("{path}.response_timeout"),
+        raw.response_timeout.as_deref(),
+        Duration::from_secs(60),
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    PoolConfig {
+        name,
+        algorithm,
+        backends,
+        connect_timeout,
+        response_timeout,
+    }
+}
+
+/// `host:port` with a non-zero port, where host is an IP, a bracketed IPv6 or a DNS name.
+fn valid_authority(address: &str) -> bool {
+    if address.parse::<SocketAddr>().is_ok() {
+        return !address.ends_with(":0");
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|port| port > 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    port_ok && host_ok
+}
+
+fn cross_check(checker: &mut Checker, listeners: &[ListenerConfig], pools: &[PoolConfig]) {
+    let mut pool_names = HashSet::new();
+    for (index, pool) in pools.iter().enumerate() {
+        if !pool.name.is_empty() && !pool_names.insert(pool.name.as_str()) {
+            checker.problem(
+                format!("pool[{index}].name"),
+                format!("{:?} is used by another pool", pool.name),
+            );
+        }
+    }
+    let mut listener_names = HashSet::new();
+    let mut binds = HashSet::new();
+    for (index, listener) in listeners.iter().enumerate() {
+        if !listener.name.is_empty() && !listener_names.insert(listener.name.as_str()) {
+            checker.problem(
+                format!("listener[{index}].name"),
+                format!("{:?} is used by another listener", listener.name),
+            );
+        }
+        if listener.bind.port() != 0 && !binds.insert(listener.bind) {
+            checker.problem(
+                format!("listener[{index}].bind"),
+                format!("{} is used by another listener", listener.bind),
+            );
+        }
+        if !listener.pool.is_empty() && !pool_names.contains(listener.pool.as_str()) {
+            let known: Vec<&str> = pools.iter().map(|pool| pool.name.as_str()).collect();
+            checker.problem(
+                format!("listener[{index}].pool"),
+                format!(
+                    "{:?} is not a defined pool; defined: [{}]",
+                    listener.pool,
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+}

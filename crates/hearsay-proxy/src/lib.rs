@@ -1,0 +1,1 @@
+//! hearsay-proxy
