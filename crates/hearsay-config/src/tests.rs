@@ -95,7 +95,8 @@ fn defaults_apply_to_a_minimal_file() {
 
 #[test]
 fn good_values_are_read() {
-    let cases: &[(&str, fn(&Config) -> bool)] = &[
+    type Check = fn(&Config) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("keepalive_timeout = \"0s\"", |c| {
             c.listeners[0].settings.keepalive_timeout.is_zero()
         }),
