@@ -1,1 +1,24 @@
-//! hearsay-proxy
+//! hearsay's data plane: a hyper HTTP/1 reverse proxy with per-listener keep-alive policy,
+//! request timeouts, per-client admission and a registry of open connections.
+//!
+//! Entry point: [`Proxy`]. Build it from a [`hearsay_config::Config`], [`Proxy::bind`] its
+//! listeners, [`Proxy::serve`] each, and [`Proxy::shutdown`] at the end.
+
+pub mod admission;
+mod body;
+mod connection;
+pub mod error;
+pub mod headers;
+mod io;
+mod listener;
+pub mod registry;
+mod server;
+pub mod upstream;
+
+pub use admission::{ClientKey, ClientTable};
+pub use error::{ForwardError, ProxyError};
+pub use listener::Listener;
+pub use registry::{
+    CloseReason, Connection, ConnectionInfo, ConnectionState, Registry, StatsSnapshot,
+};
+pub use server::Proxy;

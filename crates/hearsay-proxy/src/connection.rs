@@ -1,0 +1,443 @@
+//! One client connection: hyper serves HTTP/1 on it while this task enforces the listener's
+//! timeouts and caps, reading the current settings on every decision.
+//!
+//! The task sleeps until the earliest deadline that could end the connection and re-evaluates when
+//! it wakes, when a request starts or ends, when the settings change, or at shutdown. The rules
+//! are in [`evaluate`], a pure function of the connection's state, the settings and the time.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearsay_config::ListenerSettings;
+use http::{header, HeaderValue, Request, Response};
+use http_body::Body as _;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::body::{InFlight, RequestBody, ResponseBody};
+use crate::headers;
+use crate::io::TrackedIo;
+use crate::listener::Listener;
+use crate::registry::{instant_of, now_nanos, CloseReason, Connection, Registration};
+
+/// What the connection state looks like at one moment, in nanoseconds of [`now_nanos`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State {
+    pub accepted: u64,
+    pub last_read: u64,
+    pub last_write: u64,
+    /// First byte of a not yet complete request head; 0 = none.
+    pub head_started: u64,
+    pub in_flight: u32,
+    pub body_reading: bool,
+    pub requests: u64,
+}
+
+/// What the connection task should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing yet; look again at this time (or when woken, if `None`).
+    WaitUntil(Option<u64>),
+    /// Finish the in-flight request (if any) and close; closes at once when idle.
+    Close(CloseReason),
+    /// Drop the connection now.
+    Abort(CloseReason),
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The connection rules:
+/// - no request in flight, part of a head received: the head must be complete `header_timeout`
+///   after its first byte;
+/// - nothing received yet on a new connection: the first head must be complete `header_timeout`
+///   after accept;
+/// - idle between requests: closed `keepalive_timeout` after the last byte moved either way;
+/// - reading a request body: aborted when no byte came for `body_timeout`;
+/// - older than `max_connection_age`: closed after its current request.
+pub(crate) fn evaluate(state: &State, settings: &ListenerSettings, now: u64) -> Verdict {
+    let mut deadline: Option<u64> = None;
+    if let Some(max_age) = settings.max_connection_age {
+        let expires = state.accepted.saturating_add(nanos(max_age));
+        if now >= expires {
+            return Verdict::Close(CloseReason::MaxAge);
+        }
+        deadline = Some(expires);
+    }
+    let (expires, verdict) = if state.in_flight > 0 {
+        if !state.body_reading {
+            return Verdict::WaitUntil(deadline);
+        }
+        (
+            state.last_read.saturating_add(nanos(settings.body_timeout)),
+            Verdict::Abort(CloseReason::BodyTimeout),
+        )
+    } else if state.head_started != 0 {
+        (
+            state
+                .head_started
+                .saturating_add(nanos(settings.header_timeout)),
+            Verdict::Abort(CloseReason::HeaderTimeout),
+        )
+    } else if state.requests == 0 {
+        (
+            state
+                .accepted
+                .saturating_add(nanos(settings.header_timeout)),
+            Verdict::Abort(CloseReason::HeaderTimeout),
+        )
+    } else {
+        let last = state.last_read.max(state.last_write);
+        (
+            last.saturating_add(nanos(settings.keepalive_timeout)),
+            Verdict::Close(CloseReason::IdleTimeout),
+        )
+    };
+    if now >= expires {
+        return verdict;
+    }
+    Verdict::WaitUntil(Some(
+        deadline.map_or(expires, |deadline| deadline.min(expires)),
+    ))
+}
+
+impl Connection {
+    fn state(&self) -> State {
+        State {
+            accepted: self.accepted_nanos,
+            last_read: self.last_read.load(Ordering::Relaxed),
+            last_write: self.last_write.load(Ordering::Relaxed),
+            head_started: self.head_started.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            body_reading: self.body_reading.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Everything a connection task needs besides its socket.
+pub(crate) struct Context {
+    pub listener: Arc<Listener>,
+    pub registration: Registration,
+    pub admission: Option<Admission>,
+    /// Stop taking requests: close idle connections now, others after their request.
+    pub drain: CancellationToken,
+    /// The grace period is over: drop the connection.
+    pub abort: CancellationToken,
+}
+
+/// Serves one client connection until it ends, then counts why it ended.
+pub(crate) async fn serve(stream: TcpStream, context: Context) {
+    let connection = Arc::clone(&context.registration.connection);
+    let listener = Arc::clone(&context.listener);
+    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&connection)));
+    let service = {
+        let connection = Arc::clone(&connection);
+        let listener = Arc::clone(&listener);
+        let drain = context.drain.clone();
+        service_fn(move |request| {
+            handle(
+                request,
+                Arc::clone(&connection),
+                Arc::clone(&listener),
+                drain.is_cancelled(),
+            )
+        })
+    };
+    let http = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(http);
+
+    let mut settings = listener.subscribe();
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut closing = false;
+    let reason = loop {
+        if !closing {
+            let current = settings.borrow_and_update().clone();
+            let verdict = match connection.requested_close() {
+                Some(reason) => Verdict::Close(reason),
+                None => evaluate(&connection.state(), &current, now_nanos()),
+            };
+            match verdict {
+                Verdict::WaitUntil(Some(at)) => sleep.as_mut().reset(instant_of(at)),
+                Verdict::WaitUntil(None) => sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + Duration::from_secs(3600)),
+                Verdict::Close(reason) => {
+                    connection.set_close_reason(reason);
+                    http.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Verdict::Abort(reason) => break reason,
+            }
+        }
+        tokio::select! {
+            result = http.as_mut() => {
+                break match (connection.close_reason(), result) {
+                    (Some(reason), _) => reason,
+                    (None, Ok(())) => CloseReason::ClientClosed,
+                    (None, Err(error)) if error.is_parse() || error.is_parse_too_large() => {
+                        tracing::debug!(connection = connection.id, client = %connection.client, %error, "bad request");
+                        CloseReason::Error
+                    }
+                    (None, Err(error)) => {
+                        tracing::debug!(connection = connection.id, client = %connection.client, %error, "connection ended");
+                        CloseReason::ClientClosed
+                    }
+                };
+            }
+            _ = &mut sleep, if !closing => {}
+            _ = connection.wake.notified(), if !closing => {}
+            changed = settings.changed(), if !closing => {
+                if changed.is_err() {
+                    // The listener is gone: treat like shutdown.
+                    connection.request_close(CloseReason::Shutdown);
+                }
+            }
+            _ = context.drain.cancelled(), if !closing => {
+                connection.request_close(CloseReason::Shutdown);
+            }
+            _ = context.abort.cancelled() => {
+                connection.set_close_reason(CloseReason::Shutdown);
+                break CloseReason::Shutdown;
+            }
+        }
+    };
+    listener.stats.on_close(reason);
+    tracing::trace!(connection = connection.id, client = %connection.client, reason = reason.as_str(), "connection closed");
+    drop(context.admission);
+}
+
+/// Handles one request: forwards it and decides whether the connection stays open after it.
+async fn handle(
+    request: Request<Incoming>,
+    connection: Arc<Connection>,
+    listener: Arc<Listener>,
+    draining: bool,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let served = connection.request_started(!request.body().is_end_stream());
+    let in_flight = InFlight(Arc::clone(&connection));
+    let settings = listener.settings();
+    let client_wants_close = headers::client_wants_close(request.version(), request.headers());
+    let age = Duration::from_nanos(now_nanos().saturating_sub(connection.accepted_nanos));
+    let server_close = if draining {
+        Some(CloseReason::Shutdown)
+    } else if settings.keepalive_timeout.is_zero() {
+        Some(CloseReason::KeepaliveOff)
+    } else if settings
+        .max_requests_per_connection
+        .is_some_and(|max| served >= max)
+    {
+        Some(CloseReason::MaxRequests)
+    } else if settings.max_connection_age.is_some_and(|max| age >= max) {
+        Some(CloseReason::MaxAge)
+    } else {
+        None
+    };
+
+    let request = request.map(|body| RequestBody::new(body, Arc::clone(&connection)));
+    let response = match listener.pool.forward(request, connection.client.ip()).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(
+                listener = %listener.name,
+                pool = %listener.pool.name,
+                client = %connection.client,
+                %error,
+                "request failed"
+            );
+            error.to_response().map(Either::Right)
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(reason) = server_close {
+        connection.set_close_reason(reason);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else if client_wants_close {
+        connection.set_close_reason(CloseReason::ClientClosed);
+    } else if settings.keepalive_header {
+        if let Some(value) = headers::keep_alive_value(settings.keepalive_timeout) {
+            parts
+                .headers
+                .insert(headers::keep_alive_name().clone(), value);
+        }
+    }
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::new(body, in_flight),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn settings() -> ListenerSettings {
+        ListenerSettings {
+            keepalive_timeout: Duration::from_millis(500),
+            header_timeout: Duration::from_millis(200),
+            body_timeout: Duration::from_millis(300),
+            ..ListenerSettings::default()
+        }
+    }
+
+    fn idle_after_one_request() -> State {
+        State {
+            accepted: 1000 * MS,
+            last_read: 1010 * MS,
+            last_write: 1020 * MS,
+            head_started: 0,
+            in_flight: 0,
+            body_reading: false,
+            requests: 1,
+        }
+    }
+
+    #[test]
+    fn connection_rules() {
+        let idle = idle_after_one_request();
+        let new = State {
+            requests: 0,
+            last_read: 1000 * MS,
+            last_write: 1000 * MS,
+            ..idle
+        };
+        let head = State {
+            head_started: 1100 * MS,
+            last_read: 1150 * MS,
+            ..idle
+        };
+        let body = State {
+            in_flight: 1,
+            body_reading: true,
+            last_read: 1100 * MS,
+            ..idle
+        };
+        let waiting_for_backend = State {
+            in_flight: 1,
+            ..idle
+        };
+        let aged = ListenerSettings {
+            max_connection_age: Some(Duration::from_millis(700)),
+            ..settings()
+        };
+        let cases: &[(&str, State, &ListenerSettings, u64, Verdict)] = &[
+            (
+                "idle, before timeout",
+                idle,
+                &settings(),
+                1519 * MS,
+                Verdict::WaitUntil(Some(1520 * MS)),
+            ),
+            (
+                "idle, at timeout",
+                idle,
+                &settings(),
+                1520 * MS,
+                Verdict::Close(CloseReason::IdleTimeout),
+            ),
+            (
+                "new, waiting for first head",
+                new,
+                &settings(),
+                1100 * MS,
+                Verdict::WaitUntil(Some(1200 * MS)),
+            ),
+            (
+                "new, head too late",
+                new,
+                &settings(),
+                1200 * MS,
+                Verdict::Abort(CloseReason::HeaderTimeout),
+            ),
+            (
+                "slow head counts from its first byte",
+                head,
+                &settings(),
+                1299 * MS,
+                Verdict::WaitUntil(Some(1300 * MS)),
+            ),
+            (
+                "slow head cut",
+                head,
+                &settings(),
+                1300 * MS,
+                Verdict::Abort(CloseReason::HeaderTimeout),
+            ),
+            (
+                "body flowing",
+                body,
+                &settings(),
+                1399 * MS,
+                Verdict::WaitUntil(Some(1400 * MS)),
+            ),
+            (
+                "body stalled",
+                body,
+                &settings(),
+                1400 * MS,
+                Verdict::Abort(CloseReason::BodyTimeout),
+            ),
+            (
+                "waiting for backend has no deadline",
+                waiting_for_backend,
+                &settings(),
+                9999 * MS,
+                Verdict::WaitUntil(None),
+            ),
+            (
+                "max age caps the idle deadline",
+                idle,
+                &aged,
+                1510 * MS,
+                Verdict::WaitUntil(Some(1520 * MS)),
+            ),
+            (
+                "max age reached while busy",
+                waiting_for_backend,
+                &aged,
+                1700 * MS,
+                Verdict::Close(CloseReason::MaxAge),
+            ),
+        ];
+        for (name, state, settings, now, expected) in cases {
+            assert_eq!(evaluate(state, settings, *now), *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_shorter_timeout_applies_to_an_idle_connection_at_once() {
+        let idle = idle_after_one_request();
+        let mut changed = settings();
+        assert_eq!(
+            evaluate(&idle, &changed, 1100 * MS),
+            Verdict::WaitUntil(Some(1520 * MS))
+        );
+        changed.keepalive_timeout = Duration::from_millis(50);
+        assert_eq!(
+            evaluate(&idle, &changed, 1100 * MS),
+            Verdict::Close(CloseReason::IdleTimeout)
+        );
+        changed.keepalive_timeout = Duration::from_secs(10);
+        assert_eq!(
+            evaluate(&idle, &changed, 1100 * MS),
+            Verdict::WaitUntil(Some(11_020 * MS))
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Header rewriting between client and backend: hop-by-hop headers stay on their hop, and the
+//! backend learns who the client was through `X-Forwarded-*`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1), removed in both directions.
+const HOP_BY_HOP: [&HeaderName; 6] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and every header the
+/// `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+}
+
+/// Whether the client asked for this to be the last request on its connection: HTTP/1.0 unless it
+/// sent `Connection: keep-alive`, HTTP/1.1 when it sent `Connection: close`.
+pub fn client_wants_close(version: Version, headers: &HeaderMap) -> bool {
+    let has_token = |wanted: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
+    };
+    match version {
+        Version::HTTP_10 | Version::HTTP_09 => !has_token("keep-alive"),
+        _ => has_token("close"),
+    }
+}
+
+/// Prepares a client's request headers for the backend.
+pub fn rewrite_request(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+    // Read before hop-by-hop removal: a client may (wrongly) name Host in Connection.
+    let host = headers.get(header::HOST).cloned();
+    remove_hop_by_hop(headers);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    let client = client.to_string();
+    let forwarded_for = match headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client}"),
+        _ => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        // Several X-Forwarded-For lines are one list; keep it as one line.
+        headers.remove(&X_FORWARDED_FOR);
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+}
+
+/// `Keep-Alive: timeout=N` for a keep-alive timeout, when it is at least a second.
+pub fn keep_alive_value(timeout: std::time::Duration) -> Option<HeaderValue> {
+    let seconds = timeout.as_secs();
+    (seconds > 0).then(|| HeaderValue::from_str(&format!("timeout={seconds}")).ok())?
+}
+
+pub(crate) fn keep_alive_name() -> &'static HeaderName {
+    &KEEP_ALIVE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn names(map: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<String> = map.keys().map(|name| name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_end_to_end_ones_kept() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("content-length", "3"),
+            ("accept", "*/*"),
+            ("cookie", "a=b"),
+        ]);
+        remove_hop_by_hop(&mut map);
+        assert_eq!(names(&map), ["accept", "content-length", "cookie"]);
+    }
+
+    #[test]
+    fn forwarding_headers_are_set_and_forwarded_for_appended() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("host", "example.com")], "192.0.2.9"),
+            (
+                &[("host", "example.com"), ("x-forwarded-for", "198.51.100.1")],
+                "198.51.100.1, 192.0.2.9",
+            ),
+            (
+                &[
+                    ("host", "example.com"),
+                    ("x-forwarded-for", "198.51.100.1"),
+                    ("x-forwarded-for", "10.0.0.1"),
+                ],
+                "198.51.100.1, 192.0.2.9",
+            ),
+        ];
+        for (input, expected_for) in cases {
+            let mut map = headers(input);
+            map.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+            rewrite_request(&mut map, "192.0.2.9".parse().unwrap(), "http");
+            assert_eq!(
+                map.get("x-forwarded-for").unwrap(),
+                *expected_for,
+                "{input:?}"
+            );
+            assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
+            assert_eq!(
+                map.get("x-forwarded-proto").unwrap(),
+                "http",
+                "a client cannot claim https"
+            );
+            assert_eq!(map.get("x-forwarded-host").unwrap(), "example.com");
+            assert_eq!(map.get("host").unwrap(), "example.com");
+        }
+    }
+
+    #[test]
+    fn host_survives_even_when_named_in_connection() {
+        let mut map = headers(&[("host", "example.com"), ("connection", "host")]);
+        rewrite_request(&mut map, "192.0.2.9".parse().unwrap(), "http");
+        assert_eq!(map.get("host").unwrap(), "example.com");
+    }
+
+    #[test]
+    fn client_close_intent_follows_the_http_version() {
+        let cases: &[(Version, &[(&str, &str)], bool)] = &[
+            (Version::HTTP_10, &[], true),
+            (Version::HTTP_10, &[("connection", "Keep-Alive")], false),
+            (Version::HTTP_11, &[], false),
+            (Version::HTTP_11, &[("connection", "close")], true),
+            (Version::HTTP_11, &[("connection", "foo, Close")], true),
+            (Version::HTTP_11, &[("connection", "keep-alive")], false),
+        ];
+        for (version, pairs, expected) in cases {
+            assert_eq!(
+                client_wants_close(*version, &headers(pairs)),
+                *expected,
+                "{version:?} {pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_header_names_whole_seconds() {
+        use std::time::Duration;
+        assert_eq!(
+            keep_alive_value(Duration::from_secs(75)).unwrap(),
+            "timeout=75"
+        );
+        assert_eq!(
+            keep_alive_value(Duration::from_millis(2500)).unwrap(),
+            "timeout=2"
+        );
+        assert!(keep_alive_value(Duration::from_millis(300)).is_none());
+    }
+}

@@ -1,0 +1,415 @@
+//! The connection registry: every open client connection with its live state, and per-listener
+//! counters. The hot path only touches atomics on the connection it serves and on its listener's
+//! counters; the map of open connections is locked once at accept and once at close.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+const SHARDS: usize = 16;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// Idle longer than `keepalive_timeout`.
+    IdleTimeout = 0,
+    /// Request head not received within `header_timeout`.
+    HeaderTimeout,
+    /// Request body stalled longer than `body_timeout`.
+    BodyTimeout,
+    /// Served `max_requests_per_connection` requests.
+    MaxRequests,
+    /// Older than `max_connection_age`.
+    MaxAge,
+    /// Refused: the client already held its share of connections.
+    OverLimit,
+    /// The client closed it, or asked for a one-request connection (HTTP/1.0, `Connection: close`).
+    ClientClosed,
+    /// The listener has keep-alive off (`keepalive_timeout = "0s"`).
+    KeepaliveOff,
+    /// Closed by an operator (admin API).
+    Admin,
+    /// The node shut down.
+    Shutdown,
+    /// Malformed HTTP or a socket error.
+    Error,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::IdleTimeout,
+        CloseReason::HeaderTimeout,
+        CloseReason::BodyTimeout,
+        CloseReason::MaxRequests,
+        CloseReason::MaxAge,
+        CloseReason::OverLimit,
+        CloseReason::ClientClosed,
+        CloseReason::KeepaliveOff,
+        CloseReason::Admin,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::BodyTimeout => "body_timeout",
+            CloseReason::MaxRequests => "max_requests",
+            CloseReason::MaxAge => "max_age",
+            CloseReason::OverLimit => "over_limit",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::KeepaliveOff => "keepalive_off",
+            CloseReason::Admin => "admin",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+
+    fn from_u8(value: u8) -> Option<CloseReason> {
+        CloseReason::ALL.get(usize::from(value)).copied()
+    }
+}
+
+/// Counters of one listener. Gauges (`open`, `active`) go up and down; the rest only grow.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    accepted: AtomicU64,
+    open: AtomicU64,
+    active: AtomicU64,
+    requests: AtomicU64,
+    closed: [AtomicU64; CloseReason::ALL.len()],
+}
+
+/// A point-in-time copy of [`ListenerStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub open: u64,
+    pub active: u64,
+    pub idle: u64,
+    pub requests: u64,
+    pub closed: Vec<(CloseReason, u64)>,
+}
+
+impl ListenerStats {
+    pub(crate) fn on_accept(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_close(&self, reason: CloseReason) {
+        self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let open = self.open.load(Ordering::Relaxed);
+        let active = self.active.load(Ordering::Relaxed).min(open);
+        StatsSnapshot {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            open,
+            active,
+            idle: open - active,
+            requests: self.requests.load(Ordering::Relaxed),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|reason| {
+                    (
+                        *reason,
+                        self.closed[*reason as usize].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl StatsSnapshot {
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, count)| *count)
+    }
+}
+
+/// Nanoseconds on the monotonic clock since the first call in this process; 0 means "never".
+pub(crate) fn now_nanos() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(|| Instant::now() - Duration::from_secs(1));
+    Instant::now().duration_since(base).as_nanos() as u64
+}
+
+pub(crate) fn instant_of(nanos: u64) -> Instant {
+    let now = now_nanos();
+    let now_instant = Instant::now();
+    if nanos >= now {
+        now_instant + Duration::from_nanos(nanos - now)
+    } else {
+        now_instant - Duration::from_nanos(now - nanos)
+    }
+}
+
+/// The live state of one client connection, shared by its task, its I/O wrapper, its request and
+/// response bodies, and the registry.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub accepted_at: SystemTime,
+    pub(crate) accepted_nanos: u64,
+    pub(crate) stats: Arc<ListenerStats>,
+    /// Last time bytes arrived from the client.
+    pub(crate) last_read: AtomicU64,
+    /// Last time bytes were written to the client.
+    pub(crate) last_write: AtomicU64,
+    /// When the first byte of a request head arrived while no request was in flight; 0 = none.
+    pub(crate) head_started: AtomicU64,
+    pub(crate) in_flight: AtomicU32,
+    pub(crate) body_reading: AtomicBool,
+    pub(crate) requests: AtomicU64,
+    /// Why the server decided to end the connection, set before it ends (`u8::MAX` = not decided).
+    close_reason: std::sync::atomic::AtomicU8,
+    /// Why an operator or the shutdown asked the connection to close (`u8::MAX` = not asked).
+    close_requested: std::sync::atomic::AtomicU8,
+    /// Wakes the connection task when its deadlines may have changed (request start and end) or
+    /// when an operator asks it to close.
+    pub(crate) wake: Notify,
+}
+
+/// What a connection is doing, as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Active,
+    Idle,
+}
+
+/// A point-in-time copy of one [`Connection`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub listener: String,
+    pub client: SocketAddr,
+    pub accepted_at: SystemTime,
+    pub idle_for: Duration,
+    pub requests: u64,
+    pub state: ConnectionState,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: u64,
+        listener: Arc<str>,
+        client: SocketAddr,
+        stats: Arc<ListenerStats>,
+    ) -> Connection {
+        let now = now_nanos();
+        Connection {
+            id,
+            listener,
+            client,
+            accepted_at: SystemTime::now(),
+            accepted_nanos: now,
+            stats,
+            last_read: AtomicU64::new(now),
+            last_write: AtomicU64::new(now),
+            head_started: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            body_reading: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            close_reason: std::sync::atomic::AtomicU8::new(u8::MAX),
+            close_requested: std::sync::atomic::AtomicU8::new(u8::MAX),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn on_read(&self) {
+        let now = now_nanos();
+        self.last_read.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn on_write(&self) {
+        self.last_write.store(now_nanos(), Ordering::Relaxed);
+    }
+
+    /// A request head has been parsed: the connection is active until its response is written.
+    pub(crate) fn request_started(&self, has_body: bool) -> u64 {
+        self.head_started.store(0, Ordering::Relaxed);
+        self.body_reading.store(has_body, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.on_request();
+        let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.wake.notify_one();
+        served
+    }
+
+    pub(crate) fn body_finished(&self) {
+        if self.body_reading.swap(false, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn request_finished(&self) {
+        self.body_reading.store(false, Ordering::Relaxed);
+        self.last_write.store(now_nanos(), Ordering::Relaxed);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Records why the server is ending the connection; the first reason set wins.
+    pub(crate) fn set_close_reason(&self, reason: CloseReason) {
+        let _ = self.close_reason.compare_exchange(
+            u8::MAX,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.close_reason.load(Ordering::Acquire))
+    }
+
+    /// Asks the connection to close gracefully: after its in-flight request, at once when idle.
+    pub fn request_close(&self, reason: CloseReason) {
+        let _ = self.close_requested.compare_exchange(
+            u8::MAX,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn requested_close(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.close_requested.load(Ordering::Acquire))
+    }
+
+    pub fn info(&self) -> ConnectionInfo {
+        let now = now_nanos();
+        let active = self.in_flight.load(Ordering::Relaxed) > 0;
+        let last = self
+            .last_read
+            .load(Ordering::Relaxed)
+            .max(self.last_write.load(Ordering::Relaxed));
+        ConnectionInfo {
+            id: self.id,
+            listener: self.listener.to_string(),
+            client: self.client,
+            accepted_at: self.accepted_at,
+            idle_for: if active {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(now.saturating_sub(last))
+            },
+            requests: self.requests.load(Ordering::Relaxed),
+            state: if active {
+                ConnectionState::Active
+            } else {
+                ConnectionState::Idle
+            },
+        }
+    }
+}
+
+/// Every open connection of the node, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    shards: [Mutex<HashMap<u64, Arc<Connection>>>; SHARDS],
+}
+
+/// Keeps a connection in the registry and in its listener's gauges while alive.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    pub(crate) connection: Arc<Connection>,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<Connection>>> {
+        &self.shards[id as usize % SHARDS]
+    }
+
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        listener: Arc<str>,
+        client: SocketAddr,
+        stats: Arc<ListenerStats>,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection::new(id, listener, client, stats));
+        self.shard(id)
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(id, Arc::clone(&connection));
+        Registration {
+            registry: Arc::clone(self),
+            connection,
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Connection>> {
+        self.shard(id)
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Every open connection, ordered by id.
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        let mut all: Vec<Arc<Connection>> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by_key(|connection| connection.id);
+        all
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let connection = &self.connection;
+        self.registry
+            .shard(connection.id)
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&connection.id);
+        // `active` is given back by the in-flight request's own guard, which hyper drops with
+        // the response body.
+        connection.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}

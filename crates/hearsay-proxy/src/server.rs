@@ -1,0 +1,256 @@
+//! The node's data plane: its listeners and pools, the accept loops, and the ordered shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearsay_config::{Config, ListenerSettings, OverLimitAction};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admission::ClientKey;
+use crate::connection::{self, Context};
+use crate::error::ProxyError;
+use crate::listener::Listener;
+use crate::registry::{CloseReason, Registry};
+use crate::upstream::Pool;
+
+const LISTEN_BACKLOG: i32 = 4096;
+/// How long a refused client gets to read its 429 before the socket is dropped.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 51\r\n\
+connection: close\r\n\
+\r\n\
+429 too many requests: connection limit per client\n";
+
+/// The data plane of one node.
+#[derive(Debug)]
+pub struct Proxy {
+    listeners: Vec<Arc<Listener>>,
+    pools: Vec<Arc<Pool>>,
+    registry: Arc<Registry>,
+    drain: CancellationToken,
+    abort: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Proxy {
+    /// Builds the listeners and pools of `config`; nothing is bound yet.
+    pub fn new(config: &Config) -> Result<Arc<Proxy>, ProxyError> {
+        let pools: HashMap<&str, Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|pool| Ok((pool.name.as_str(), Pool::new(pool)?)))
+            .collect::<Result<_, ProxyError>>()?;
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let pool =
+                    pools
+                        .get(listener.pool.as_str())
+                        .ok_or_else(|| ProxyError::UnknownPool {
+                            listener: listener.name.clone(),
+                            pool: listener.pool.clone(),
+                        })?;
+                Ok(Arc::new(Listener::new(
+                    &listener.name,
+                    listener.bind,
+                    Arc::clone(pool),
+                    listener.settings.clone(),
+                )))
+            })
+            .collect::<Result<Vec<_>, ProxyError>>()?;
+        let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Arc::new(Proxy {
+            listeners,
+            pools,
+            registry: Registry::new(),
+            drain: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    pub fn listeners(&self) -> &[Arc<Listener>] {
+        &self.listeners
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners
+            .iter()
+            .find(|listener| &*listener.name == name)
+    }
+
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Binds every listener's address.
+    pub fn bind(&self) -> Result<Vec<(Arc<Listener>, TcpListener)>, ProxyError> {
+        self.listeners
+            .iter()
+            .map(|listener| {
+                let socket = bind(listener.bind).map_err(|source| ProxyError::Bind {
+                    listener: listener.name.to_string(),
+                    address: listener.bind,
+                    source,
+                })?;
+                Ok((Arc::clone(listener), socket))
+            })
+            .collect()
+    }
+
+    /// Accepts connections on `socket` for `listener` until shutdown begins.
+    pub fn serve(self: &Arc<Self>, listener: Arc<Listener>, socket: TcpListener) {
+        let proxy = Arc::clone(self);
+        self.tasks
+            .spawn(async move { proxy.accept_loop(listener, socket).await });
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: Arc<Listener>, socket: TcpListener) {
+        let address = socket.local_addr().ok();
+        tracing::info!(listener = %listener.name, address = ?address, pool = %listener.pool.name, "listening");
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = self.drain.cancelled() => break,
+                accepted = socket.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors or a connection reset before accept: keep serving,
+                    // but do not spin while the condition lasts.
+                    tracing::warn!(listener = %listener.name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            self.admit(&listener, stream, peer);
+        }
+        tracing::info!(listener = %listener.name, "stopped accepting");
+    }
+
+    fn admit(self: &Arc<Self>, listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+        listener.stats.on_accept();
+        let settings = listener.settings();
+        configure_client_socket(&stream, &settings);
+        let key = ClientKey::new(peer.ip(), settings.client_ipv6_prefix);
+        let limit = if settings.is_exempt(peer.ip()) {
+            None
+        } else {
+            settings.max_connections_per_client
+        };
+        let Some(admission) = listener.clients.try_admit(key, limit) else {
+            listener.stats.on_close(CloseReason::OverLimit);
+            tracing::debug!(listener = %listener.name, client = %peer, key = %key, "connection refused: over limit");
+            if settings.over_limit == OverLimitAction::Http429 {
+                self.tasks.spawn(refuse(stream));
+            }
+            return;
+        };
+        let registration = self.registry.register(
+            Arc::clone(&listener.name),
+            peer,
+            Arc::clone(&listener.stats),
+        );
+        let context = Context {
+            listener: Arc::clone(listener),
+            registration,
+            admission: Some(admission),
+            drain: self.drain.clone(),
+            abort: self.abort.clone(),
+        };
+        self.tasks.spawn(connection::serve(stream, context));
+    }
+
+    /// Ordered shutdown of the data plane: stop accepting, close idle connections at once, let
+    /// in-flight requests finish within `grace`, then drop what is left.
+    pub async fn shutdown(&self, grace: Duration) {
+        tracing::info!(grace = ?grace, open = self.registry.connections().len(), "draining connections");
+        self.drain.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            let left = self.registry.connections().len();
+            tracing::warn!(
+                connections = left,
+                "grace period over: closing remaining connections"
+            );
+            self.abort.cancel();
+            self.tasks.wait().await;
+        }
+        tracing::info!("data plane stopped");
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn configure_client_socket(stream: &TcpStream, settings: &ListenerSettings) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(settings.tcp_keepalive.idle)
+        .with_interval(settings.tcp_keepalive.interval)
+        .with_retries(settings.tcp_keepalive.probes);
+    if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "cannot set TCP keepalive on a client socket");
+    }
+}
+
+/// Answers an over-limit client with a 429 and closes, letting it read the answer first: a
+/// close with unread request bytes would reset the connection before the client saw the 429.
+async fn refuse(mut stream: TcpStream) {
+    if stream.write_all(TOO_MANY_CONNECTIONS).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut total = 0usize;
+        while let Ok(read) = stream.read(&mut sink).await {
+            total += read;
+            if read == 0 || total > 64 * 1024 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_canned_429_declares_its_body_length() {
+        let text = std::str::from_utf8(super::TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+    }
+}
