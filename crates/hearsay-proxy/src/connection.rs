@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hearsay_config::ListenerSettings;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -51,6 +51,10 @@ pub(crate) enum Verdict {
     /// Drop the connection now.
     Abort(CloseReason),
 }
+
+/// Added to the idle deadline so that a client, which sees our last byte a little after we wrote
+/// it, never sees the close before its full `keepalive_timeout` (the timer has 1 ms resolution).
+const IDLE_MARGIN_NANOS: u64 = 2_000_000;
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
@@ -98,7 +102,7 @@ pub(crate) fn evaluate(state: &State, settings: &ListenerSettings, now: u64) -> 
     } else {
         let last = state.last_read.max(state.last_write);
         (
-            last.saturating_add(nanos(settings.keepalive_timeout)),
+            last.saturating_add(nanos(settings.keepalive_timeout) + IDLE_MARGIN_NANOS),
             Verdict::Close(CloseReason::IdleTimeout),
         )
     };
@@ -229,7 +233,8 @@ async fn handle(
     let served = connection.request_started(!request.body().is_end_stream());
     let in_flight = InFlight(Arc::clone(&connection));
     let settings = listener.settings();
-    let client_wants_close = headers::client_wants_close(request.version(), request.headers());
+    let version = request.version();
+    let client_wants_close = headers::client_wants_close(version, request.headers());
     let age = Duration::from_nanos(now_nanos().saturating_sub(connection.accepted_nanos));
     let server_close = if draining {
         Some(CloseReason::Shutdown)
@@ -262,6 +267,11 @@ async fn handle(
     };
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
+    // Answer in the client's version: hyper then frames the keep-alive decision for an HTTP/1.0
+    // client from our `Connection` header alone.
+    if version == Version::HTTP_10 {
+        parts.version = Version::HTTP_10;
+    }
     if let Some(reason) = server_close {
         connection.set_close_reason(reason);
         parts
@@ -269,11 +279,18 @@ async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     } else if client_wants_close {
         connection.set_close_reason(CloseReason::ClientClosed);
-    } else if settings.keepalive_header {
-        if let Some(value) = headers::keep_alive_value(settings.keepalive_timeout) {
+    } else {
+        if version == Version::HTTP_10 {
             parts
                 .headers
-                .insert(headers::keep_alive_name().clone(), value);
+                .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+        if settings.keepalive_header {
+            if let Some(value) = headers::keep_alive_value(settings.keepalive_timeout) {
+                parts
+                    .headers
+                    .insert(headers::keep_alive_name().clone(), value);
+            }
         }
     }
     Ok(Response::from_parts(
@@ -342,14 +359,14 @@ mod tests {
                 "idle, before timeout",
                 idle,
                 &settings(),
-                1519 * MS,
-                Verdict::WaitUntil(Some(1520 * MS)),
+                1521 * MS,
+                Verdict::WaitUntil(Some(1522 * MS)),
             ),
             (
                 "idle, at timeout",
                 idle,
                 &settings(),
-                1520 * MS,
+                1522 * MS,
                 Verdict::Close(CloseReason::IdleTimeout),
             ),
             (
@@ -402,11 +419,21 @@ mod tests {
                 Verdict::WaitUntil(None),
             ),
             (
-                "max age caps the idle deadline",
+                "idle deadline comes before max age",
                 idle,
                 &aged,
                 1510 * MS,
-                Verdict::WaitUntil(Some(1520 * MS)),
+                Verdict::WaitUntil(Some(1522 * MS)),
+            ),
+            (
+                "max age comes before idle deadline",
+                State {
+                    last_write: 1300 * MS,
+                    ..idle
+                },
+                &aged,
+                1510 * MS,
+                Verdict::WaitUntil(Some(1700 * MS)),
             ),
             (
                 "max age reached while busy",
@@ -427,7 +454,7 @@ mod tests {
         let mut changed = settings();
         assert_eq!(
             evaluate(&idle, &changed, 1100 * MS),
-            Verdict::WaitUntil(Some(1520 * MS))
+            Verdict::WaitUntil(Some(1522 * MS))
         );
         changed.keepalive_timeout = Duration::from_millis(50);
         assert_eq!(
@@ -437,7 +464,7 @@ mod tests {
         changed.keepalive_timeout = Duration::from_secs(10);
         assert_eq!(
             evaluate(&idle, &changed, 1100 * MS),
-            Verdict::WaitUntil(Some(11_020 * MS))
+            Verdict::WaitUntil(Some(11_022 * MS))
         );
     }
 }
