@@ -1,0 +1,306 @@
+//! Forwarding over real sockets: proxy headers, 502 and 504, streaming bodies, graceful shutdown,
+//! and what the registry shows.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hearsay_proxy::{CloseReason, ConnectionState};
+use support::{closed_port, eventually, Backend, Client, TestProxy};
+use tokio::io::AsyncWriteExt;
+
+/// Waits at most 10 s: a streaming test must fail, not hang, when bytes stop coming.
+async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("no progress within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_balanced_round_robin_over_the_pool() {
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let proxy = TestProxy::start("", &[one.address, two.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(client.get("/").await.text());
+    }
+    assert_eq!(
+        bodies,
+        [
+            "hello from one",
+            "hello from two",
+            "hello from one",
+            "hello from two"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_are_rewritten_both_ways() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    client
+        .send(
+            b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 198.51.100.7\r\n\
+              X-Forwarded-Proto: https\r\nConnection: keep-alive, X-Private\r\nX-Private: secret\r\n\
+              Keep-Alive: timeout=3\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTE: trailers\r\n\
+              X-Custom: kept\r\n\r\n",
+        )
+        .await;
+    let response = client.read_response().await.unwrap();
+    assert_eq!(response.status, 200);
+    let seen = response.text();
+    for expected in [
+        "host: shop.example",
+        "x-forwarded-for: 198.51.100.7, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: shop.example",
+        "x-custom: kept",
+    ] {
+        assert!(
+            seen.lines().any(|line| line == expected),
+            "backend did not see {expected:?}:\n{seen}"
+        );
+    }
+    for removed in ["x-private", "keep-alive", "proxy-authorization", "te:"] {
+        assert!(!seen.contains(removed), "backend saw {removed:?}:\n{seen}");
+    }
+    assert!(
+        !seen
+            .lines()
+            .any(|line| line.starts_with("connection: keep-alive, ")),
+        "{seen}"
+    );
+
+    let response = client.get("/hop").await;
+    assert_eq!(response.header("x-end-to-end"), Some("1"));
+    assert_eq!(
+        response.header("x-hop"),
+        None,
+        "header named in the backend's Connection is dropped"
+    );
+    assert_eq!(
+        response.header("keep-alive"),
+        Some("timeout=75"),
+        "the client sees our keep-alive, not the backend's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_backend_gives_502_and_the_connection_stays_usable() {
+    let dead = closed_port().await;
+    let proxy = TestProxy::start("", &[dead], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    for _ in 0..2 {
+        let response = client.get("/").await;
+        assert_eq!(response.status, 502);
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(response.text(), "502 bad gateway: backend unreachable\n");
+        assert_eq!(response.header("connection"), None);
+    }
+    assert_eq!(proxy.stats().accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_in_time_gives_504() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "response_timeout = \"300ms\"").await;
+    let mut client = Client::connect(proxy.address).await;
+    let started = Instant::now();
+    let response = client.get("/hang").await;
+    assert_eq!(response.status, 504);
+    assert_eq!(
+        response.text(),
+        "504 gateway timeout: backend did not answer in time\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let response = client.get("/").await;
+    assert_eq!(response.status, 200, "the client connection stays usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_stream_without_being_buffered() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    client
+        .send(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    backend.chunk_sender.send(chunk.clone()).await.unwrap();
+    // The head and the first chunk arrive while the backend has not finished its body.
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    while !received.windows(1024).any(|w| w.iter().all(|b| *b == b'x')) {
+        bounded(client.stream.readable()).await.unwrap();
+        match client.stream.try_read(&mut buffer) {
+            Ok(0) => panic!("closed"),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Now a large remainder: 32 MiB passes through, read while it is sent.
+    let sender = backend.chunk_sender.clone();
+    drop(backend);
+    tokio::spawn(async move {
+        for _ in 0..512 {
+            sender.send(chunk.clone()).await.unwrap();
+        }
+    });
+    let mut total = 0usize;
+    loop {
+        bounded(client.stream.readable()).await.unwrap();
+        match client.stream.try_read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n;
+                if buffer[..n].ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(total >= 512 * 64 * 1024, "received {total} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_stream_to_the_backend() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    let total: usize = 16 * 1024 * 1024;
+    client
+        .send(
+            format!("POST /count-body HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    let chunk = vec![b'y'; 64 * 1024];
+    client.stream.write_all(&chunk).await.unwrap();
+    // The backend sees the first bytes before the client has sent the rest.
+    assert!(
+        eventually(Duration::from_secs(5), || backend
+            .body_chunks_seen
+            .load(Ordering::SeqCst)
+            > 0)
+        .await
+    );
+    for _ in 1..(total / chunk.len()) {
+        bounded(client.stream.write_all(&chunk)).await.unwrap();
+    }
+    let response = client.read_response().await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), total.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests_and_closes_idle_connections_at_once() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut idle = Client::connect(proxy.address).await;
+    assert_eq!(idle.get("/").await.status, 200);
+    let mut busy = Client::connect(proxy.address).await;
+    busy.send(b"GET /slow?ms=600 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+
+    let shutdown = {
+        let proxy = proxy.proxy.clone();
+        tokio::spawn(async move { proxy.shutdown(Duration::from_secs(5)).await })
+    };
+    let started = Instant::now();
+    assert!(
+        idle.wait_closed(Duration::from_millis(200)).await.is_some(),
+        "idle connection closed at once"
+    );
+    let response = busy
+        .read_response()
+        .await
+        .expect("in-flight request finished");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slow 600");
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(busy.wait_closed(Duration::from_secs(1)).await.is_some());
+    tokio::time::timeout(Duration::from_secs(2), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        tokio::net::TcpStream::connect(proxy.address).await.is_err(),
+        "no longer accepting"
+    );
+    assert_eq!(proxy.stats().closed(CloseReason::Shutdown), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_gives_up_after_the_grace_period() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut stuck = Client::connect(proxy.address).await;
+    stuck.send(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+    let started = Instant::now();
+    proxy.proxy.shutdown(Duration::from_millis(300)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(stuck.wait_closed(Duration::from_secs(1)).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_lists_open_connections_and_counts_them() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut idle = Client::connect(proxy.address).await;
+    assert_eq!(idle.get("/").await.status, 200);
+    assert_eq!(idle.get("/").await.status, 200);
+    let mut busy = Client::connect(proxy.address).await;
+    busy.send(b"GET /slow?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+
+    let stats = proxy.stats();
+    assert_eq!(
+        (
+            stats.accepted,
+            stats.open,
+            stats.active,
+            stats.idle,
+            stats.requests
+        ),
+        (2, 2, 1, 1, 3)
+    );
+    let connections: Vec<_> = proxy
+        .proxy
+        .registry()
+        .connections()
+        .iter()
+        .map(|c| c.info())
+        .collect();
+    assert_eq!(connections.len(), 2);
+    assert_eq!(connections[0].state, ConnectionState::Idle);
+    assert_eq!(connections[0].requests, 2);
+    assert_eq!(connections[0].listener, "web");
+    assert_eq!(connections[0].client, idle.stream.local_addr().unwrap());
+    assert_eq!(connections[1].state, ConnectionState::Active);
+
+    // An operator close is graceful: the busy connection finishes its request first.
+    for connection in proxy.proxy.registry().connections() {
+        connection.request_close(CloseReason::Admin);
+    }
+    assert!(idle.wait_closed(Duration::from_millis(200)).await.is_some());
+    assert_eq!(busy.read_response().await.unwrap().status, 200);
+    assert!(busy.wait_closed(Duration::from_secs(1)).await.is_some());
+    assert!(eventually(Duration::from_secs(1), || proxy.stats().open == 0).await);
+    assert_eq!(proxy.stats().closed(CloseReason::Admin), 2);
+}
