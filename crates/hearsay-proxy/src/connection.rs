@@ -166,6 +166,7 @@ pub(crate) async fn serve(stream: TcpStream, context: Context) {
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     let mut closing = false;
+    let mut armed: u64 = 0;
     let reason = loop {
         if !closing {
             let current = settings.borrow_and_update().clone();
@@ -174,10 +175,20 @@ pub(crate) async fn serve(stream: TcpStream, context: Context) {
                 None => evaluate(&connection.state(), &current, now_nanos()),
             };
             match verdict {
-                Verdict::WaitUntil(Some(at)) => sleep.as_mut().reset(instant_of(at)),
-                Verdict::WaitUntil(None) => sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + Duration::from_secs(3600)),
+                // Re-arming the timer costs a timer-wheel update; skip it when the deadline is
+                // unchanged, and keep the old one when there is none (it only causes one
+                // harmless re-evaluation when it fires).
+                Verdict::WaitUntil(Some(at)) if at != armed => {
+                    armed = at;
+                    sleep.as_mut().reset(instant_of(at));
+                }
+                Verdict::WaitUntil(_) if sleep.is_elapsed() => {
+                    armed = u64::MAX;
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+                }
+                Verdict::WaitUntil(_) => {}
                 Verdict::Close(reason) => {
                     connection.set_close_reason(reason);
                     http.as_mut().graceful_shutdown();

@@ -256,7 +256,12 @@ impl Connection {
         }
         self.stats.on_request();
         let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        self.wake.notify_one();
+        // Only a body brings a new deadline (body_timeout); without one the connection task may
+        // sleep on: when its old deadline fires it sees the request in flight and waits for the
+        // wake-up at the request's end. One wake-up per request instead of two.
+        if has_body {
+            self.wake.notify_one();
+        }
         served
     }
 

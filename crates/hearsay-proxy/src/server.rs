@@ -120,8 +120,8 @@ impl Proxy {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: Arc<Listener>, socket: TcpListener) {
-        let address = socket.local_addr().ok();
-        tracing::info!(listener = %listener.name, address = ?address, pool = %listener.pool.name, "listening");
+        let address = socket.local_addr().unwrap_or(listener.bind);
+        tracing::info!(listener = %listener.name, %address, pool = %listener.pool.name, "listening");
         loop {
             let accepted = tokio::select! {
                 biased;
