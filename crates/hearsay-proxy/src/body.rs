@@ -11,6 +11,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::registry::Connection;
+use crate::upstream::Checkout;
 
 /// Ends the connection's in-flight request when dropped, that is when hyper is done with the
 /// response body (written out, or abandoned).
@@ -87,14 +88,26 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Either<Incoming, Full<Bytes>>,
         in_flight: Option<InFlight>,
+        // The upstream connection, given back to its pool once the body has been read to its end.
+        upstream: Option<Checkout>,
     }
 }
 
 impl ResponseBody {
-    pub(crate) fn new(inner: Either<Incoming, Full<Bytes>>, in_flight: InFlight) -> Self {
+    pub(crate) fn new(
+        inner: Either<Incoming, Full<Bytes>>,
+        in_flight: InFlight,
+        mut upstream: Option<Checkout>,
+    ) -> Self {
+        if inner.is_end_stream() {
+            if let Some(checkout) = upstream.take() {
+                checkout.give_back();
+            }
+        }
         ResponseBody {
             inner,
             in_flight: Some(in_flight),
+            upstream,
         }
     }
 }
@@ -107,7 +120,24 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let mut this = self.project();
+        let result = this.inner.as_mut().poll_frame(cx);
+        let complete = match &result {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                // A broken upstream body: that connection is not reusable.
+                this.upstream.take();
+                false
+            }
+            Poll::Pending => false,
+        };
+        if complete {
+            if let Some(checkout) = this.upstream.take() {
+                checkout.give_back();
+            }
+        }
+        result
     }
 
     fn is_end_stream(&self) -> bool {

@@ -263,8 +263,8 @@ async fn handle(
     };
 
     let request = request.map(|body| RequestBody::new(body, Arc::clone(&connection)));
-    let response = match listener.pool.forward(request, connection.client.ip()).await {
-        Ok(response) => response,
+    let (response, upstream) = match listener.pool.forward(request, connection.client.ip()).await {
+        Ok((response, checkout)) => (response.map(Either::Left), Some(checkout)),
         Err(error) => {
             tracing::warn!(
                 listener = %listener.name,
@@ -273,7 +273,7 @@ async fn handle(
                 %error,
                 "request failed"
             );
-            error.to_response().map(Either::Right)
+            (error.to_response().map(Either::Right), None)
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -306,7 +306,7 @@ async fn handle(
     }
     Ok(Response::from_parts(
         parts,
-        ResponseBody::new(body, in_flight),
+        ResponseBody::new(body, in_flight, upstream),
     ))
 }
 

@@ -304,3 +304,66 @@ async fn the_registry_lists_open_connections_and_counts_them() {
     assert!(eventually(Duration::from_secs(1), || proxy.stats().open == 0).await);
     assert_eq!(proxy.stats().closed(CloseReason::Admin), 2);
 }
+
+/// A backend that answers one request per connection as if keeping it alive, then closes it
+/// silently: the proxy's pooled connection goes stale.
+async fn start_forgetful_backend() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut served = 0usize;
+        loop {
+            let (mut stream, _) = socket.accept().await.unwrap();
+            served += 1;
+            let body = format!("connection {served}");
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                let mut read = 0;
+                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut buffer[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                // Closes without `Connection: close`, as a backend's own idle timeout would.
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooled_upstream_connection_is_not_a_client_error() {
+    let backend = start_forgetful_backend().await;
+    let proxy = TestProxy::start("", &[backend], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    let first = client.get("/").await;
+    assert_eq!((first.status, first.text().as_str()), (200, "connection 1"));
+    // Whether the pool notices the close before the next request or only when sending it, the
+    // client must get its answer from a fresh connection.
+    for expected in 2..=4 {
+        let response = client.get("/").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.text(), format!("connection {expected}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    for _ in 0..3 {
+        // Separate client connections, one after the other: one upstream connection serves all.
+        let mut client = Client::connect(proxy.address).await;
+        for _ in 0..3 {
+            assert_eq!(client.get("/").await.status, 200);
+        }
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 9);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}

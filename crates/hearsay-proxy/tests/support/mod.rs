@@ -37,6 +37,8 @@ pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// - anything else: `hello from <name>`.
 pub struct Backend {
     pub address: SocketAddr,
+    /// TCP connections the backend accepted.
+    pub connections: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
     chunks: Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>,
     pub chunk_sender: mpsc::Sender<Bytes>,
@@ -52,11 +54,14 @@ impl Backend {
         let chunks = Arc::new(Mutex::new(Some(receiver)));
         let body_chunks_seen = Arc::new(AtomicUsize::new(0));
         let state = (requests.clone(), chunks.clone(), body_chunks_seen.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = socket.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
@@ -71,6 +76,7 @@ impl Backend {
         });
         Backend {
             address,
+            connections,
             requests,
             chunks,
             chunk_sender,
