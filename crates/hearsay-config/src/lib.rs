@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ipnet::IpNet;
+pub use validate::settings_problems;
 
 /// Default idle (keep-alive) timeout of a listener.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -31,6 +32,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct Config {
     pub node: NodeConfig,
     pub runtime: RuntimeConfig,
+    pub admin: AdminConfig,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
 }
@@ -44,6 +46,29 @@ pub struct NodeConfig {
     /// How long in-flight requests may run after SIGTERM / SIGINT.
     pub shutdown_grace: Duration,
 }
+
+/// Where the gRPC admin API listens and who may use it.
+#[derive(Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token every admin call but the health check must carry; `None` = no auth.
+    pub token: Option<String>,
+    /// Accept unauthenticated admin access on a non-loopback address.
+    pub insecure: bool,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// Default admin API address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeConfig {

@@ -68,3 +68,12 @@ pub(crate) struct RawBackendDetailed {
     pub address: String,
     pub weight: Option<i64>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub insecure: Option<bool>,
+}

@@ -254,3 +254,65 @@ fn backend_addresses_accept_names_and_ipv6() {
     let weights: Vec<u32> = config.pools[0].backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, [1, 1, 3]);
 }
+
+#[test]
+fn admin_section_defaults_and_guards() {
+    let config = Config::parse(&with_listener("")).unwrap();
+    assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9100");
+    assert_eq!(config.admin.token, None);
+
+    let open = format!("[admin]\nlisten = \"0.0.0.0:9100\"\n{}", with_listener(""));
+    let found = problems(&open);
+    assert!(
+        found.iter().any(|p| p.starts_with(
+            "admin.listen: 0.0.0.0:9100 is not a loopback address and no admin token is set"
+        )),
+        "{found:?}"
+    );
+    let insecure = format!(
+        "[admin]\nlisten = \"0.0.0.0:9100\"\ninsecure = true\n{}",
+        with_listener("")
+    );
+    assert!(Config::parse(&insecure).unwrap().admin.insecure);
+    let with_token = format!(
+        "[admin]\nlisten = \"0.0.0.0:9100\"\ntoken = \"0123456789abcdef\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        Config::parse(&with_token).unwrap().admin.token.as_deref(),
+        Some("0123456789abcdef")
+    );
+    let short = format!("[admin]\ntoken = \"short\"\n{}", with_listener(""));
+    assert!(problems(&short)
+        .iter()
+        .any(|p| p.starts_with("admin.token: must be at least 16 characters")));
+    let missing = format!(
+        "[admin]\ntoken_file = \"/nonexistent/token\"\n{}",
+        with_listener("")
+    );
+    assert!(problems(&missing)
+        .iter()
+        .any(|p| p.starts_with("admin.token_file: cannot read \"/nonexistent/token\"")));
+}
+
+#[test]
+fn runtime_settings_are_checked_with_the_file_ranges() {
+    use crate::{settings_problems, ListenerSettings};
+    assert!(settings_problems(&ListenerSettings::default()).is_empty());
+    let bad = ListenerSettings {
+        keepalive_timeout: Duration::from_secs(5000),
+        header_timeout: Duration::ZERO,
+        ..ListenerSettings::default()
+    };
+    let found: Vec<String> = settings_problems(&bad)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "keepalive_timeout: 5000s is above the maximum 3600s",
+            "header_timeout: 0s is below the minimum 1ms"
+        ]
+    );
+}

@@ -7,15 +7,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::raw::{RawBackend, RawListener, RawNode, RawPool, RawRuntime, RawTcpKeepalive};
+use crate::raw::{
+    RawAdmin, RawBackend, RawListener, RawNode, RawPool, RawRuntime, RawTcpKeepalive,
+};
 use crate::{
-    format_duration, host_name, Algorithm, BackendConfig, Config, ConfigError, IpNet,
+    format_duration, host_name, AdminConfig, Algorithm, BackendConfig, Config, ConfigError, IpNet,
     ListenerConfig, ListenerSettings, NodeConfig, OverLimitAction, PoolConfig, Problem,
-    RuntimeConfig, TcpKeepalive, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
+    RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    MAX_KEEPALIVE_TIMEOUT,
 };
 
-const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "listener", "pool"];
+const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "listener", "pool"];
 const ALGORITHMS: &str = "round_robin";
 const OVER_LIMIT_ACTIONS: &str = "\"http_429\" or \"close\"";
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -76,29 +79,33 @@ impl Checker {
                 return default;
             }
         };
-        if parsed < min {
-            self.problem(
-                path,
-                format!(
-                    "{} is below the minimum {}",
-                    format_duration(parsed),
-                    format_duration(min)
-                ),
-            );
-            return default;
+        if self.in_range(path, parsed, min, max) {
+            parsed
+        } else {
+            default
         }
-        if parsed > max {
-            self.problem(
-                path,
-                format!(
-                    "{} is above the maximum {}",
-                    format_duration(parsed),
-                    format_duration(max)
-                ),
+    }
+
+    fn in_range(&mut self, path: &str, value: Duration, min: Duration, max: Duration) -> bool {
+        if value < min {
+            let message = format!(
+                "{} is below the minimum {}",
+                format_duration(value),
+                format_duration(min)
             );
-            return default;
+            self.problem(path, message);
+            return false;
         }
-        parsed
+        if value > max {
+            let message = format!(
+                "{} is above the maximum {}",
+                format_duration(value),
+                format_duration(max)
+            );
+            self.problem(path, message);
+            return false;
+        }
+        true
     }
 
     fn integer(&mut self, path: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
@@ -172,6 +179,12 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
         .unwrap_or_default();
     let runtime = runtime(&mut checker, raw_runtime);
 
+    let raw_admin: RawAdmin = table
+        .remove("admin")
+        .and_then(|value| checker.decode("admin", value))
+        .unwrap_or_default();
+    let admin = admin(&mut checker, raw_admin);
+
     let pools: Vec<PoolConfig> = entries(&mut checker, &mut table, "pool")
         .into_iter()
         .filter_map(|(path, value)| {
@@ -198,6 +211,7 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
         Ok(Config {
             node,
             runtime,
+            admin,
             listeners,
             pools,
         })
@@ -254,6 +268,104 @@ fn node(checker: &mut Checker, raw: RawNode) -> NodeConfig {
         data_dir,
         shutdown_grace,
     }
+}
+
+fn admin(checker: &mut Checker, raw: RawAdmin) -> AdminConfig {
+    let default_listen: SocketAddr = DEFAULT_ADMIN_LISTEN.parse().expect("valid default");
+    let listen = match raw.listen {
+        None => default_listen,
+        Some(text) => text.trim().parse().unwrap_or_else(|_| {
+            checker.problem(
+                "admin.listen",
+                format!("{text:?} is not an address; write it as IP:port, e.g. \"{DEFAULT_ADMIN_LISTEN}\""),
+            );
+            default_listen
+        }),
+    };
+    let token = match (raw.token, raw.token_file) {
+        (Some(_), Some(_)) => {
+            checker.problem(
+                "admin.token_file",
+                "set either admin.token or admin.token_file, not both",
+            );
+            None
+        }
+        (Some(token), None) => Some(token),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(token) => Some(token.trim().to_owned()),
+            Err(error) => {
+                checker.problem("admin.token_file", format!("cannot read {path:?}: {error}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(token) = &token {
+        if token.trim().len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            checker.problem(
+                "admin.token",
+                "must be at least 16 characters with no spaces (it travels as \"authorization: Bearer <token>\")",
+            );
+        }
+    }
+    let insecure = raw.insecure.unwrap_or(false);
+    if token.is_none() && !insecure && !listen.ip().is_loopback() {
+        checker.problem(
+            "admin.listen",
+            format!(
+                "{listen} is not a loopback address and no admin token is set: anyone who can reach it \
+                 could reconfigure the node; set admin.token or admin.token_file, or insecure = true"
+            ),
+        );
+    }
+    AdminConfig {
+        listen,
+        token,
+        insecure,
+    }
+}
+
+/// The problems of listener settings changed at runtime (admin API), with paths relative to the
+/// settings (`keepalive_timeout: 5000s is above the maximum 3600s`). Same ranges as the file.
+pub fn settings_problems(settings: &ListenerSettings) -> Vec<Problem> {
+    let mut checker = Checker::default();
+    let mut check = |path: &str, value: Duration, min: Duration, max: Duration| {
+        checker.in_range(path, value, min, max);
+    };
+    check(
+        "keepalive_timeout",
+        settings.keepalive_timeout,
+        Duration::ZERO,
+        MAX_KEEPALIVE_TIMEOUT,
+    );
+    check(
+        "header_timeout",
+        settings.header_timeout,
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    check(
+        "body_timeout",
+        settings.body_timeout,
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    check(
+        "max_connection_age",
+        settings.max_connection_age.unwrap_or_default(),
+        Duration::ZERO,
+        MAX_CONNECTION_AGE,
+    );
+    if let Some(limit) = settings.max_connections_per_client {
+        checker.integer(
+            "max_connections_per_client",
+            Some(i64::from(limit)),
+            0,
+            0,
+            MAX_CONNECTIONS_PER_CLIENT,
+        );
+    }
+    checker.problems
 }
 
 fn runtime(checker: &mut Checker, raw: RawRuntime) -> RuntimeConfig {
