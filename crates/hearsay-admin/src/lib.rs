@@ -1,1 +1,95 @@
-//! admin
+//! hearsay's gRPC admin API: the `hearsay.admin.v1.Admin` service over the node's data plane,
+//! served with gRPC server reflection (v1 and v1alpha, so `grpcurl` needs no .proto file),
+//! `grpc.health.v1.Health`, and bearer-token auth. Only this crate knows protobuf types.
+
+mod auth;
+mod convert;
+mod error;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hearsay_proxy::Proxy;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::AdminError;
+pub use service::AdminService;
+
+/// The generated protobuf types, server and client.
+#[allow(clippy::all, clippy::pedantic, rust_2018_idioms)]
+pub mod pb {
+    include!("generated/hearsay.admin.v1.rs");
+
+    /// The encoded descriptors of admin.proto and its imports, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/admin_descriptor.bin");
+}
+
+/// What the admin API knows about the node it administers.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: String,
+    pub version: String,
+    pub started_at: SystemTime,
+    pub admin_address: SocketAddr,
+}
+
+/// Why the admin server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("admin server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the admin API on `listener` until `shutdown` is cancelled. When `token` is set, every
+/// call except the health service needs `authorization: Bearer <token>`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    node: NodeInfo,
+    token: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    let check = auth::BearerToken::new(token);
+    let admin = pb::admin_server::AdminServer::with_interceptor(
+        AdminService::new(proxy, node),
+        check.clone(),
+    );
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = tonic::service::interceptor::InterceptedService::new(
+        reflection().build_v1()?,
+        check.clone(),
+    );
+    let reflection_v1alpha =
+        tonic::service::interceptor::InterceptedService::new(reflection().build_v1alpha()?, check);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stopping = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health
+                .set_not_serving::<pb::admin_server::AdminServer<AdminService>>()
+                .await;
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(admin)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, stopping)
+        .await?;
+    Ok(())
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ipnet::IpNet;
-pub use validate::settings_problems;
+pub use validate::{settings_problems, valid_authority as valid_backend_address};
 
 /// Default idle (keep-alive) timeout of a listener.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);

@@ -615,7 +615,7 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
 }
 
 /// `host:port` with a non-zero port, where host is an IP, a bracketed IPv6 or a DNS name.
-fn valid_authority(address: &str) -> bool {
+pub fn valid_authority(address: &str) -> bool {
     if address.parse::<SocketAddr>().is_ok() {
         return !address.ends_with(":0");
     }

@@ -17,8 +17,9 @@ pub mod upstream;
 
 pub use admission::{ClientKey, ClientTable};
 pub use error::{ForwardError, ProxyError};
-pub use listener::Listener;
+pub use listener::{Listener, SettingsUpdate, UpdateError};
 pub use registry::{
     CloseReason, Connection, ConnectionInfo, ConnectionState, Registry, StatsSnapshot,
 };
 pub use server::Proxy;
+pub use upstream::{Backend, BackendState, Pool, PoolError};

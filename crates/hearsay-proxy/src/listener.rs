@@ -1,8 +1,9 @@
-//! A listener's runtime state: its current settings (changeable at runtime), its pool, its
-//! counters and its per-client table.
+//! A listener's runtime state: its current settings (changeable at runtime, versioned), its pool,
+//! its counters and its per-client table.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hearsay_config::ListenerSettings;
 use tokio::sync::watch;
@@ -19,8 +20,29 @@ pub struct Listener {
     pub bind: SocketAddr,
     pub pool: Arc<Pool>,
     settings: watch::Sender<Arc<ListenerSettings>>,
+    /// Grows by one with every settings change; starts at 1.
+    version: AtomicU64,
+    /// Serialises read-modify-write updates so none is lost.
+    update_lock: Mutex<()>,
     pub stats: Arc<ListenerStats>,
     pub clients: Arc<ClientTable>,
+}
+
+/// Why a settings update was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    #[error("listener is at version {current}, not the expected {expected}")]
+    Conflict { expected: u64, current: u64 },
+    #[error(transparent)]
+    Rejected(E),
+}
+
+/// An applied settings update.
+#[derive(Debug, Clone)]
+pub struct SettingsUpdate {
+    pub old: Arc<ListenerSettings>,
+    pub new: Arc<ListenerSettings>,
+    pub version: u64,
 }
 
 impl Listener {
@@ -35,6 +57,8 @@ impl Listener {
             bind,
             pool,
             settings: watch::Sender::new(Arc::new(settings)),
+            version: AtomicU64::new(1),
+            update_lock: Mutex::new(()),
             stats: Arc::default(),
             clients: ClientTable::new(),
         }
@@ -45,9 +69,42 @@ impl Listener {
         self.settings.borrow().clone()
     }
 
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     /// Replaces the settings; open connections re-evaluate their deadlines at once.
-    pub fn set_settings(&self, settings: ListenerSettings) {
-        self.settings.send_replace(Arc::new(settings));
+    pub fn set_settings(&self, settings: ListenerSettings) -> SettingsUpdate {
+        match self.update::<std::convert::Infallible>(None, |_| Ok(settings)) {
+            Ok(update) => update,
+            Err(UpdateError::Rejected(never)) => match never {},
+            Err(UpdateError::Conflict { .. }) => unreachable!("no expected version given"),
+        }
+    }
+
+    /// Derives new settings from the current ones and applies them, unless `expected_version` is
+    /// given and is not the current version, or `change` rejects the update.
+    pub fn update<E>(
+        &self,
+        expected_version: Option<u64>,
+        change: impl FnOnce(&ListenerSettings) -> Result<ListenerSettings, E>,
+    ) -> Result<SettingsUpdate, UpdateError<E>> {
+        let _serialised = self
+            .update_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let current = self.version();
+        if let Some(expected) = expected_version {
+            if expected != current {
+                return Err(UpdateError::Conflict { expected, current });
+            }
+        }
+        let old = self.settings();
+        let new = Arc::new(change(&old).map_err(UpdateError::Rejected)?);
+        self.settings.send_replace(Arc::clone(&new));
+        let version = current + 1;
+        self.version.store(version, Ordering::Release);
+        Ok(SettingsUpdate { old, new, version })
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<ListenerSettings>> {

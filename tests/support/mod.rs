@@ -1,0 +1,184 @@
+//! Shared helpers of the end-to-end tests: temp configs, a plain HTTP backend, a running node.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const HEARSAY: &str = env!("CARGO_BIN_EXE_hearsay");
+
+pub fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hearsay-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A plain HTTP/1.1 backend on a thread: `/slow` answers after 700 ms (and says on the channel
+/// that it started), anything else at once.
+pub fn start_backend() -> (SocketAddr, mpsc::Receiver<()>) {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = socket.local_addr().unwrap();
+    let (slow_started, slow_seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in socket.incoming().flatten() {
+            let slow_started = slow_started.clone();
+            std::thread::spawn(move || serve_backend_connection(stream, slow_started));
+        }
+    });
+    (address, slow_seen)
+}
+
+fn serve_backend_connection(stream: TcpStream, slow_started: mpsc::Sender<()>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        if request_line.contains("/slow") {
+            let _ = slow_started.send(());
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        let port = writer.local_addr().map(|a| a.port()).unwrap_or(0);
+        let body = format!("backend {port} saw {}", request_line.trim());
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+pub struct Node {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Node {
+    pub fn start(config: &str) -> Node {
+        let path = write_temp(&format!("node-{}.toml", rand_suffix()), config);
+        let mut child = Command::new(HEARSAY)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut address, mut admin) = (None, None);
+        while address.is_none() || admin.is_none() {
+            let line = log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("node logged its listening addresses");
+            let Some(rest) = line.split("address=").nth(1) else {
+                continue;
+            };
+            let parsed: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            if line.contains("admin API listening") {
+                admin = Some(parsed);
+            } else if line.contains("listener=") {
+                address = Some(parsed);
+            }
+        }
+        Node {
+            child,
+            address: address.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+pub fn request(stream: &mut TcpStream, path: &str) -> String {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: e2e\r\n\r\n").as_bytes())
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(
+            read > 0,
+            "closed before a full response: {}",
+            String::from_utf8_lossy(&response)
+        );
+        response.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .map(|value| value.trim().parse().unwrap())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text.into_owned();
+            }
+        }
+    }
+}
