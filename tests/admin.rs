@@ -511,3 +511,94 @@ fn backends_connections_clients_and_stats() {
         "changes are logged: {log:#?}"
     );
 }
+
+/// Runs `hearsay ctl` against the node, with the token from the environment.
+fn ctl(node: &Node, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(support::HEARSAY)
+        .arg("ctl")
+        .args(["--admin", &node.admin.to_string()])
+        .args(args)
+        .env("HEARSAY_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn hearsay_ctl_prints_tables_and_changes_settings() {
+    let (first, _) = start_backend();
+    let node = start_node(&[first], "max_connections_per_client = 7");
+    let mut client = TcpStream::connect(node.address).unwrap();
+    assert!(request(&mut client, "/").starts_with("HTTP/1.1 200"));
+
+    let (ok, status, _) = ctl(&node, &["status"]);
+    assert!(ok);
+    assert!(status.starts_with("node admin-e2e (hearsay "), "{status}");
+    assert!(
+        status.contains("connections: 1 open (0 active, 1 idle), 1 accepted, 1 requests"),
+        "{status}"
+    );
+
+    let (_, listeners, _) = ctl(&node, &["listeners"]);
+    let lines: Vec<&str> = listeners.lines().collect();
+    assert!(lines[0].starts_with("LISTENER  BIND"), "{listeners}");
+    assert!(
+        lines[1].starts_with("web ") && lines[1].contains(" 75s ") && lines[1].ends_with(" 1"),
+        "{listeners}"
+    );
+
+    let (ok, changed, _) = ctl(&node, &["set-keepalive", "web", "30s"]);
+    assert!(ok);
+    assert_eq!(changed, "listener web: keepalive_timeout 30s (version 2)\n");
+    let (ok, _, error) = ctl(&node, &["set-keepalive", "web", "2h"]);
+    assert!(!ok);
+    assert!(
+        error.contains(
+            "InvalidArgument: settings.keepalive_timeout: 7200s is above the maximum 3600s"
+        ),
+        "{error}"
+    );
+
+    let (_, backends, _) = ctl(&node, &["backends", "app"]);
+    assert!(
+        backends.contains(&first.to_string()) && backends.contains("enabled"),
+        "{backends}"
+    );
+    let (ok, drained, _) = ctl(&node, &["drain", "app", &first.to_string()]);
+    assert!(ok);
+    assert!(drained.contains("is draining"), "{drained}");
+    let response = request(&mut client, "/");
+    assert!(
+        response.starts_with("HTTP/1.1 503"),
+        "no enabled backend left: {response}"
+    );
+    ctl(&node, &["enable", "app", &first.to_string()]);
+    assert!(request(&mut client, "/").starts_with("HTTP/1.1 200"));
+
+    let (_, connections, _) = ctl(&node, &["connections"]);
+    assert!(
+        connections.contains(&client.local_addr().unwrap().to_string()),
+        "{connections}"
+    );
+    let (_, top, _) = ctl(&node, &["top-clients"]);
+    assert!(
+        top.lines()
+            .nth(1)
+            .is_some_and(|line| line.starts_with("127.0.0.1")
+                && line.contains(" 1 ")
+                && line.ends_with("7")),
+        "{top}"
+    );
+
+    let unauthenticated = Command::new(support::HEARSAY)
+        .args(["ctl", "--admin", &node.admin.to_string(), "status"])
+        .env_remove("HEARSAY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!unauthenticated.status.success());
+    assert!(String::from_utf8_lossy(&unauthenticated.stderr).contains("Unauthenticated"));
+}

@@ -4,6 +4,7 @@
 
 mod auth;
 mod convert;
+pub mod ctl;
 mod error;
 mod service;
 

@@ -43,6 +43,9 @@ enum Command {
     },
     /// Run a ready-made setup: demo backends and a node balancing over them.
     Demo(demo::DemoArgs),
+    /// Administer a running node through its admin API (status, listeners, set-keepalive,
+    /// backends, drain, enable, connections, top-clients).
+    Ctl(hearsay_admin::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             .with_context(|| format!("invalid config {}", config.display()))
             .and_then(|config| run_node(config, None)),
         Command::Demo(args) => demo::run(args),
+        Command::Ctl(args) => run_ctl(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +98,13 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         }
         Err(error) => Err(anyhow::anyhow!("{}: {error}", file.display())),
     }
+}
+
+fn run_ctl(args: hearsay_admin::ctl::CtlArgs) -> anyhow::Result<()> {
+    let runtime = build_runtime(1)?;
+    let output = runtime.block_on(hearsay_admin::ctl::run(args))?;
+    print!("{output}");
+    Ok(())
 }
 
 fn build_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {

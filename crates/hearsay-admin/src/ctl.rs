@@ -1,0 +1,411 @@
+//! `hearsay ctl`: the common admin calls from a terminal, with human-readable tables. grpcurl
+//! stays the reference client; this is the convenience.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::convert::{from_proto_duration, to_proto_duration};
+use crate::pb;
+use crate::pb::admin_client::AdminClient;
+
+/// Talks to a node's admin API.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Admin API address of the node.
+    #[arg(long, env = "HEARSAY_ADMIN", default_value = "127.0.0.1:9100")]
+    admin: String,
+    /// Admin token (sent as "authorization: Bearer <token>").
+    #[arg(long, env = "HEARSAY_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CtlCommand {
+    /// The node and its connection totals.
+    Status,
+    /// Listeners and their keep-alive settings.
+    Listeners,
+    /// Sets a listener's idle (keep-alive) timeout; applies to open connections too.
+    SetKeepalive {
+        listener: String,
+        /// e.g. 75s, 500ms, 0s (keep-alive off).
+        timeout: String,
+    },
+    /// The backends of a pool.
+    Backends { pool: String },
+    /// Stops sending new requests to a backend; in-flight requests finish.
+    Drain { pool: String, address: String },
+    /// Puts a drained or disabled backend back in service.
+    Enable { pool: String, address: String },
+    /// Open connections.
+    Connections {
+        #[arg(long)]
+        listener: Option<String>,
+        /// Only connections of this client IP.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only connections idle at least this long, e.g. 30s.
+        #[arg(long)]
+        min_idle: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The clients holding the most connections.
+    TopClients {
+        #[arg(long)]
+        listener: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+}
+
+/// Why a ctl command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach the admin API at {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Call(tonic::Status),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<tonic::Status> for CtlError {
+    fn from(status: tonic::Status) -> CtlError {
+        CtlError::Call(status)
+    }
+}
+
+/// The innermost cause, which says what actually happened (e.g. "Connection refused").
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, TokenHeader>>;
+
+#[derive(Clone)]
+struct TokenHeader(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for TokenHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+fn duration_arg(name: &str, text: &str) -> Result<Duration, CtlError> {
+    humantime::parse_duration(text)
+        .map_err(|error| CtlError::Usage(format!("{name}: {text:?} is not a duration ({error})")))
+}
+
+fn show(duration: Option<&prost_types::Duration>) -> String {
+    duration
+        .and_then(|value| from_proto_duration("", value).ok())
+        .map_or_else(|| "-".to_owned(), hearsay_config::format_duration)
+}
+
+fn unlimited(value: u64) -> String {
+    if value == 0 {
+        "unlimited".to_owned()
+    } else {
+        value.to_string()
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            widths[index] = widths[index].max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(index, cell)| format!("{cell:<width$}", width = widths[index]))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// Runs a ctl command and returns what to print.
+pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
+    let address = if args.admin.contains("://") {
+        args.admin.clone()
+    } else {
+        format!("http://{}", args.admin)
+    };
+    let endpoint = Endpoint::from_shared(address.clone())
+        .map_err(|_| CtlError::Usage(format!("--admin {:?} is not an address", args.admin)))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|error| CtlError::Connect {
+            address: args.admin.clone(),
+            reason: root_cause(&error),
+        })?;
+    let token = match args.token {
+        Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+            CtlError::Usage("the token has characters a header cannot carry".to_owned())
+        })?),
+        None => None,
+    };
+    let mut client: Client = AdminClient::with_interceptor(channel, TokenHeader(token));
+    match args.command {
+        CtlCommand::Status => {
+            let node = client.get_node(pb::GetNodeRequest {}).await?.into_inner();
+            let stats = client
+                .get_stats(pb::GetStatsRequest { listener: None })
+                .await?
+                .into_inner();
+            let total = stats.total.unwrap_or_default();
+            Ok(format!(
+                "node {} (hearsay {}), up {}\nlisteners: {}\nconnections: {} open ({} active, {} idle), {} accepted, {} requests, {} refused over limit\n",
+                node.id,
+                node.version,
+                show(
+                    node.uptime
+                        .map(|uptime| prost_types::Duration { nanos: 0, ..uptime })
+                        .as_ref()
+                ),
+                node.listeners.join(", "),
+                total.open,
+                total.active,
+                total.idle,
+                total.accepted,
+                total.requests,
+                total.refused_over_limit,
+            ))
+        }
+        CtlCommand::Listeners => {
+            let listeners = client
+                .list_listeners(pb::ListListenersRequest {})
+                .await?
+                .into_inner();
+            let rows: Vec<Vec<String>> = listeners
+                .listeners
+                .iter()
+                .map(|listener| {
+                    let settings = listener.settings.unwrap_or_default();
+                    vec![
+                        listener.name.clone(),
+                        listener.bind.clone(),
+                        listener.pool.clone(),
+                        show(settings.keepalive_timeout.as_ref()),
+                        show(settings.header_timeout.as_ref()),
+                        show(settings.body_timeout.as_ref()),
+                        unlimited(settings.max_requests_per_connection.unwrap_or(0)),
+                        unlimited(u64::from(settings.max_connections_per_client.unwrap_or(0))),
+                        listener.version.to_string(),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "LISTENER",
+                    "BIND",
+                    "POOL",
+                    "KEEPALIVE",
+                    "HEADER",
+                    "BODY",
+                    "MAX-REQ",
+                    "PER-CLIENT",
+                    "VERSION",
+                ],
+                &rows,
+            ))
+        }
+        CtlCommand::SetKeepalive { listener, timeout } => {
+            let timeout = duration_arg("timeout", &timeout)?;
+            let updated = client
+                .update_listener(pb::UpdateListenerRequest {
+                    name: listener,
+                    settings: Some(pb::ListenerSettings {
+                        keepalive_timeout: Some(to_proto_duration(timeout)),
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                    expected_version: 0,
+                })
+                .await?
+                .into_inner();
+            let settings = updated.settings.unwrap_or_default();
+            Ok(format!(
+                "listener {}: keepalive_timeout {} (version {})\n",
+                updated.name,
+                show(settings.keepalive_timeout.as_ref()),
+                updated.version
+            ))
+        }
+        CtlCommand::Backends { pool } => {
+            let backends = client
+                .list_backends(pb::ListBackendsRequest { pool })
+                .await?
+                .into_inner();
+            let rows: Vec<Vec<String>> = backends
+                .backends
+                .iter()
+                .map(|backend| {
+                    vec![
+                        backend.address.clone(),
+                        backend.weight.to_string(),
+                        backend.state().as_str_name().to_lowercase(),
+                        backend.health().as_str_name().to_lowercase(),
+                        backend.in_flight.to_string(),
+                        backend.requests.to_string(),
+                        backend.idle_connections.to_string(),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "BACKEND",
+                    "WEIGHT",
+                    "STATE",
+                    "HEALTH",
+                    "IN-FLIGHT",
+                    "REQUESTS",
+                    "IDLE-CONNS",
+                ],
+                &rows,
+            ))
+        }
+        CtlCommand::Drain { pool, address } => {
+            set_state(&mut client, pool, address, pb::BackendState::Draining).await
+        }
+        CtlCommand::Enable { pool, address } => {
+            set_state(&mut client, pool, address, pb::BackendState::Enabled).await
+        }
+        CtlCommand::Connections {
+            listener,
+            client: client_ip,
+            min_idle,
+            limit,
+        } => {
+            let min_idle = min_idle
+                .map(|text| duration_arg("--min-idle", &text))
+                .transpose()?
+                .map(to_proto_duration);
+            let connections = client
+                .list_connections(pb::ListConnectionsRequest {
+                    listener,
+                    client: client_ip,
+                    min_idle,
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            let rows: Vec<Vec<String>> = connections
+                .connections
+                .iter()
+                .map(|connection| {
+                    vec![
+                        connection.id.to_string(),
+                        connection.listener.clone(),
+                        connection.client_address.clone(),
+                        connection.state().as_str_name().to_lowercase(),
+                        show(connection.idle_for.as_ref()),
+                        connection.requests.to_string(),
+                    ]
+                })
+                .collect();
+            let mut out = table(
+                &["ID", "LISTENER", "CLIENT", "STATE", "IDLE-FOR", "REQUESTS"],
+                &rows,
+            );
+            if !connections.next_page_token.is_empty() {
+                out.push_str("(more: raise --limit)\n");
+            }
+            Ok(out)
+        }
+        CtlCommand::TopClients { listener, limit } => {
+            let clients = client
+                .list_clients(pb::ListClientsRequest { listener, limit })
+                .await?
+                .into_inner();
+            let rows: Vec<Vec<String>> = clients
+                .clients
+                .iter()
+                .map(|client| {
+                    vec![
+                        client.client_key.clone(),
+                        client.listener.clone(),
+                        client.open_connections.to_string(),
+                        if client.exempt {
+                            "exempt".to_owned()
+                        } else {
+                            unlimited(u64::from(client.limit))
+                        },
+                    ]
+                })
+                .collect();
+            Ok(table(&["CLIENT", "LISTENER", "OPEN", "LIMIT"], &rows))
+        }
+    }
+}
+
+async fn set_state(
+    client: &mut Client,
+    pool: String,
+    address: String,
+    state: pb::BackendState,
+) -> Result<String, CtlError> {
+    let backend = client
+        .set_backend_state(pb::SetBackendStateRequest {
+            pool: pool.clone(),
+            address,
+            state: state as i32,
+        })
+        .await?
+        .into_inner();
+    Ok(format!(
+        "pool {pool}: backend {} is {} ({} in flight)\n",
+        backend.address,
+        backend.state().as_str_name().to_lowercase(),
+        backend.in_flight
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(
+            &["A", "LONGER"],
+            &[
+                vec!["wide cell".into(), "x".into()],
+                vec!["b".into(), "y".into()],
+            ],
+        );
+        assert_eq!(text, "A          LONGER\nwide cell  x\nb          y\n");
+    }
+}
