@@ -64,8 +64,9 @@ pub fn client_wants_close(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
-/// Prepares a client's request headers for the backend.
-pub fn rewrite_request(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+/// Prepares a client's request headers for the backend. `client` is the client's IP address as
+/// a header value (made once per connection).
+pub fn rewrite_request(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
     // Read before hop-by-hop removal: a client may (wrongly) name Host in Connection.
     let host = headers.get(header::HOST).cloned();
     remove_hop_by_hop(headers);
@@ -73,26 +74,55 @@ pub fn rewrite_request(headers: &mut HeaderMap, client: IpAddr, proto: &'static 
         headers.insert(header::HOST, host.clone());
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    let client = client.to_string();
-    let forwarded_for = match headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client}"),
-        _ => client,
+    // Several X-Forwarded-For lines are one list: join them, then append the client.
+    let previous: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    let forwarded_for = if previous.is_empty() {
+        client.clone()
+    } else {
+        let client = client.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {client}", previous.join(", ")))
+            .unwrap_or_else(|_| client_value(client))
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        // Several X-Forwarded-For lines are one list; keep it as one line.
-        headers.remove(&X_FORWARDED_FOR);
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+}
+
+fn client_value(client: &str) -> HeaderValue {
+    HeaderValue::from_str(client).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The header value of a client address, for [`rewrite_request`].
+pub fn client_header_value(client: IpAddr) -> HeaderValue {
+    client_value(&client.to_string())
 }
 
 /// `Keep-Alive: timeout=N` for a keep-alive timeout, when it is at least a second.
 pub fn keep_alive_value(timeout: std::time::Duration) -> Option<HeaderValue> {
+    thread_local! {
+        // Every response of a listener carries the same value: format it once per thread.
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
     let seconds = timeout.as_secs();
-    (seconds > 0).then(|| HeaderValue::from_str(&format!("timeout={seconds}")).ok())?
+    if seconds == 0 {
+        return None;
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = last.as_ref() {
+            if *cached == seconds {
+                return Some(value.clone());
+            }
+        }
+        let value = HeaderValue::from_str(&format!("timeout={seconds}")).ok()?;
+        *last = Some((seconds, value.clone()));
+        Some(value)
+    })
 }
 
 pub(crate) fn keep_alive_name() -> &'static HeaderName {
@@ -154,13 +184,17 @@ mod tests {
                     ("x-forwarded-for", "198.51.100.1"),
                     ("x-forwarded-for", "10.0.0.1"),
                 ],
-                "198.51.100.1, 192.0.2.9",
+                "198.51.100.1, 10.0.0.1, 192.0.2.9",
             ),
         ];
         for (input, expected_for) in cases {
             let mut map = headers(input);
             map.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-            rewrite_request(&mut map, "192.0.2.9".parse().unwrap(), "http");
+            rewrite_request(
+                &mut map,
+                &client_header_value("192.0.2.9".parse().unwrap()),
+                "http",
+            );
             assert_eq!(
                 map.get("x-forwarded-for").unwrap(),
                 *expected_for,
@@ -180,7 +214,11 @@ mod tests {
     #[test]
     fn host_survives_even_when_named_in_connection() {
         let mut map = headers(&[("host", "example.com"), ("connection", "host")]);
-        rewrite_request(&mut map, "192.0.2.9".parse().unwrap(), "http");
+        rewrite_request(
+            &mut map,
+            &client_header_value("192.0.2.9".parse().unwrap()),
+            "http",
+        );
         assert_eq!(map.get("host").unwrap(), "example.com");
     }
 

@@ -166,6 +166,8 @@ pub struct Connection {
     pub id: u64,
     pub listener: Arc<str>,
     pub client: SocketAddr,
+    /// The client's IP as a header value, for `X-Forwarded-For`.
+    pub(crate) client_header: http::HeaderValue,
     pub accepted_at: SystemTime,
     pub(crate) accepted_nanos: u64,
     pub(crate) stats: Arc<ListenerStats>,
@@ -218,6 +220,9 @@ impl Connection {
             id,
             listener,
             client,
+            client_header: crate::headers::client_header_value(hearsay_config::canonical_ip(
+                client.ip(),
+            )),
             accepted_at: SystemTime::now(),
             accepted_nanos: now,
             stats,

@@ -8,7 +8,6 @@
 //! when the request could not be written (hyper hands the request back), and the request then goes
 //! out on a fresh connection: a stale pooled connection never surfaces as a client error.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -397,7 +396,7 @@ impl Pool {
     pub(crate) async fn forward(
         &self,
         request: Request<RequestBody>,
-        client: IpAddr,
+        client: &http::HeaderValue,
     ) -> Result<(Response<Incoming>, Checkout), ForwardError> {
         let backend = self.pick().ok_or_else(|| ForwardError::NoBackend {
             pool: self.name.clone(),
