@@ -1,5 +1,12 @@
-//! Backend selection without I/O. The data plane asks which of the candidate backends to use;
-//! everything here is deterministic given its inputs, so it is tested without sockets.
+//! Backend selection and health arithmetic without I/O. The data plane describes the candidate
+//! backends and asks which to use; time and randomness come in as arguments, so everything here
+//! is deterministic and tested without sockets.
+
+mod algorithms;
+mod health;
+
+pub use algorithms::{Algorithm, Balancer, Candidate};
+pub use health::{Ejection, HealthCheckState, HealthVerdict, OutlierPolicy, OutlierState};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +30,26 @@ impl RoundRobin {
     }
 }
 
+/// A stable 64-bit hash (FNV-1a, then a 64-bit finaliser), the same on every node and run: the
+/// consistent-hash ring and client keys must hash alike everywhere.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(hash)
+}
+
+/// splitmix64's finaliser: spreads nearby inputs over the whole range.
+pub fn mix(mut value: u64) -> u64 {
+    value ^= value >> 30;
+    value = value.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    value ^= value >> 27;
+    value = value.wrapping_mul(0x94d0_49bb_1331_11eb);
+    value ^ (value >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,26 +63,14 @@ mod tests {
         ];
         for (candidates, expected) in cases {
             let round_robin = RoundRobin::new();
-            let picks: Vec<Option<usize>> = expected
-                .iter()
-                .map(|_| round_robin.pick(*candidates))
-                .collect();
+            let picks: Vec<Option<usize>> = expected.iter().map(|_| round_robin.pick(*candidates)).collect();
             assert_eq!(&picks, expected, "{candidates} candidates");
         }
     }
 
     #[test]
-    fn round_robin_spreads_evenly_when_the_candidate_count_changes() {
-        let round_robin = RoundRobin::new();
-        let mut counts = [0usize; 4];
-        for _ in 0..400 {
-            counts[round_robin.pick(4).unwrap()] += 1;
-        }
-        assert_eq!(counts, [100; 4]);
-        let mut counts = [0usize; 2];
-        for _ in 0..100 {
-            counts[round_robin.pick(2).unwrap()] += 1;
-        }
-        assert_eq!(counts, [50; 2]);
+    fn stable_hash_is_stable() {
+        assert_eq!(stable_hash(b"10.0.0.1:80"), stable_hash(b"10.0.0.1:80"));
+        assert_ne!(stable_hash(b"10.0.0.1:80"), stable_hash(b"10.0.0.2:80"));
     }
 }

@@ -1,0 +1,207 @@
+//! Health arithmetic: the active-check state machine (thresholds) and passive outlier ejection.
+//! Time comes in as an argument.
+
+use std::time::{Duration, Instant};
+
+/// Active health of one backend: flips after `threshold` consecutive results the other way.
+/// A backend starts healthy, so traffic flows from the first moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheckState {
+    healthy: bool,
+    /// Consecutive results contradicting the current state.
+    streak: u32,
+}
+
+/// What one check result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthVerdict {
+    Unchanged,
+    BecameHealthy,
+    BecameUnhealthy,
+}
+
+impl Default for HealthCheckState {
+    fn default() -> Self {
+        HealthCheckState {
+            healthy: true,
+            streak: 0,
+        }
+    }
+}
+
+impl HealthCheckState {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Records one check result.
+    pub fn record(&mut self, success: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> HealthVerdict {
+        if success == self.healthy {
+            self.streak = 0;
+            return HealthVerdict::Unchanged;
+        }
+        self.streak += 1;
+        let threshold = if success { healthy_threshold } else { unhealthy_threshold };
+        if self.streak < threshold.max(1) {
+            return HealthVerdict::Unchanged;
+        }
+        self.healthy = success;
+        self.streak = 0;
+        if success {
+            HealthVerdict::BecameHealthy
+        } else {
+            HealthVerdict::BecameUnhealthy
+        }
+    }
+}
+
+/// Passive outlier detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Consecutive failures (connect errors, 5xx) that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times this.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// At most this share of a pool (percent) is ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        OutlierPolicy {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Passive state of one backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutlierState {
+    consecutive: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// What one failure did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// Not (yet) an outlier, or already ejected.
+    None,
+    /// Ejected for this long.
+    Ejected(Duration),
+    /// An outlier, but ejecting it would put the pool over its ejection share.
+    Capped,
+}
+
+impl OutlierState {
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|until| now < until)
+    }
+
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.ejected_until
+    }
+
+    pub fn record_success(&mut self) {
+        self.consecutive = 0;
+    }
+
+    /// Records one failure; `ejected_now` is how many backends of the pool (of `pool_size`) are
+    /// ejected at this moment.
+    pub fn record_failure(&mut self, policy: &OutlierPolicy, now: Instant, ejected_now: usize, pool_size: usize) -> Ejection {
+        if self.is_ejected(now) {
+            return Ejection::None;
+        }
+        self.consecutive += 1;
+        if self.consecutive < policy.consecutive_failures.max(1) {
+            return Ejection::None;
+        }
+        let allowed = (ejected_now + 1) * 100 <= policy.max_ejected_percent as usize * pool_size;
+        if !allowed {
+            return Ejection::Capped;
+        }
+        self.ejections += 1;
+        self.consecutive = 0;
+        let duration = policy
+            .base_ejection
+            .saturating_mul(self.ejections)
+            .min(policy.max_ejection);
+        self.ejected_until = Some(now + duration);
+        Ejection::Ejected(duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_flip_the_state_once() {
+        // (results, healthy threshold, unhealthy threshold, expected verdicts)
+        use HealthVerdict::*;
+        let cases: &[(&[bool], u32, u32, &[HealthVerdict])] = &[
+            (&[false, false, false], 3, 3, &[Unchanged, Unchanged, BecameUnhealthy]),
+            (&[false, true, false, false], 3, 3, &[Unchanged, Unchanged, Unchanged, Unchanged]),
+            (&[false, true, true], 2, 1, &[BecameUnhealthy, Unchanged, BecameHealthy]),
+            (&[false, false, false, false], 1, 1, &[BecameUnhealthy, Unchanged, Unchanged, Unchanged]),
+        ];
+        for (results, healthy, unhealthy, expected) in cases {
+            let mut state = HealthCheckState::default();
+            let verdicts: Vec<HealthVerdict> =
+                results.iter().map(|result| state.record(*result, *healthy, *unhealthy)).collect();
+            assert_eq!(&verdicts, expected, "{results:?}");
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_for_a_growing_time() {
+        let policy = OutlierPolicy {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejected_percent: 50,
+        };
+        let start = Instant::now();
+        let mut state = OutlierState::default();
+        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
+        state.record_success();
+        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
+        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
+        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::Ejected(Duration::from_secs(10)));
+        assert!(state.is_ejected(start + Duration::from_secs(9)));
+        assert!(!state.is_ejected(start + Duration::from_secs(10)));
+        let later = start + Duration::from_secs(11);
+        for _ in 0..2 {
+            assert_eq!(state.record_failure(&policy, later, 0, 4), Ejection::None);
+        }
+        assert_eq!(state.record_failure(&policy, later, 0, 4), Ejection::Ejected(Duration::from_secs(20)));
+        let much_later = later + Duration::from_secs(60);
+        for _ in 0..2 {
+            state.record_failure(&policy, much_later, 0, 4);
+        }
+        assert_eq!(
+            state.record_failure(&policy, much_later, 0, 4),
+            Ejection::Ejected(Duration::from_secs(25)),
+            "capped at max_ejection"
+        );
+    }
+
+    #[test]
+    fn at_most_the_allowed_share_is_ejected() {
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            ..OutlierPolicy::default()
+        };
+        let now = Instant::now();
+        // Pool of 4 at 50%: a second ejection is fine, a third is not.
+        assert!(matches!(OutlierState::default().record_failure(&policy, now, 1, 4), Ejection::Ejected(_)));
+        assert_eq!(OutlierState::default().record_failure(&policy, now, 2, 4), Ejection::Capped);
+        // A pool of one never ejects its only backend at 50%.
+        assert_eq!(OutlierState::default().record_failure(&policy, now, 0, 1), Ejection::Capped);
+    }
+}
