@@ -136,11 +136,72 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Time allowed for a backend to send its response head.
     pub response_timeout: Duration,
+    /// Retries on another backend when a connect failed (idempotent requests only).
+    pub retries: u32,
+    /// How long an upstream keep-alive connection may stay idle in the pool.
+    pub idle_timeout: Duration,
+    /// Idle upstream keep-alive connections kept per backend.
+    pub max_idle_per_backend: usize,
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier detection; `None` = off.
+    pub outlier: Option<OutlierConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    P2c,
+    ConsistentHash,
+}
+
+impl Algorithm {
+    pub const ALL: [(&'static str, Algorithm); 5] = [
+        ("round_robin", Algorithm::RoundRobin),
+        ("weighted_round_robin", Algorithm::WeightedRoundRobin),
+        ("least_connections", Algorithm::LeastConnections),
+        ("p2c", Algorithm::P2c),
+        ("consistent_hash", Algorithm::ConsistentHash),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Algorithm::ALL
+            .iter()
+            .find(|(_, algorithm)| *algorithm == self)
+            .map_or("round_robin", |(name, _)| name)
+    }
+}
+
+/// Active health checks of a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// Connect only.
+    Tcp,
+    /// `GET path`; healthy when the status is within `expected_status` (inclusive).
+    Http {
+        path: String,
+        expected_status: (u16, u16),
+        host: Option<String>,
+    },
+}
+
+/// Passive outlier detection: consecutive connect failures or 5xx responses eject a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +209,15 @@ pub struct BackendConfig {
     /// `host:port`.
     pub address: String,
     pub weight: u32,
+    pub state: BackendStateConfig,
+}
+
+/// An operator's initial say over a backend (changeable at runtime through the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendStateConfig {
+    Enabled,
+    Draining,
+    Disabled,
 }
 
 /// Why a config could not be loaded.

@@ -52,6 +52,33 @@ pub(crate) struct RawPool {
     pub backends: Option<Vec<RawBackend>>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
+    pub retries: Option<i64>,
+    pub idle_timeout: Option<String>,
+    pub max_idle_per_backend: Option<i64>,
+    pub health_check: Option<RawHealthCheck>,
+    pub outlier: Option<RawOutlier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub expected_status: Option<String>,
+    pub host: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub consecutive_failures: Option<i64>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejected_percent: Option<i64>,
 }
 
 /// A backend is written either as `"host:port"` or as `{ address = "host:port", weight = 3 }`.
@@ -67,6 +94,7 @@ pub(crate) enum RawBackend {
 pub(crate) struct RawBackendDetailed {
     pub address: String,
     pub weight: Option<i64>,
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -316,3 +316,77 @@ fn runtime_settings_are_checked_with_the_file_ranges() {
         ]
     );
 }
+
+fn with_pool(pool_body: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9001\", {{ address = \"127.0.0.1:9002\", weight = 3, state = \"draining\" }}]\n{pool_body}\n"
+    )
+}
+
+#[test]
+fn pool_settings_are_read() {
+    use crate::{BackendStateConfig, HealthCheckKind};
+    let config = Config::parse(&with_pool(
+        "algorithm = \"least_connections\"\nretries = 2\nidle_timeout = \"10s\"\n\
+         [pool.health_check]\nkind = \"http\"\npath = \"/healthz\"\nexpected_status = \"200-204\"\nhost = \"app.internal\"\n\
+         interval = \"1s\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 4\n\
+         [pool.outlier]\nconsecutive_failures = 3\nbase_ejection = \"10s\"\n",
+    ))
+    .unwrap();
+    let pool = &config.pools[0];
+    assert_eq!(pool.algorithm, Algorithm::LeastConnections);
+    assert_eq!(pool.retries, 2);
+    assert_eq!(pool.idle_timeout, Duration::from_secs(10));
+    assert_eq!(pool.backends[1].weight, 3);
+    assert_eq!(pool.backends[1].state, BackendStateConfig::Draining);
+    let check = pool.health_check.as_ref().unwrap();
+    assert_eq!(
+        check.kind,
+        HealthCheckKind::Http {
+            path: "/healthz".into(),
+            expected_status: (200, 204),
+            host: Some("app.internal".into())
+        }
+    );
+    assert_eq!((check.interval, check.timeout), (Duration::from_secs(1), Duration::from_millis(500)));
+    assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 4));
+    let outlier = pool.outlier.unwrap();
+    assert_eq!((outlier.consecutive_failures, outlier.base_ejection), (3, Duration::from_secs(10)));
+    assert_eq!(outlier.max_ejected_percent, 50);
+
+    let defaults = Config::parse(&with_pool("")).unwrap();
+    let pool = &defaults.pools[0];
+    assert_eq!((pool.algorithm, pool.retries), (Algorithm::RoundRobin, 1));
+    assert!(pool.health_check.is_none());
+    assert_eq!(pool.outlier.unwrap().consecutive_failures, 5, "outlier detection on by default");
+    let off = Config::parse(&with_pool("[pool.outlier]\nconsecutive_failures = 0")).unwrap();
+    assert!(off.pools[0].outlier.is_none());
+    for (name, algorithm) in Algorithm::ALL {
+        let config = Config::parse(&with_pool(&format!("algorithm = \"{name}\""))).unwrap();
+        assert_eq!(config.pools[0].algorithm, algorithm);
+    }
+}
+
+#[test]
+fn bad_pool_settings_are_reported() {
+    let cases: &[(&str, &str)] = &[
+        ("algorithm = \"random\"", "pool[0].algorithm: \"random\" is not a balancing algorithm; allowed: round_robin, weighted_round_robin, least_connections, p2c, consistent_hash"),
+        ("retries = 11", "pool[0].retries: 11 is out of range; allowed 0..=10"),
+        ("[pool.health_check]\nkind = \"icmp\"", "pool[0].health_check.kind: \"icmp\" is not a health check kind; allowed: http, tcp"),
+        ("[pool.health_check]\nexpected_status = \"700\"", "pool[0].health_check.expected_status: \"700\" is not a status or range"),
+        ("[pool.health_check]\npath = \"healthz\"", "pool[0].health_check.path: \"healthz\" is not a request path"),
+        ("[pool.health_check]\nkind = \"tcp\"\npath = \"/x\"", "pool[0].health_check.path: only applies to kind = \"http\""),
+        ("[pool.health_check]\nunhealthy_threshold = 0", "pool[0].health_check.unhealthy_threshold: 0 is out of range; allowed 1..=100"),
+        ("[pool.outlier]\nmax_ejected_percent = 101", "pool[0].outlier.max_ejected_percent: 101 is out of range; allowed 0..=100"),
+        ("[pool.outlier]\nbogus = 1", "pool[0]: unknown field `bogus`"),
+    ];
+    for (body, expected) in cases {
+        let found = problems(&with_pool(body));
+        assert!(found.iter().any(|p| p.starts_with(expected)), "{body}: expected {expected:?} in {found:#?}");
+    }
+    let bad_state = with_pool("").replace("state = \"draining\"", "state = \"paused\"");
+    assert!(problems(&bad_state)
+        .iter()
+        .any(|p| p.starts_with("pool[0].backends[1].state: \"paused\" is not a backend state")));
+}

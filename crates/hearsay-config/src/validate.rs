@@ -8,10 +8,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::raw::{
-    RawAdmin, RawBackend, RawListener, RawNode, RawPool, RawRuntime, RawTcpKeepalive,
+    RawAdmin, RawBackend, RawHealthCheck, RawListener, RawNode, RawOutlier, RawPool, RawRuntime,
+    RawTcpKeepalive,
 };
 use crate::{
-    format_duration, host_name, AdminConfig, Algorithm, BackendConfig, Config, ConfigError, IpNet,
+    format_duration, host_name, AdminConfig, Algorithm, BackendStateConfig, HealthCheckConfig, HealthCheckKind,
+    OutlierConfig, BackendConfig, Config, ConfigError, IpNet,
     ListenerConfig, ListenerSettings, NodeConfig, OverLimitAction, PoolConfig, Problem,
     RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
@@ -19,7 +21,6 @@ use crate::{
 };
 
 const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "listener", "pool"];
-const ALGORITHMS: &str = "round_robin";
 const OVER_LIMIT_ACTIONS: &str = "\"http_429\" or \"close\"";
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -547,21 +548,22 @@ fn tcp_keepalive(checker: &mut Checker, path: &str, raw: Option<RawTcpKeepalive>
 fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
     let name = checker.name(&format!("{path}.name"), raw.name);
     let algorithm = match raw.algorithm.as_deref() {
-        None | Some("round_robin") => Algorithm::RoundRobin,
-        Some(other) => {
-            checker.problem(
-                format!("{path}.algorithm"),
-                format!("{other:?} is not a balancing algorithm; allowed: {ALGORITHMS}"),
-            );
-            Algorithm::RoundRobin
-        }
+        None => Algorithm::RoundRobin,
+        Some(text) => match Algorithm::ALL.iter().find(|(name, _)| *name == text) {
+            Some((_, algorithm)) => *algorithm,
+            None => {
+                let allowed: Vec<&str> = Algorithm::ALL.iter().map(|(name, _)| *name).collect();
+                checker.problem(
+                    format!("{path}.algorithm"),
+                    format!("{text:?} is not a balancing algorithm; allowed: {}", allowed.join(", ")),
+                );
+                Algorithm::RoundRobin
+            }
+        },
     };
     let raw_backends = raw.backends.unwrap_or_default();
     if raw_backends.is_empty() {
-        checker.problem(
-            format!("{path}.backends"),
-            "at least one backend is required",
-        );
+        checker.problem(format!("{path}.backends"), "at least one backend is required");
     }
     let mut seen = HashSet::new();
     let backends = raw_backends
@@ -569,11 +571,23 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
         .enumerate()
         .filter_map(|(index, raw)| {
             let backend_path = format!("{path}.backends[{index}]");
-            let (address, weight) = match raw {
-                RawBackend::Address(address) => (address, None),
-                RawBackend::Detailed(detailed) => (detailed.address, detailed.weight),
+            let (address, weight, state) = match raw {
+                RawBackend::Address(address) => (address, None, None),
+                RawBackend::Detailed(detailed) => (detailed.address, detailed.weight, detailed.state),
             };
             let weight = checker.integer(&format!("{backend_path}.weight"), weight, 1, 1, MAX_WEIGHT);
+            let state = match state.as_deref() {
+                None | Some("enabled") => BackendStateConfig::Enabled,
+                Some("draining") => BackendStateConfig::Draining,
+                Some("disabled") => BackendStateConfig::Disabled,
+                Some(other) => {
+                    checker.problem(
+                        format!("{backend_path}.state"),
+                        format!("{other:?} is not a backend state; allowed: enabled, draining, disabled"),
+                    );
+                    BackendStateConfig::Enabled
+                }
+            };
             if !valid_authority(&address) {
                 checker.problem(
                     backend_path,
@@ -588,30 +602,147 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
             Some(BackendConfig {
                 address,
                 weight: weight as u32,
+                state,
             })
         })
         .collect();
-    let connect_timeout = checker.duration(
-        &format!("{path}.connect_timeout"),
-        raw.connect_timeout.as_deref(),
-        Duration::from_secs(5),
-        Duration::from_millis(1),
-        MAX_TIMEOUT,
-    );
-    let response_timeout = checker.duration(
-        &format!("{path}.response_timeout"),
-        raw.response_timeout.as_deref(),
-        Duration::from_secs(60),
-        Duration::from_millis(1),
-        MAX_TIMEOUT,
-    );
+    let timeout = |checker: &mut Checker, key: &str, value: Option<&str>, default: u64| {
+        checker.duration(
+            &format!("{path}.{key}"),
+            value,
+            Duration::from_secs(default),
+            Duration::from_millis(1),
+            MAX_TIMEOUT,
+        )
+    };
+    let connect_timeout = timeout(checker, "connect_timeout", raw.connect_timeout.as_deref(), 5);
+    let response_timeout = timeout(checker, "response_timeout", raw.response_timeout.as_deref(), 60);
+    let idle_timeout = timeout(checker, "idle_timeout", raw.idle_timeout.as_deref(), 60);
+    let retries = checker.integer(&format!("{path}.retries"), raw.retries, 1, 0, 10) as u32;
+    let max_idle_per_backend =
+        checker.integer(&format!("{path}.max_idle_per_backend"), raw.max_idle_per_backend, 256, 0, 100_000) as usize;
+    let health_check = raw
+        .health_check
+        .map(|raw| health_check(checker, &format!("{path}.health_check"), raw));
+    let outlier = outlier(checker, &format!("{path}.outlier"), raw.outlier);
     PoolConfig {
         name,
         algorithm,
         backends,
         connect_timeout,
         response_timeout,
+        retries,
+        idle_timeout,
+        max_idle_per_backend,
+        health_check,
+        outlier,
     }
+}
+
+fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> HealthCheckConfig {
+    let kind = match raw.kind.as_deref() {
+        None | Some("http") => {
+            let check_path = raw.path.unwrap_or_else(|| "/".to_owned());
+            if !check_path.starts_with('/') || check_path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                checker.problem(format!("{path}.path"), format!("{check_path:?} is not a request path; it starts with '/'"));
+            }
+            let expected_status = match raw.expected_status.as_deref() {
+                None => (200, 399),
+                Some(text) => parse_status_range(text).unwrap_or_else(|| {
+                    checker.problem(
+                        format!("{path}.expected_status"),
+                        format!("{text:?} is not a status or range; write \"200\" or \"200-399\" (100..=599)"),
+                    );
+                    (200, 399)
+                }),
+            };
+            HealthCheckKind::Http {
+                path: check_path,
+                expected_status,
+                host: raw.host,
+            }
+        }
+        Some("tcp") => {
+            for (key, set) in [("path", raw.path.is_some()), ("expected_status", raw.expected_status.is_some()), ("host", raw.host.is_some())] {
+                if set {
+                    checker.problem(format!("{path}.{key}"), "only applies to kind = \"http\"");
+                }
+            }
+            HealthCheckKind::Tcp
+        }
+        Some(other) => {
+            checker.problem(format!("{path}.kind"), format!("{other:?} is not a health check kind; allowed: http, tcp"));
+            HealthCheckKind::Tcp
+        }
+    };
+    let interval = checker.duration(
+        &format!("{path}.interval"),
+        raw.interval.as_deref(),
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        MAX_TIMEOUT,
+    );
+    let timeout = checker.duration(
+        &format!("{path}.timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_secs(2),
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    HealthCheckConfig {
+        kind,
+        interval,
+        timeout,
+        healthy_threshold: checker.integer(&format!("{path}.healthy_threshold"), raw.healthy_threshold, 3, 1, 100) as u32,
+        unhealthy_threshold: checker.integer(&format!("{path}.unhealthy_threshold"), raw.unhealthy_threshold, 3, 1, 100)
+            as u32,
+    }
+}
+
+/// `"200"` or `"200-399"`, within 100..=599.
+fn parse_status_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = match text.split_once('-') {
+        Some((low, high)) => (low.trim().parse().ok()?, high.trim().parse().ok()?),
+        None => {
+            let status = text.trim().parse().ok()?;
+            (status, status)
+        }
+    };
+    ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high).then_some((low, high))
+}
+
+/// Outlier detection is on by default (as in Envoy); `consecutive_failures = 0` turns it off.
+fn outlier(checker: &mut Checker, path: &str, raw: Option<RawOutlier>) -> Option<OutlierConfig> {
+    let raw = raw.unwrap_or(RawOutlier {
+        consecutive_failures: None,
+        base_ejection: None,
+        max_ejection: None,
+        max_ejected_percent: None,
+    });
+    let consecutive_failures =
+        checker.integer(&format!("{path}.consecutive_failures"), raw.consecutive_failures, 5, 0, 1000) as u32;
+    let base_ejection = checker.duration(
+        &format!("{path}.base_ejection"),
+        raw.base_ejection.as_deref(),
+        Duration::from_secs(30),
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    let max_ejection = checker.duration(
+        &format!("{path}.max_ejection"),
+        raw.max_ejection.as_deref(),
+        Duration::from_secs(300),
+        Duration::from_millis(1),
+        MAX_TIMEOUT,
+    );
+    let max_ejected_percent =
+        checker.integer(&format!("{path}.max_ejected_percent"), raw.max_ejected_percent, 50, 0, 100) as u32;
+    (consecutive_failures > 0).then_some(OutlierConfig {
+        consecutive_failures,
+        base_ejection,
+        max_ejection: max_ejection.max(base_ejection),
+        max_ejected_percent,
+    })
 }
 
 /// `host:port` with a non-zero port, where host is an IP, a bracketed IPv6 or a DNS name.
