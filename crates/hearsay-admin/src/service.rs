@@ -287,7 +287,20 @@ fn describe_change(
     }
 }
 
-fn backend_to_proto(backend: &hearsay_proxy::Backend) -> pb::Backend {
+fn backend_to_proto(pool: &hearsay_proxy::Pool, backend: &hearsay_proxy::Backend) -> pb::Backend {
+    let health = backend.health();
+    let (state, reason) = if !health.healthy {
+        (pb::HealthState::Unhealthy, health.reason)
+    } else if pool.has_health_check() {
+        (pb::HealthState::Healthy, health.reason)
+    } else if health.reason.is_empty() {
+        (
+            pb::HealthState::Unknown,
+            "no active health check configured".to_owned(),
+        )
+    } else {
+        (pb::HealthState::Healthy, health.reason)
+    };
     pb::Backend {
         address: backend.address.clone(),
         weight: backend.weight,
@@ -296,8 +309,8 @@ fn backend_to_proto(backend: &hearsay_proxy::Backend) -> pb::Backend {
             BackendState::Draining => pb::BackendState::Draining,
             BackendState::Disabled => pb::BackendState::Disabled,
         } as i32,
-        health: pb::HealthState::Unknown as i32,
-        health_reason: "no health check configured".to_owned(),
+        health: state as i32,
+        health_reason: reason,
         in_flight: backend.in_flight(),
         requests: backend.requests(),
         idle_connections: backend.idle_connections() as u64,
@@ -391,7 +404,7 @@ impl pb::admin_server::Admin for AdminService {
                 .iter()
                 .map(|pool| pb::Pool {
                     name: pool.name.clone(),
-                    algorithm: "round_robin".to_owned(),
+                    algorithm: pool.algorithm.as_str().to_owned(),
                     backends: pool.backends().len() as u32,
                 })
                 .collect(),
@@ -407,7 +420,7 @@ impl pb::admin_server::Admin for AdminService {
             backends: pool
                 .backends()
                 .iter()
-                .map(|backend| backend_to_proto(backend))
+                .map(|backend| backend_to_proto(pool, backend))
                 .collect(),
         }))
     }
@@ -425,7 +438,7 @@ impl pb::admin_server::Admin for AdminService {
             .add_backend(&request.address, weight)
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, weight, "backend added");
-        Ok(Response::new(backend_to_proto(&backend)))
+        Ok(Response::new(backend_to_proto(pool, &backend)))
     }
 
     async fn remove_backend(
@@ -463,7 +476,7 @@ impl pb::admin_server::Admin for AdminService {
             .set_backend_state(&request.address, state)
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, old = %old.as_str(), new = %state.as_str(), "backend state changed");
-        Ok(Response::new(backend_to_proto(&backend)))
+        Ok(Response::new(backend_to_proto(pool, &backend)))
     }
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Reply<pb::Stats> {

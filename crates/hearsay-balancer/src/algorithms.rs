@@ -69,7 +69,12 @@ impl Balancer {
 
     /// The index in `candidates` of the backend to use. `key` is the client key's hash (used by
     /// consistent hashing); `random` yields random numbers (used by p2c).
-    pub fn pick(&self, candidates: &[Candidate], key: u64, random: &mut dyn FnMut() -> u64) -> Option<usize> {
+    pub fn pick(
+        &self,
+        candidates: &[Candidate],
+        key: u64,
+        random: &mut dyn FnMut() -> u64,
+    ) -> Option<usize> {
         match candidates.len() {
             0 => return None,
             1 => return Some(0),
@@ -87,12 +92,18 @@ impl Balancer {
     /// NGINX's smooth weighted round robin: every candidate gains its weight, the highest wins and
     /// pays back the total.
     fn smooth_weighted(&self, candidates: &[Candidate]) -> usize {
-        let mut current = self.current_weights.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut current = self
+            .current_weights
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if current.len() > candidates.len() * 4 + 16 {
             // Forget backends long gone, so the map stays bounded.
             current.retain(|id, _| candidates.iter().any(|candidate| candidate.id == *id));
         }
-        let total: i64 = candidates.iter().map(|candidate| i64::from(candidate.weight)).sum();
+        let total: i64 = candidates
+            .iter()
+            .map(|candidate| i64::from(candidate.weight))
+            .sum();
         let mut best = 0;
         let mut best_weight = i64::MIN;
         for (index, candidate) in candidates.iter().enumerate() {
@@ -128,7 +139,10 @@ impl Balancer {
 
     fn consistent_hash(&self, candidates: &[Candidate], key: u64) -> usize {
         let members: Vec<(u64, u32)> = candidates.iter().map(|c| (c.id, c.weight)).collect();
-        let mut ring = self.ring.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if ring.as_ref().is_none_or(|ring| ring.members != members) {
             *ring = Some(Ring::build(members));
         }
@@ -136,7 +150,10 @@ impl Balancer {
         let point = mix(key);
         let slot = ring.points.partition_point(|(p, _)| *p < point);
         let (_, id) = ring.points[slot % ring.points.len()];
-        candidates.iter().position(|candidate| candidate.id == id).unwrap_or(0)
+        candidates
+            .iter()
+            .position(|candidate| candidate.id == id)
+            .unwrap_or(0)
     }
 }
 
@@ -164,7 +181,9 @@ fn p2c(candidates: &[Candidate], random: &mut dyn FnMut() -> u64) -> usize {
     // A second, different candidate.
     let second = ((first as u64 + 1 + random() % (len - 1)) % len) as usize;
     let (a, b) = (&candidates[first], &candidates[second]);
-    if u128::from(b.in_flight) * u128::from(a.weight.max(1)) < u128::from(a.in_flight) * u128::from(b.weight.max(1)) {
+    if u128::from(b.in_flight) * u128::from(a.weight.max(1))
+        < u128::from(a.in_flight) * u128::from(b.weight.max(1))
+    {
         second
     } else {
         first
@@ -220,7 +239,11 @@ mod tests {
             let balancer = Balancer::new(algorithm);
             let mut random = rng(1);
             assert_eq!(balancer.pick(&[], 1, &mut random), None, "{algorithm:?}");
-            assert_eq!(balancer.pick(&candidates(&[3]), 1, &mut random), Some(0), "{algorithm:?}");
+            assert_eq!(
+                balancer.pick(&candidates(&[3]), 1, &mut random),
+                Some(0),
+                "{algorithm:?}"
+            );
         }
     }
 
@@ -245,7 +268,10 @@ mod tests {
             for (index, weight) in weights.iter().enumerate() {
                 let expected = picks as f64 * f64::from(*weight) / f64::from(total_weight);
                 let off = (counts[index] as f64 - expected).abs() / expected;
-                assert!(off <= *tolerance + 1e-9, "{algorithm:?} {weights:?}: {counts:?}, backend {index} off by {off:.3}");
+                assert!(
+                    off <= *tolerance + 1e-9,
+                    "{algorithm:?} {weights:?}: {counts:?}, backend {index} off by {off:.3}"
+                );
             }
         }
     }
@@ -255,7 +281,9 @@ mod tests {
         let balancer = Balancer::new(Algorithm::WeightedRoundRobin);
         let candidates = candidates(&[5, 1, 1]);
         let mut random = rng(1);
-        let picks: Vec<usize> = (0..7).map(|_| balancer.pick(&candidates, 0, &mut random).unwrap()).collect();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| balancer.pick(&candidates, 0, &mut random).unwrap())
+            .collect();
         // NGINX's documented sequence for weights 5,1,1: a a b a c a a.
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
     }
@@ -291,7 +319,9 @@ mod tests {
         let balancer = Balancer::new(Algorithm::ConsistentHash);
         let all = candidates(&[1, 1, 1, 1, 1]);
         let mut random = rng(1);
-        let keys: Vec<u64> = (0..5000u64).map(|client| stable_hash(&client.to_le_bytes())).collect();
+        let keys: Vec<u64> = (0..5000u64)
+            .map(|client| stable_hash(&client.to_le_bytes()))
+            .collect();
         let before: Vec<u64> = keys
             .iter()
             .map(|key| all[balancer.pick(&all, *key, &mut random).unwrap()].id)

@@ -35,13 +35,22 @@ impl HealthCheckState {
     }
 
     /// Records one check result.
-    pub fn record(&mut self, success: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> HealthVerdict {
+    pub fn record(
+        &mut self,
+        success: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> HealthVerdict {
         if success == self.healthy {
             self.streak = 0;
             return HealthVerdict::Unchanged;
         }
         self.streak += 1;
-        let threshold = if success { healthy_threshold } else { unhealthy_threshold };
+        let threshold = if success {
+            healthy_threshold
+        } else {
+            unhealthy_threshold
+        };
         if self.streak < threshold.max(1) {
             return HealthVerdict::Unchanged;
         }
@@ -113,7 +122,13 @@ impl OutlierState {
 
     /// Records one failure; `ejected_now` is how many backends of the pool (of `pool_size`) are
     /// ejected at this moment.
-    pub fn record_failure(&mut self, policy: &OutlierPolicy, now: Instant, ejected_now: usize, pool_size: usize) -> Ejection {
+    pub fn record_failure(
+        &mut self,
+        policy: &OutlierPolicy,
+        now: Instant,
+        ejected_now: usize,
+        pool_size: usize,
+    ) -> Ejection {
         if self.is_ejected(now) {
             return Ejection::None;
         }
@@ -145,15 +160,37 @@ mod tests {
         // (results, healthy threshold, unhealthy threshold, expected verdicts)
         use HealthVerdict::*;
         let cases: &[(&[bool], u32, u32, &[HealthVerdict])] = &[
-            (&[false, false, false], 3, 3, &[Unchanged, Unchanged, BecameUnhealthy]),
-            (&[false, true, false, false], 3, 3, &[Unchanged, Unchanged, Unchanged, Unchanged]),
-            (&[false, true, true], 2, 1, &[BecameUnhealthy, Unchanged, BecameHealthy]),
-            (&[false, false, false, false], 1, 1, &[BecameUnhealthy, Unchanged, Unchanged, Unchanged]),
+            (
+                &[false, false, false],
+                3,
+                3,
+                &[Unchanged, Unchanged, BecameUnhealthy],
+            ),
+            (
+                &[false, true, false, false],
+                3,
+                3,
+                &[Unchanged, Unchanged, Unchanged, Unchanged],
+            ),
+            (
+                &[false, true, true],
+                2,
+                1,
+                &[BecameUnhealthy, Unchanged, BecameHealthy],
+            ),
+            (
+                &[false, false, false, false],
+                1,
+                1,
+                &[BecameUnhealthy, Unchanged, Unchanged, Unchanged],
+            ),
         ];
         for (results, healthy, unhealthy, expected) in cases {
             let mut state = HealthCheckState::default();
-            let verdicts: Vec<HealthVerdict> =
-                results.iter().map(|result| state.record(*result, *healthy, *unhealthy)).collect();
+            let verdicts: Vec<HealthVerdict> = results
+                .iter()
+                .map(|result| state.record(*result, *healthy, *unhealthy))
+                .collect();
             assert_eq!(&verdicts, expected, "{results:?}");
         }
     }
@@ -172,14 +209,20 @@ mod tests {
         state.record_success();
         assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
         assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
-        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::Ejected(Duration::from_secs(10)));
+        assert_eq!(
+            state.record_failure(&policy, start, 0, 4),
+            Ejection::Ejected(Duration::from_secs(10))
+        );
         assert!(state.is_ejected(start + Duration::from_secs(9)));
         assert!(!state.is_ejected(start + Duration::from_secs(10)));
         let later = start + Duration::from_secs(11);
         for _ in 0..2 {
             assert_eq!(state.record_failure(&policy, later, 0, 4), Ejection::None);
         }
-        assert_eq!(state.record_failure(&policy, later, 0, 4), Ejection::Ejected(Duration::from_secs(20)));
+        assert_eq!(
+            state.record_failure(&policy, later, 0, 4),
+            Ejection::Ejected(Duration::from_secs(20))
+        );
         let much_later = later + Duration::from_secs(60);
         for _ in 0..2 {
             state.record_failure(&policy, much_later, 0, 4);
@@ -199,9 +242,18 @@ mod tests {
         };
         let now = Instant::now();
         // Pool of 4 at 50%: a second ejection is fine, a third is not.
-        assert!(matches!(OutlierState::default().record_failure(&policy, now, 1, 4), Ejection::Ejected(_)));
-        assert_eq!(OutlierState::default().record_failure(&policy, now, 2, 4), Ejection::Capped);
+        assert!(matches!(
+            OutlierState::default().record_failure(&policy, now, 1, 4),
+            Ejection::Ejected(_)
+        ));
+        assert_eq!(
+            OutlierState::default().record_failure(&policy, now, 2, 4),
+            Ejection::Capped
+        );
         // A pool of one never ejects its only backend at 50%.
-        assert_eq!(OutlierState::default().record_failure(&policy, now, 0, 1), Ejection::Capped);
+        assert_eq!(
+            OutlierState::default().record_failure(&policy, now, 0, 1),
+            Ejection::Capped
+        );
     }
 }

@@ -63,7 +63,10 @@ mod tests {
         ];
         for (candidates, expected) in cases {
             let round_robin = RoundRobin::new();
-            let picks: Vec<Option<usize>> = expected.iter().map(|_| round_robin.pick(*candidates)).collect();
+            let picks: Vec<Option<usize>> = expected
+                .iter()
+                .map(|_| round_robin.pick(*candidates))
+                .collect();
             assert_eq!(&picks, expected, "{candidates} candidates");
         }
     }

@@ -349,17 +349,27 @@ fn pool_settings_are_read() {
             host: Some("app.internal".into())
         }
     );
-    assert_eq!((check.interval, check.timeout), (Duration::from_secs(1), Duration::from_millis(500)));
+    assert_eq!(
+        (check.interval, check.timeout),
+        (Duration::from_secs(1), Duration::from_millis(500))
+    );
     assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 4));
     let outlier = pool.outlier.unwrap();
-    assert_eq!((outlier.consecutive_failures, outlier.base_ejection), (3, Duration::from_secs(10)));
+    assert_eq!(
+        (outlier.consecutive_failures, outlier.base_ejection),
+        (3, Duration::from_secs(10))
+    );
     assert_eq!(outlier.max_ejected_percent, 50);
 
     let defaults = Config::parse(&with_pool("")).unwrap();
     let pool = &defaults.pools[0];
     assert_eq!((pool.algorithm, pool.retries), (Algorithm::RoundRobin, 1));
     assert!(pool.health_check.is_none());
-    assert_eq!(pool.outlier.unwrap().consecutive_failures, 5, "outlier detection on by default");
+    assert_eq!(
+        pool.outlier.unwrap().consecutive_failures,
+        5,
+        "outlier detection on by default"
+    );
     let off = Config::parse(&with_pool("[pool.outlier]\nconsecutive_failures = 0")).unwrap();
     assert!(off.pools[0].outlier.is_none());
     for (name, algorithm) in Algorithm::ALL {
@@ -383,7 +393,10 @@ fn bad_pool_settings_are_reported() {
     ];
     for (body, expected) in cases {
         let found = problems(&with_pool(body));
-        assert!(found.iter().any(|p| p.starts_with(expected)), "{body}: expected {expected:?} in {found:#?}");
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "{body}: expected {expected:?} in {found:#?}"
+        );
     }
     let bad_state = with_pool("").replace("state = \"draining\"", "state = \"paused\"");
     assert!(problems(&bad_state)

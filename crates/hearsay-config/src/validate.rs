@@ -12,12 +12,11 @@ use crate::raw::{
     RawTcpKeepalive,
 };
 use crate::{
-    format_duration, host_name, AdminConfig, Algorithm, BackendStateConfig, HealthCheckConfig, HealthCheckKind,
-    OutlierConfig, BackendConfig, Config, ConfigError, IpNet,
-    ListenerConfig, ListenerSettings, NodeConfig, OverLimitAction, PoolConfig, Problem,
-    RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
-    MAX_KEEPALIVE_TIMEOUT,
+    format_duration, host_name, AdminConfig, Algorithm, BackendConfig, BackendStateConfig, Config,
+    ConfigError, HealthCheckConfig, HealthCheckKind, IpNet, ListenerConfig, ListenerSettings,
+    NodeConfig, OutlierConfig, OverLimitAction, PoolConfig, Problem, RuntimeConfig, TcpKeepalive,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
 };
 
 const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "listener", "pool"];
@@ -555,7 +554,10 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
                 let allowed: Vec<&str> = Algorithm::ALL.iter().map(|(name, _)| *name).collect();
                 checker.problem(
                     format!("{path}.algorithm"),
-                    format!("{text:?} is not a balancing algorithm; allowed: {}", allowed.join(", ")),
+                    format!(
+                        "{text:?} is not a balancing algorithm; allowed: {}",
+                        allowed.join(", ")
+                    ),
                 );
                 Algorithm::RoundRobin
             }
@@ -563,7 +565,10 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
     };
     let raw_backends = raw.backends.unwrap_or_default();
     if raw_backends.is_empty() {
-        checker.problem(format!("{path}.backends"), "at least one backend is required");
+        checker.problem(
+            format!("{path}.backends"),
+            "at least one backend is required",
+        );
     }
     let mut seen = HashSet::new();
     let backends = raw_backends
@@ -615,12 +620,27 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
             MAX_TIMEOUT,
         )
     };
-    let connect_timeout = timeout(checker, "connect_timeout", raw.connect_timeout.as_deref(), 5);
-    let response_timeout = timeout(checker, "response_timeout", raw.response_timeout.as_deref(), 60);
+    let connect_timeout = timeout(
+        checker,
+        "connect_timeout",
+        raw.connect_timeout.as_deref(),
+        5,
+    );
+    let response_timeout = timeout(
+        checker,
+        "response_timeout",
+        raw.response_timeout.as_deref(),
+        60,
+    );
     let idle_timeout = timeout(checker, "idle_timeout", raw.idle_timeout.as_deref(), 60);
     let retries = checker.integer(&format!("{path}.retries"), raw.retries, 1, 0, 10) as u32;
-    let max_idle_per_backend =
-        checker.integer(&format!("{path}.max_idle_per_backend"), raw.max_idle_per_backend, 256, 0, 100_000) as usize;
+    let max_idle_per_backend = checker.integer(
+        &format!("{path}.max_idle_per_backend"),
+        raw.max_idle_per_backend,
+        256,
+        0,
+        100_000,
+    ) as usize;
     let health_check = raw
         .health_check
         .map(|raw| health_check(checker, &format!("{path}.health_check"), raw));
@@ -643,8 +663,15 @@ fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> Healt
     let kind = match raw.kind.as_deref() {
         None | Some("http") => {
             let check_path = raw.path.unwrap_or_else(|| "/".to_owned());
-            if !check_path.starts_with('/') || check_path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                checker.problem(format!("{path}.path"), format!("{check_path:?} is not a request path; it starts with '/'"));
+            if !check_path.starts_with('/')
+                || check_path
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                checker.problem(
+                    format!("{path}.path"),
+                    format!("{check_path:?} is not a request path; it starts with '/'"),
+                );
             }
             let expected_status = match raw.expected_status.as_deref() {
                 None => (200, 399),
@@ -663,7 +690,11 @@ fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> Healt
             }
         }
         Some("tcp") => {
-            for (key, set) in [("path", raw.path.is_some()), ("expected_status", raw.expected_status.is_some()), ("host", raw.host.is_some())] {
+            for (key, set) in [
+                ("path", raw.path.is_some()),
+                ("expected_status", raw.expected_status.is_some()),
+                ("host", raw.host.is_some()),
+            ] {
                 if set {
                     checker.problem(format!("{path}.{key}"), "only applies to kind = \"http\"");
                 }
@@ -671,7 +702,10 @@ fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> Healt
             HealthCheckKind::Tcp
         }
         Some(other) => {
-            checker.problem(format!("{path}.kind"), format!("{other:?} is not a health check kind; allowed: http, tcp"));
+            checker.problem(
+                format!("{path}.kind"),
+                format!("{other:?} is not a health check kind; allowed: http, tcp"),
+            );
             HealthCheckKind::Tcp
         }
     };
@@ -693,9 +727,20 @@ fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> Healt
         kind,
         interval,
         timeout,
-        healthy_threshold: checker.integer(&format!("{path}.healthy_threshold"), raw.healthy_threshold, 3, 1, 100) as u32,
-        unhealthy_threshold: checker.integer(&format!("{path}.unhealthy_threshold"), raw.unhealthy_threshold, 3, 1, 100)
-            as u32,
+        healthy_threshold: checker.integer(
+            &format!("{path}.healthy_threshold"),
+            raw.healthy_threshold,
+            3,
+            1,
+            100,
+        ) as u32,
+        unhealthy_threshold: checker.integer(
+            &format!("{path}.unhealthy_threshold"),
+            raw.unhealthy_threshold,
+            3,
+            1,
+            100,
+        ) as u32,
     }
 }
 
@@ -708,7 +753,8 @@ fn parse_status_range(text: &str) -> Option<(u16, u16)> {
             (status, status)
         }
     };
-    ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high).then_some((low, high))
+    ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high)
+        .then_some((low, high))
 }
 
 /// Outlier detection is on by default (as in Envoy); `consecutive_failures = 0` turns it off.
@@ -719,8 +765,13 @@ fn outlier(checker: &mut Checker, path: &str, raw: Option<RawOutlier>) -> Option
         max_ejection: None,
         max_ejected_percent: None,
     });
-    let consecutive_failures =
-        checker.integer(&format!("{path}.consecutive_failures"), raw.consecutive_failures, 5, 0, 1000) as u32;
+    let consecutive_failures = checker.integer(
+        &format!("{path}.consecutive_failures"),
+        raw.consecutive_failures,
+        5,
+        0,
+        1000,
+    ) as u32;
     let base_ejection = checker.duration(
         &format!("{path}.base_ejection"),
         raw.base_ejection.as_deref(),
@@ -735,8 +786,13 @@ fn outlier(checker: &mut Checker, path: &str, raw: Option<RawOutlier>) -> Option
         Duration::from_millis(1),
         MAX_TIMEOUT,
     );
-    let max_ejected_percent =
-        checker.integer(&format!("{path}.max_ejected_percent"), raw.max_ejected_percent, 50, 0, 100) as u32;
+    let max_ejected_percent = checker.integer(
+        &format!("{path}.max_ejected_percent"),
+        raw.max_ejected_percent,
+        50,
+        0,
+        100,
+    ) as u32;
     (consecutive_failures > 0).then_some(OutlierConfig {
         consecutive_failures,
         base_ejection,

@@ -265,7 +265,7 @@ async fn handle(
     let request = request.map(|body| RequestBody::new(body, Arc::clone(&connection)));
     let (response, upstream) = match listener
         .pool
-        .forward(request, &connection.client_header)
+        .forward(request, connection.client.ip(), &connection.client_header)
         .await
     {
         Ok((response, checkout)) => (response.map(Either::Left), Some(checkout)),

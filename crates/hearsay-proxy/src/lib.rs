@@ -9,6 +9,7 @@ mod body;
 mod connection;
 pub mod error;
 pub mod headers;
+mod health;
 mod io;
 mod listener;
 pub mod registry;
@@ -22,4 +23,4 @@ pub use registry::{
     CloseReason, Connection, ConnectionInfo, ConnectionState, Registry, StatsSnapshot,
 };
 pub use server::Proxy;
-pub use upstream::{Backend, BackendState, Pool, PoolError};
+pub use upstream::{Backend, BackendHealth, BackendState, Pool, PoolError, PoolStats};

@@ -37,16 +37,19 @@ pub struct Proxy {
     registry: Arc<Registry>,
     drain: CancellationToken,
     abort: CancellationToken,
+    /// Stops background work (health probes, upstream pruning) after the drain.
+    background: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Proxy {
     /// Builds the listeners and pools of `config`; nothing is bound yet.
     pub fn new(config: &Config) -> Result<Arc<Proxy>, ProxyError> {
+        let background = CancellationToken::new();
         let pools: HashMap<&str, Arc<Pool>> = config
             .pools
             .iter()
-            .map(|pool| Ok((pool.name.as_str(), Pool::new(pool)?)))
+            .map(|pool| Ok((pool.name.as_str(), Pool::new(pool, &background)?)))
             .collect::<Result<_, ProxyError>>()?;
         let listeners = config
             .listeners
@@ -75,6 +78,7 @@ impl Proxy {
             registry: Registry::new(),
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
+            background,
             tasks: TaskTracker::new(),
         }))
     }
@@ -194,6 +198,7 @@ impl Proxy {
             self.abort.cancel();
             self.tasks.wait().await;
         }
+        self.background.cancel();
         tracing::info!("data plane stopped");
     }
 }

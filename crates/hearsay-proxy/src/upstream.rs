@@ -1,5 +1,5 @@
-//! Upstream pools: the backends of a pool, how one is picked, and the keep-alive connections to
-//! each backend.
+//! Upstream pools: the backends of a pool, how one is picked (balancing, health, outlier
+//! ejection, fail-open, retries), and the keep-alive connections to each backend.
 //!
 //! Connections to backends are hyper HTTP/1 client connections kept per backend in a LIFO stack of
 //! idle senders. A sender goes back on the stack when the response body it carried has been read
@@ -8,26 +8,27 @@
 //! when the request could not be written (hyper hands the request back), and the request then goes
 //! out on a fresh connection: a stale pooled connection never surfaces as a client error.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use hearsay_balancer::RoundRobin;
-use hearsay_config::PoolConfig;
-use http::{Request, Response, Uri, Version};
+use hearsay_balancer::{
+    Algorithm as BalancerAlgorithm, Balancer, Candidate, Ejection, OutlierPolicy, OutlierState,
+};
+use hearsay_config::{Algorithm, BackendStateConfig, HealthCheckConfig, PoolConfig};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::RequestBody;
 use crate::error::{ForwardError, ProxyError};
 use crate::headers;
-
-/// Idle upstream connections kept per backend, and how long one may stay idle.
-const MAX_IDLE_PER_BACKEND: usize = 256;
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An operator's say over a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +60,49 @@ impl BackendState {
     }
 }
 
-/// One backend of a pool, with its idle keep-alive connections and its load.
+impl From<BackendStateConfig> for BackendState {
+    fn from(state: BackendStateConfig) -> BackendState {
+        match state {
+            BackendStateConfig::Enabled => BackendState::Enabled,
+            BackendStateConfig::Draining => BackendState::Draining,
+            BackendStateConfig::Disabled => BackendState::Disabled,
+        }
+    }
+}
+
+/// A backend's health as the pool uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendHealth {
+    pub healthy: bool,
+    /// Why it is unhealthy (or the last transition), for operators.
+    pub reason: String,
+}
+
+/// One backend of a pool, with its idle keep-alive connections, its load and its health.
 #[derive(Debug)]
 pub struct Backend {
     pub address: String,
     pub weight: u32,
+    /// Stable identity for the balancer.
+    id: u64,
     state: AtomicU8,
     in_flight: AtomicU64,
     requests: AtomicU64,
+    /// Verdict of the active health checks (healthy until checks say otherwise).
+    checked_healthy: AtomicBool,
+    /// Passive ejection end, in nanoseconds of the pool clock; 0 = not ejected.
+    ejected_until: AtomicU64,
+    /// Mirrors the outlier state's failure streak, so a success need not lock when there is none.
+    failure_streak: AtomicU32,
+    outlier: Mutex<OutlierState>,
+    reason: Mutex<String>,
     idle: Mutex<Vec<IdleConnection>>,
+}
+
+#[derive(Debug)]
+struct IdleConnection {
+    since: Instant,
+    sender: SendRequest<RequestBody>,
 }
 
 /// Why a change to a pool's backends was refused.
@@ -95,39 +130,63 @@ impl Drop for BackendLoad {
     }
 }
 
-#[derive(Debug)]
-struct IdleConnection {
-    since: Instant,
-    sender: SendRequest<RequestBody>,
-}
-
 /// A connection lent to one request; [`Checkout::give_back`] returns it to its backend's stack.
 /// The backend counts the request as in flight until the checkout is given back or dropped.
 #[derive(Debug)]
 pub(crate) struct Checkout {
     load: BackendLoad,
     sender: SendRequest<RequestBody>,
+    max_idle: usize,
 }
 
-/// A named set of backends with its balancer.
+/// Counters of a pool.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Requests sent while every enabled backend was unhealthy (forwarded to all of them).
+    pub fail_open_requests: AtomicU64,
+    /// Healthy ↔ unhealthy transitions seen by the active checks.
+    pub health_transitions: AtomicU64,
+    pub ejections: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// A named set of backends with its balancer and health policy.
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
+    pub algorithm: Algorithm,
     /// Replaced whole on add/remove (rare); read per request.
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
-    balancer: RoundRobin,
+    balancer: Balancer,
     connect_timeout: Duration,
     response_timeout: Duration,
+    retries: u32,
+    idle_timeout: Duration,
+    max_idle_per_backend: usize,
+    pub(crate) health_check: Option<HealthCheckConfig>,
+    outlier: Option<OutlierPolicy>,
+    failing_open: AtomicBool,
+    pub stats: PoolStats,
+}
+
+fn pool_clock() -> u64 {
+    crate::registry::now_nanos()
 }
 
 impl Backend {
-    fn new(address: String, weight: u32) -> Backend {
+    fn new(address: String, weight: u32, state: BackendState) -> Backend {
         Backend {
+            id: hearsay_balancer::stable_hash(address.as_bytes()),
             address,
             weight,
-            state: AtomicU8::new(BackendState::Enabled as u8),
+            state: AtomicU8::new(state as u8),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            checked_healthy: AtomicBool::new(true),
+            ejected_until: AtomicU64::new(0),
+            failure_streak: AtomicU32::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+            reason: Mutex::new(String::new()),
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -146,22 +205,48 @@ impl Backend {
         self.requests.load(Ordering::Relaxed)
     }
 
-    fn close_idle(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clear();
+    fn is_ejected(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now < until
     }
 
-    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
+    /// Healthy by the active checks and not ejected by passive detection.
+    pub fn health(&self) -> BackendHealth {
+        let checked = self.checked_healthy.load(Ordering::Relaxed);
+        let ejected = self.is_ejected(pool_clock());
+        BackendHealth {
+            healthy: checked && !ejected,
+            reason: self
+                .reason
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone(),
+        }
+    }
+
+    fn is_healthy(&self, now: u64) -> bool {
+        self.checked_healthy.load(Ordering::Relaxed) && !self.is_ejected(now)
+    }
+
+    pub(crate) fn set_checked_health(&self, healthy: bool, reason: String) {
+        self.checked_healthy.store(healthy, Ordering::Relaxed);
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = reason;
+        if !healthy {
+            self.close_idle();
+        }
+    }
+
+    fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         let now = Instant::now();
         while let Some(connection) = idle.pop() {
-            if now.duration_since(connection.since) < UPSTREAM_IDLE_TIMEOUT
-                && !connection.sender.is_closed()
+            if now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
             {
                 return Some(connection.sender);
             }
@@ -169,7 +254,7 @@ impl Backend {
         None
     }
 
-    fn put_idle(&self, sender: SendRequest<RequestBody>) {
+    fn put_idle(&self, sender: SendRequest<RequestBody>, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
@@ -177,7 +262,7 @@ impl Backend {
             .idle
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if idle.len() < MAX_IDLE_PER_BACKEND {
+        if idle.len() < max_idle {
             idle.push(IdleConnection {
                 since: Instant::now(),
                 sender,
@@ -186,16 +271,22 @@ impl Backend {
     }
 
     /// Drops idle connections that are closed or idle too long (oldest are at the bottom).
-    fn prune_idle(&self) {
+    fn prune_idle(&self, idle_timeout: Duration) {
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         let now = Instant::now();
         idle.retain(|connection| {
-            now.duration_since(connection.since) < UPSTREAM_IDLE_TIMEOUT
-                && !connection.sender.is_closed()
+            now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
         });
+    }
+
+    fn close_idle(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clear();
     }
 
     /// Idle keep-alive connections to this backend.
@@ -249,15 +340,48 @@ impl Checkout {
     /// Returns the connection to its backend for the next request.
     pub(crate) fn give_back(self) {
         let backend = &self.load.0;
-        // A draining backend's connections are closed, not kept.
+        // A draining or unhealthy backend's connections are closed, not kept.
         if backend.state() == BackendState::Enabled {
-            backend.put_idle(self.sender);
+            backend.put_idle(self.sender, self.max_idle);
         }
     }
 }
 
+thread_local! {
+    static RANDOM: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| elapsed.as_nanos() as u64);
+    hearsay_balancer::mix(nanos ^ (&nanos as *const u64 as u64)) | 1
+}
+
+/// A fast per-thread xorshift, enough to pick two backends and to jitter probes.
+pub(crate) fn random() -> u64 {
+    RANDOM.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
+    })
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 impl Pool {
-    pub fn new(config: &PoolConfig) -> Result<Arc<Pool>, ProxyError> {
+    pub fn new(
+        config: &PoolConfig,
+        background: &CancellationToken,
+    ) -> Result<Arc<Pool>, ProxyError> {
         let backends = config
             .backends
             .iter()
@@ -272,18 +396,48 @@ impl Pool {
                 Ok(Arc::new(Backend::new(
                     backend.address.clone(),
                     backend.weight,
+                    backend.state.into(),
                 )))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
+        let algorithm = match config.algorithm {
+            Algorithm::RoundRobin => BalancerAlgorithm::RoundRobin,
+            Algorithm::WeightedRoundRobin => BalancerAlgorithm::WeightedRoundRobin,
+            Algorithm::LeastConnections => BalancerAlgorithm::LeastConnections,
+            Algorithm::P2c => BalancerAlgorithm::P2c,
+            Algorithm::ConsistentHash => BalancerAlgorithm::ConsistentHash,
+        };
         let pool = Arc::new(Pool {
             name: config.name.clone(),
+            algorithm: config.algorithm,
             backends: RwLock::new(Arc::new(backends)),
-            balancer: RoundRobin::new(),
+            balancer: Balancer::new(algorithm),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            retries: config.retries,
+            idle_timeout: config.idle_timeout,
+            max_idle_per_backend: config.max_idle_per_backend,
+            health_check: config.health_check.clone(),
+            outlier: config.outlier.map(|outlier| OutlierPolicy {
+                consecutive_failures: outlier.consecutive_failures,
+                base_ejection: outlier.base_ejection,
+                max_ejection: outlier.max_ejection,
+                max_ejected_percent: outlier.max_ejected_percent,
+            }),
+            failing_open: AtomicBool::new(false),
+            stats: PoolStats::default(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(prune_idle_connections(Arc::downgrade(&pool)));
+            runtime.spawn(prune_idle_connections(
+                Arc::downgrade(&pool),
+                background.clone(),
+            ));
+            if pool.health_check.is_some() {
+                runtime.spawn(crate::health::run_checks(
+                    Arc::downgrade(&pool),
+                    background.clone(),
+                ));
+            }
         }
         Ok(pool)
     }
@@ -305,19 +459,68 @@ impl Pool {
             .cloned()
     }
 
-    /// Picks among the enabled backends.
-    fn pick(&self) -> Option<Arc<Backend>> {
+    /// Whether the pool's backends are actively health-checked.
+    pub fn has_health_check(&self) -> bool {
+        self.health_check.is_some()
+    }
+
+    /// Whether the pool is forwarding to unhealthy backends because none is healthy.
+    pub fn is_failing_open(&self) -> bool {
+        self.failing_open.load(Ordering::Relaxed)
+    }
+
+    /// Picks among the enabled, healthy backends not yet tried; when every enabled backend is
+    /// unhealthy, among all enabled ones (fail-open).
+    fn pick(&self, client: IpAddr, tried: &[u64]) -> Option<Arc<Backend>> {
         let backends = self.backends();
-        let enabled = backends
+        let now = pool_clock();
+        let usable = |backend: &&Arc<Backend>| {
+            backend.state() == BackendState::Enabled && !tried.contains(&backend.id)
+        };
+        let mut eligible: Vec<&Arc<Backend>> = backends
             .iter()
-            .filter(|backend| backend.state() == BackendState::Enabled)
-            .count();
-        let index = self.balancer.pick(enabled)?;
-        backends
+            .filter(usable)
+            .filter(|b| b.is_healthy(now))
+            .collect();
+        let failing_open =
+            eligible.is_empty() && backends.iter().any(|b| b.state() == BackendState::Enabled);
+        if failing_open {
+            eligible = backends.iter().filter(usable).collect();
+        }
+        self.note_fail_open(failing_open && tried.is_empty());
+        if failing_open {
+            self.stats
+                .fail_open_requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let candidates: Vec<Candidate> = eligible
             .iter()
-            .filter(|backend| backend.state() == BackendState::Enabled)
-            .nth(index)
-            .cloned()
+            .map(|backend| Candidate {
+                id: backend.id,
+                weight: backend.weight,
+                in_flight: backend.in_flight(),
+            })
+            .collect();
+        let key = match self.algorithm {
+            Algorithm::ConsistentHash => match client {
+                IpAddr::V4(v4) => hearsay_balancer::stable_hash(&v4.octets()),
+                IpAddr::V6(v6) => hearsay_balancer::stable_hash(&v6.octets()),
+            },
+            _ => 0,
+        };
+        let index = self.balancer.pick(&candidates, key, &mut random)?;
+        Some(Arc::clone(eligible[index]))
+    }
+
+    /// Logs entering and leaving fail-open once per transition.
+    fn note_fail_open(&self, failing_open: bool) {
+        if self.failing_open.swap(failing_open, Ordering::Relaxed) != failing_open {
+            if failing_open {
+                tracing::warn!(pool = %self.name, "every enabled backend is unhealthy: failing open, forwarding to all of them");
+            } else {
+                tracing::info!(pool = %self.name, "a healthy backend is back: fail-open over");
+            }
+        }
     }
 
     pub fn add_backend(&self, address: &str, weight: u32) -> Result<Arc<Backend>, PoolError> {
@@ -339,7 +542,11 @@ impl Pool {
                 address: address.to_owned(),
             });
         }
-        let backend = Arc::new(Backend::new(address.to_owned(), weight));
+        let backend = Arc::new(Backend::new(
+            address.to_owned(),
+            weight,
+            BackendState::Enabled,
+        ));
         let mut next = Vec::clone(&backends);
         next.push(Arc::clone(&backend));
         *backends = Arc::new(next);
@@ -391,39 +598,128 @@ impl Pool {
         }
     }
 
+    /// Passive health: a connect failure, a timeout or a 5xx counts against the backend.
+    fn record_outcome(&self, backend: &Backend, failed: bool) {
+        let Some(policy) = &self.outlier else {
+            return;
+        };
+        if !failed {
+            if backend.failure_streak.load(Ordering::Relaxed) != 0 {
+                backend.failure_streak.store(0, Ordering::Relaxed);
+                backend
+                    .outlier
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .record_success();
+            }
+            return;
+        }
+        backend.failure_streak.fetch_add(1, Ordering::Relaxed);
+        let backends = self.backends();
+        let now_nanos = pool_clock();
+        let ejected_now = backends.iter().filter(|b| b.is_ejected(now_nanos)).count();
+        let now = std::time::Instant::now();
+        let ejection = backend
+            .outlier
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .record_failure(policy, now, ejected_now, backends.len());
+        match ejection {
+            Ejection::Ejected(duration) => {
+                backend.failure_streak.store(0, Ordering::Relaxed);
+                let until = now_nanos
+                    .saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+                backend.ejected_until.store(until, Ordering::Relaxed);
+                backend.close_idle();
+                self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+                let reason = format!(
+                    "ejected for {}: {} consecutive failures",
+                    hearsay_config::format_duration(duration),
+                    policy.consecutive_failures
+                );
+                tracing::warn!(pool = %self.name, backend = %backend.address, ejection = ?duration, "backend ejected: consecutive failures");
+                *backend
+                    .reason
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner()) = reason;
+            }
+            Ejection::Capped => {
+                tracing::debug!(pool = %self.name, backend = %backend.address, "outlier not ejected: pool at its ejection share");
+            }
+            Ejection::None => {}
+        }
+    }
+
     /// Sends a client's request to a backend of this pool and returns the backend's response
-    /// head with its body still streaming, and the connection to give back once it is read.
+    /// head with its body still streaming, and the connection to give back once it is read. A
+    /// request that could not be connected is retried on another backend when it is safe.
     pub(crate) async fn forward(
         &self,
         request: Request<RequestBody>,
-        client: &http::HeaderValue,
+        client: IpAddr,
+        client_header: &http::HeaderValue,
     ) -> Result<(Response<Incoming>, Checkout), ForwardError> {
-        let backend = self.pick().ok_or_else(|| ForwardError::NoBackend {
-            pool: self.name.clone(),
-        })?;
-        backend.requests.fetch_add(1, Ordering::Relaxed);
-        backend.in_flight.fetch_add(1, Ordering::Relaxed);
-        let load = BackendLoad(Arc::clone(&backend));
         let (mut parts, body) = request.into_parts();
-        headers::rewrite_request(&mut parts.headers, client, "http");
+        headers::rewrite_request(&mut parts.headers, client_header, "http");
         // HTTP/1 upstream requests use origin form; the Host header is the client's.
         parts.uri = match parts.uri.path_and_query() {
             Some(path) => Uri::from(path.clone()),
             None => Uri::from_static("/"),
         };
         parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(http::header::HOST) {
-            if let Ok(host) = http::HeaderValue::from_str(&backend.address) {
-                parts.headers.insert(http::header::HOST, host);
+        let retries = if is_idempotent(&parts.method) {
+            self.retries
+        } else {
+            0
+        };
+        let mut request = Request::from_parts(parts, body);
+        let mut tried: Vec<u64> = Vec::new();
+        let mut last_error = None;
+        loop {
+            let Some(backend) = self.pick(client, &tried) else {
+                // No (other) backend: the client hears why the last attempt failed, if any.
+                return Err(last_error.unwrap_or_else(|| ForwardError::NoBackend {
+                    pool: self.name.clone(),
+                }));
+            };
+            tried.push(backend.id);
+            if !request.headers().contains_key(http::header::HOST) {
+                if let Ok(host) = http::HeaderValue::from_str(&backend.address) {
+                    request.headers_mut().insert(http::header::HOST, host);
+                }
             }
-        }
-        let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.response_timeout, self.send(load, request)).await {
-            Ok(result) => result,
-            Err(_) => Err(ForwardError::ResponseTimeout {
-                backend: backend.address.clone(),
-                timeout_ms: self.response_timeout.as_millis(),
-            }),
+            backend.requests.fetch_add(1, Ordering::Relaxed);
+            backend.in_flight.fetch_add(1, Ordering::Relaxed);
+            let load = BackendLoad(Arc::clone(&backend));
+            let attempt =
+                tokio::time::timeout(self.response_timeout, self.send(load, request)).await;
+            let result = match attempt {
+                Ok(result) => result,
+                Err(_) => Err(Attempt::Failed(ForwardError::ResponseTimeout {
+                    backend: backend.address.clone(),
+                    timeout_ms: self.response_timeout.as_millis(),
+                })),
+            };
+            match result {
+                Ok((response, checkout)) => {
+                    self.record_outcome(&backend, response.status().is_server_error());
+                    return Ok((response, checkout));
+                }
+                Err(Attempt::NotConnected(error, unsent)) => {
+                    self.record_outcome(&backend, true);
+                    if tried.len() > retries as usize {
+                        return Err(error);
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(pool = %self.name, backend = %backend.address, %error, "retrying on another backend");
+                    request = *unsent;
+                    last_error = Some(error);
+                }
+                Err(Attempt::Failed(error)) => {
+                    self.record_outcome(&backend, true);
+                    return Err(error);
+                }
+            }
         }
     }
 
@@ -431,33 +727,46 @@ impl Pool {
         &self,
         load: BackendLoad,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Checkout), ForwardError> {
+    ) -> Result<(Response<Incoming>, Checkout), Attempt> {
         let backend = &load.0;
         // Pooled connections first; a stale one hands the request back and we try the next, then
         // a fresh connection.
         loop {
-            let (mut sender, reused) = match backend.take_idle() {
+            let (mut sender, reused) = match backend.take_idle(self.idle_timeout) {
                 Some(sender) => (sender, true),
-                None => (backend.connect(self.connect_timeout).await?, false),
+                None => match backend.connect(self.connect_timeout).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => return Err(Attempt::NotConnected(error, Box::new(request))),
+                },
             };
             if sender.ready().await.is_err() {
                 if reused {
                     continue;
                 }
-                return Err(ForwardError::BackendUnreachable {
+                let error = ForwardError::BackendUnreachable {
                     backend: backend.address.clone(),
                     reason: "connection closed before the request was sent".to_owned(),
-                });
+                };
+                return Err(Attempt::NotConnected(error, Box::new(request)));
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Checkout { load, sender })),
+                Ok(response) => {
+                    return Ok((
+                        response,
+                        Checkout {
+                            load,
+                            sender,
+                            max_idle: self.max_idle_per_backend,
+                        },
+                    ))
+                }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => request = unsent,
                     _ => {
-                        return Err(ForwardError::BackendFailed {
+                        return Err(Attempt::Failed(ForwardError::BackendFailed {
                             backend: backend.address.clone(),
                             reason: error.into_error().to_string(),
-                        })
+                        }))
                     }
                 },
             }
@@ -465,15 +774,28 @@ impl Pool {
     }
 }
 
+/// How one attempt to send a request to a backend failed.
+enum Attempt {
+    /// Nothing was sent: the request comes back and may go to another backend.
+    NotConnected(ForwardError, Box<Request<RequestBody>>),
+    Failed(ForwardError),
+}
+
 /// Closes idle upstream connections that outlived the idle timeout, until the pool is dropped.
-async fn prune_idle_connections(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(UPSTREAM_IDLE_TIMEOUT / 4);
+async fn prune_idle_connections(pool: Weak<Pool>, stop: CancellationToken) {
+    let Some(period) = pool.upgrade().map(|pool| pool.idle_timeout / 4) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         let Some(pool) = pool.upgrade() else { return };
         for backend in pool.backends().iter() {
-            backend.prune_idle();
+            backend.prune_idle(pool.idle_timeout);
         }
     }
 }
