@@ -43,6 +43,17 @@ pub struct Backend {
     chunks: Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>,
     pub chunk_sender: mpsc::Sender<Bytes>,
     pub body_chunks_seen: Arc<AtomicUsize>,
+    /// Switches: `/healthz` answers 503 while `health_ok` is false; every other path answers 500
+    /// while `broken` is true.
+    pub switches: Arc<Switches>,
+}
+
+#[derive(Debug)]
+pub struct Switches {
+    pub health_ok: std::sync::atomic::AtomicBool,
+    pub broken: std::sync::atomic::AtomicBool,
+    /// `/healthz` requests received.
+    pub health_checks: AtomicUsize,
 }
 
 impl Backend {
@@ -53,7 +64,17 @@ impl Backend {
         let (chunk_sender, receiver) = mpsc::channel(16);
         let chunks = Arc::new(Mutex::new(Some(receiver)));
         let body_chunks_seen = Arc::new(AtomicUsize::new(0));
-        let state = (requests.clone(), chunks.clone(), body_chunks_seen.clone());
+        let switches = Arc::new(Switches {
+            health_ok: std::sync::atomic::AtomicBool::new(true),
+            broken: std::sync::atomic::AtomicBool::new(false),
+            health_checks: AtomicUsize::new(0),
+        });
+        let state = (
+            requests.clone(),
+            chunks.clone(),
+            body_chunks_seen.clone(),
+            switches.clone(),
+        );
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
         tokio::spawn(async move {
@@ -81,6 +102,7 @@ impl Backend {
             chunks,
             chunk_sender,
             body_chunks_seen,
+            switches,
         }
     }
 }
@@ -89,6 +111,7 @@ type BackendState = (
     Arc<AtomicUsize>,
     Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>,
     Arc<AtomicUsize>,
+    Arc<Switches>,
 );
 
 async fn answer(
@@ -96,7 +119,23 @@ async fn answer(
     request: Request<Incoming>,
     state: BackendState,
 ) -> Response<BoxBody> {
-    let (requests, chunks, body_chunks_seen) = state;
+    let (requests, chunks, body_chunks_seen, switches) = state;
+    if request.uri().path() == "/healthz" {
+        switches.health_checks.fetch_add(1, Ordering::SeqCst);
+        let ok = switches.health_ok.load(Ordering::SeqCst);
+        let mut response =
+            Response::new(Full::new(Bytes::from(if ok { "ok" } else { "sick" })).boxed());
+        if !ok {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return response;
+    }
+    if switches.broken.load(Ordering::SeqCst) {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let mut response = Response::new(Full::new(Bytes::from(format!("broken {name}"))).boxed());
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return response;
+    }
     requests.fetch_add(1, Ordering::SeqCst);
     let full = |text: String| Full::new(Bytes::from(text)).boxed();
     let query: HashMap<String, String> = request
@@ -219,7 +258,12 @@ impl TestProxy {
              [[pool]]\nname = \"app\"\nbackends = [{}]\n{pool_keys}\n",
             backends.join(", ")
         );
-        let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        TestProxy::from_config(&text).await
+    }
+
+    /// Starts a proxy from a whole config text (its first listener is the one under test).
+    pub async fn from_config(text: &str) -> TestProxy {
+        let config = Config::parse(text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let proxy = Proxy::new(&config).unwrap();
         let mut address = None;
         for (listener, socket) in proxy.bind().unwrap() {

@@ -1,0 +1,329 @@
+//! Pools over real sockets: distribution per algorithm, active health checks with thresholds,
+//! passive ejection, fail-open, retries, draining with a request in flight.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::{closed_port, eventually, Backend, Client, TestProxy};
+
+async fn names_of(client: &mut Client, requests: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..requests {
+        let response = client.get("/").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        *counts.entry(response.text()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_follows_the_weights_over_real_requests() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let text = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n\
+         algorithm = \"weighted_round_robin\"\nbackends = [{{ address = \"{}\", weight = 3 }}, \"{}\"]\n",
+        a.address, b.address
+    );
+    let proxy = TestProxy::from_config(&text).await;
+    let mut client = Client::connect(proxy.address).await;
+    let counts = names_of(&mut client, 80).await;
+    assert_eq!(counts.get("hello from a"), Some(&60), "{counts:?}");
+    assert_eq!(counts.get("hello from b"), Some(&20), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_client_on_one_backend() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
+    let proxy = TestProxy::start("", &addresses, "algorithm = \"consistent_hash\"").await;
+    let mut client = Client::connect(proxy.address).await;
+    let counts = names_of(&mut client, 30).await;
+    assert_eq!(counts.len(), 1, "one client, one backend: {counts:?}");
+    // Other connections of the same client (same key) land there too.
+    let mut again = Client::connect(proxy.address).await;
+    let other = names_of(&mut again, 5).await;
+    assert_eq!(
+        other.keys().collect::<Vec<_>>(),
+        counts.keys().collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_and_p2c_avoid_a_busy_backend() {
+    for algorithm in ["least_connections", "p2c"] {
+        let one = Backend::start("one").await;
+        let two = Backend::start("two").await;
+        let proxy = TestProxy::start(
+            "",
+            &[one.address, two.address],
+            &format!("algorithm = \"{algorithm}\""),
+        )
+        .await;
+        // Three long requests leave one backend busier than the other; quick requests must then
+        // avoid the busier one.
+        let mut holders = Vec::new();
+        for _ in 0..3 {
+            let mut holder = Client::connect(proxy.address).await;
+            holder
+                .send(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            holders.push(holder);
+        }
+        let pool = &proxy.proxy.pools()[0];
+        assert!(
+            eventually(Duration::from_secs(2), || pool
+                .backends()
+                .iter()
+                .map(|b| b.in_flight())
+                .sum::<u64>()
+                == 3)
+            .await
+        );
+        let busy = pool
+            .backends()
+            .iter()
+            .max_by_key(|b| b.in_flight())
+            .unwrap()
+            .address
+            .clone();
+        let mut client = Client::connect(proxy.address).await;
+        let counts = names_of(&mut client, 10).await;
+        let busy_name = if busy == one.address.to_string() {
+            "hello from one"
+        } else {
+            "hello from two"
+        };
+        assert!(
+            counts.get(busy_name).copied().unwrap_or(0) <= 1,
+            "{algorithm}: the busier backend got {counts:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_http_checks_mark_a_backend_unhealthy_and_back_with_thresholds() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start(
+        "",
+        &[a.address, b.address],
+        "[pool.health_check]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\n\
+         healthy_threshold = 2\nunhealthy_threshold = 3",
+    )
+    .await;
+    let pool = proxy.proxy.pools()[0].clone();
+    let backend_a = pool.backend(&a.address.to_string()).unwrap();
+    a.switches.health_ok.store(false, Ordering::SeqCst);
+    let checks_before = a.switches.health_checks.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(3), || !backend_a.health().healthy).await,
+        "marked unhealthy"
+    );
+    assert!(
+        a.switches.health_checks.load(Ordering::SeqCst) - checks_before >= 3,
+        "not before three failed checks"
+    );
+    assert!(
+        backend_a.health().reason.contains("status 503"),
+        "{:?}",
+        backend_a.health()
+    );
+    // No traffic reaches it while unhealthy.
+    let mut client = Client::connect(proxy.address).await;
+    let counts = names_of(&mut client, 10).await;
+    assert_eq!(counts.get("hello from b"), Some(&10), "{counts:?}");
+
+    a.switches.health_ok.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(3), || backend_a.health().healthy).await,
+        "healthy again"
+    );
+    let counts = names_of(&mut client, 10).await;
+    assert_eq!(
+        counts.get("hello from a"),
+        Some(&5),
+        "back in rotation: {counts:?}"
+    );
+    assert_eq!(
+        pool.stats.health_transitions.load(Ordering::SeqCst),
+        2,
+        "each transition counted once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checks_find_a_stopped_backend() {
+    let alive = Backend::start("alive").await;
+    let stopped = closed_port().await;
+    let proxy = TestProxy::start(
+        "",
+        &[alive.address, stopped],
+        "[pool.health_check]\nkind = \"tcp\"\ninterval = \"50ms\"\nunhealthy_threshold = 1",
+    )
+    .await;
+    let pool = proxy.proxy.pools()[0].clone();
+    let dead = pool.backend(&stopped.to_string()).unwrap();
+    assert!(eventually(Duration::from_secs(3), || !dead.health().healthy).await);
+    assert!(
+        dead.health().reason.contains("connect"),
+        "{:?}",
+        dead.health()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_backend_is_unhealthy_the_pool_fails_open() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start(
+        "",
+        &[a.address, b.address],
+        "[pool.health_check]\npath = \"/healthz\"\ninterval = \"50ms\"\nunhealthy_threshold = 1",
+    )
+    .await;
+    let pool = proxy.proxy.pools()[0].clone();
+    a.switches.health_ok.store(false, Ordering::SeqCst);
+    b.switches.health_ok.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(3), || pool
+            .backends()
+            .iter()
+            .all(|b| !b.health().healthy))
+        .await
+    );
+    let mut client = Client::connect(proxy.address).await;
+    let counts = names_of(&mut client, 10).await;
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        10,
+        "still served: {counts:?}"
+    );
+    assert_eq!(counts.len(), 2, "forwarded to all of them: {counts:?}");
+    assert!(pool.is_failing_open());
+    assert!(pool.stats.fail_open_requests.load(Ordering::SeqCst) >= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_5xx_eject_a_backend_which_returns_after_the_ejection_time() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start(
+        "",
+        &[a.address, b.address],
+        "[pool.outlier]\nconsecutive_failures = 3\nbase_ejection = \"400ms\"",
+    )
+    .await;
+    let pool = proxy.proxy.pools()[0].clone();
+    a.switches.broken.store(true, Ordering::SeqCst);
+    let mut client = Client::connect(proxy.address).await;
+    let mut errors = 0;
+    for _ in 0..20 {
+        if client.get("/").await.status == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 3, "a is ejected after its third 500");
+    assert_eq!(pool.stats.ejections.load(Ordering::SeqCst), 1);
+    let backend_a = pool.backend(&a.address.to_string()).unwrap();
+    assert!(
+        backend_a.health().reason.contains("3 consecutive failures"),
+        "{:?}",
+        backend_a.health()
+    );
+    a.switches.broken.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(2), || backend_a.health().healthy).await,
+        "back after 400 ms"
+    );
+    let counts = names_of(&mut client, 10).await;
+    assert_eq!(counts.get("hello from a"), Some(&5), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_retried_on_another_backend_when_safe() {
+    let alive = Backend::start("alive").await;
+    let dead = closed_port().await;
+    let proxy = TestProxy::start(
+        "",
+        &[dead, alive.address],
+        "[pool.outlier]\nconsecutive_failures = 0",
+    )
+    .await;
+    let mut client = Client::connect(proxy.address).await;
+    for _ in 0..6 {
+        let response = client.get("/").await;
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (200, "hello from alive")
+        );
+    }
+    let pool = proxy.proxy.pools()[0].clone();
+    assert_eq!(
+        pool.stats.retries.load(Ordering::SeqCst),
+        3,
+        "every other request was retried"
+    );
+    // A POST is not retried: the dead backend's turn answers 502.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        client
+            .send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            .await;
+        statuses.push(client.read_response().await.unwrap().status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 502]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_backend_lets_its_request_finish_and_sends_it_no_more() {
+    use hearsay_proxy::BackendState;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start("", &[a.address, b.address], "").await;
+    let pool = proxy.proxy.pools()[0].clone();
+    let mut slow = Client::connect(proxy.address).await;
+    slow.send(b"GET /slow?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(2), || pool.backends()[0].in_flight()
+            == 1)
+        .await,
+        "first request goes to a"
+    );
+    pool.set_backend_state(&a.address.to_string(), BackendState::Draining)
+        .unwrap();
+    let before = a.requests.load(Ordering::SeqCst);
+    let mut client = Client::connect(proxy.address).await;
+    let counts = names_of(&mut client, 6).await;
+    assert_eq!(counts.get("hello from b"), Some(&6), "{counts:?}");
+    assert_eq!(
+        a.requests.load(Ordering::SeqCst),
+        before,
+        "no new request reached a"
+    );
+    let response = slow.read_response().await.unwrap();
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (200, "slow 500"),
+        "the in-flight request finished"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || pool.backends()[0].in_flight()
+            == 0)
+        .await
+    );
+    assert_eq!(
+        pool.backends()[0].idle_connections(),
+        0,
+        "a draining backend keeps no idle connections"
+    );
+}
