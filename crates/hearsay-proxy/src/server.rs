@@ -252,6 +252,41 @@ async fn refuse(mut stream: TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use hearsay_config::{ListenerSettings, TcpKeepalive};
+    use socket2::SockRef;
+
+    #[tokio::test]
+    async fn client_sockets_get_the_listener_tcp_keepalive_settings() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let settings = ListenerSettings {
+            tcp_keepalive: TcpKeepalive {
+                idle: Duration::from_secs(600),
+                interval: Duration::from_secs(30),
+                probes: 4,
+            },
+            ..ListenerSettings::default()
+        };
+        super::configure_client_socket(&accepted, &settings);
+        let socket = SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+        assert!(accepted.nodelay().unwrap());
+    }
+
     #[test]
     fn the_canned_429_declares_its_body_length() {
         let text = std::str::from_utf8(super::TOO_MANY_CONNECTIONS).unwrap();
