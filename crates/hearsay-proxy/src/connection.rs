@@ -166,7 +166,8 @@ pub(crate) async fn serve(stream: TcpStream, context: Context) {
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     let mut closing = false;
-    let mut armed: u64 = 0;
+    // The deadline the timer is set to (u64::MAX: none, the far-off default).
+    let mut armed: u64 = u64::MAX;
     let reason = loop {
         if !closing {
             let current = settings.borrow_and_update().clone();
@@ -175,10 +176,10 @@ pub(crate) async fn serve(stream: TcpStream, context: Context) {
                 None => evaluate(&connection.state(), &current, now_nanos()),
             };
             match verdict {
-                // Re-arming the timer costs a timer-wheel update; skip it when the deadline is
-                // unchanged, and keep the old one when there is none (it only causes one
-                // harmless re-evaluation when it fires).
-                Verdict::WaitUntil(Some(at)) if at != armed => {
+                // Re-arming the timer costs a timer-wheel update, so it is only moved earlier: a
+                // later deadline (the idle deadline moves with every request) waits for the timer
+                // already set, which wakes the loop to re-evaluate and re-arm then.
+                Verdict::WaitUntil(Some(at)) if at < armed || sleep.is_elapsed() => {
                     armed = at;
                     sleep.as_mut().reset(instant_of(at));
                 }
