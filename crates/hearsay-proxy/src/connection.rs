@@ -157,8 +157,11 @@ pub(crate) async fn serve(stream: TcpStream, context: Context) {
             )
         })
     };
+    // Flattened writes (head and body copied into one buffer, one write call) measured faster
+    // than vectored writes for typical small responses on loopback (tests/bench).
     let http = http1::Builder::new()
         .keep_alive(true)
+        .writev(false)
         .serve_connection(io, service);
     tokio::pin!(http);
 

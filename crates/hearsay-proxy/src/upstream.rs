@@ -319,7 +319,9 @@ impl Backend {
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
+        // One write call per request (see the server side in connection.rs).
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|error| ForwardError::BackendUnreachable {
