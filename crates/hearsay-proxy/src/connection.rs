@@ -184,10 +184,12 @@ pub(crate) async fn serve(stream: TcpStream, context: Context) {
                 // already set, which wakes the loop to re-evaluate and re-arm then.
                 Verdict::WaitUntil(Some(at)) if at < armed || sleep.is_elapsed() => {
                     armed = at;
+                    connection.armed.store(armed, Ordering::Release);
                     sleep.as_mut().reset(instant_of(at));
                 }
                 Verdict::WaitUntil(_) if sleep.is_elapsed() => {
                     armed = u64::MAX;
+                    connection.armed.store(armed, Ordering::Release);
                     sleep
                         .as_mut()
                         .reset(tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -248,6 +250,9 @@ async fn handle(
     let served = connection.request_started(!request.body().is_end_stream());
     let in_flight = InFlight(Arc::clone(&connection));
     let settings = listener.settings();
+    connection
+        .idle_hint
+        .store(nanos(settings.keepalive_timeout), Ordering::Relaxed);
     let version = request.version();
     let client_wants_close = headers::client_wants_close(version, request.headers());
     let age = Duration::from_nanos(now_nanos().saturating_sub(connection.accepted_nanos));

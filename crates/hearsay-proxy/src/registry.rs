@@ -180,6 +180,10 @@ pub struct Connection {
     pub(crate) in_flight: AtomicU32,
     pub(crate) body_reading: AtomicBool,
     pub(crate) requests: AtomicU64,
+    /// The deadline the connection task's timer is set to (`u64::MAX`: none).
+    pub(crate) armed: AtomicU64,
+    /// The keep-alive timeout in force when the current request started, in nanoseconds.
+    pub(crate) idle_hint: AtomicU64,
     /// Why the server decided to end the connection, set before it ends (`u8::MAX` = not decided).
     close_reason: std::sync::atomic::AtomicU8,
     /// Why an operator or the shutdown asked the connection to close (`u8::MAX` = not asked).
@@ -232,6 +236,8 @@ impl Connection {
             in_flight: AtomicU32::new(0),
             body_reading: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            armed: AtomicU64::new(u64::MAX),
+            idle_hint: AtomicU64::new(0),
             close_reason: std::sync::atomic::AtomicU8::new(u8::MAX),
             close_requested: std::sync::atomic::AtomicU8::new(u8::MAX),
             wake: Notify::new(),
@@ -277,12 +283,19 @@ impl Connection {
     }
 
     pub(crate) fn request_finished(&self) {
+        let now = now_nanos();
         self.body_reading.store(false, Ordering::Relaxed);
-        self.last_write.store(now_nanos(), Ordering::Relaxed);
+        self.last_write.store(now, Ordering::Relaxed);
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
         }
-        self.wake.notify_one();
+        // The connection task must look again only if its timer would fire after the new idle
+        // deadline (or is not set); otherwise the timer fires first and it re-evaluates then.
+        // This spares a wake-up per request on a busy keep-alive connection.
+        let idle_deadline = now.saturating_add(self.idle_hint.load(Ordering::Relaxed));
+        if self.armed.load(Ordering::Acquire) > idle_deadline {
+            self.wake.notify_one();
+        }
     }
 
     /// Records why the server is ending the connection; the first reason set wins.

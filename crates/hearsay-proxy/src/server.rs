@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearsay_config::{Config, ListenerSettings, OverLimitAction};
+use hearsay_config::{Config, OverLimitAction};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -126,6 +126,11 @@ impl Proxy {
     async fn accept_loop(self: Arc<Self>, listener: Arc<Listener>, socket: TcpListener) {
         let address = socket.local_addr().unwrap_or(listener.bind);
         tracing::info!(listener = %listener.name, %address, pool = %listener.pool.name, "listening");
+        // Accepted sockets inherit TCP_NODELAY and the keepalive options from the listening
+        // socket (Linux), which spares five setsockopt calls per connection; they are set again
+        // only when the listener's settings change.
+        let mut inherited = listener.settings().tcp_keepalive;
+        configure_socket(SockRef::from(&socket), &inherited);
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -142,6 +147,11 @@ impl Proxy {
                     continue;
                 }
             };
+            let wanted = listener.settings().tcp_keepalive;
+            if wanted != inherited {
+                configure_socket(SockRef::from(&socket), &wanted);
+                inherited = wanted;
+            }
             self.admit(&listener, stream, peer);
         }
         tracing::info!(listener = %listener.name, "stopped accepting");
@@ -150,7 +160,6 @@ impl Proxy {
     fn admit(self: &Arc<Self>, listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
         listener.stats.on_accept();
         let settings = listener.settings();
-        configure_client_socket(&stream, &settings);
         let key = ClientKey::new(peer.ip(), settings.client_ipv6_prefix);
         let limit = if settings.is_exempt(peer.ip()) {
             None
@@ -219,14 +228,15 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-fn configure_client_socket(stream: &TcpStream, settings: &ListenerSettings) {
-    let _ = stream.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(settings.tcp_keepalive.idle)
-        .with_interval(settings.tcp_keepalive.interval)
-        .with_retries(settings.tcp_keepalive.probes);
-    if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-        tracing::debug!(%error, "cannot set TCP keepalive on a client socket");
+/// TCP_NODELAY and TCP keepalive probing (to find half-open connections) on a socket.
+fn configure_socket(socket: SockRef<'_>, keepalive: &hearsay_config::TcpKeepalive) {
+    let _ = socket.set_tcp_nodelay(true);
+    let probing = TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.probes);
+    if let Err(error) = socket.set_tcp_keepalive(&probing) {
+        tracing::warn!(%error, "cannot set TCP keepalive");
     }
 }
 
@@ -254,25 +264,22 @@ async fn refuse(mut stream: TcpStream) {
 mod tests {
     use std::time::Duration;
 
-    use hearsay_config::{ListenerSettings, TcpKeepalive};
+    use hearsay_config::TcpKeepalive;
     use socket2::SockRef;
 
     #[tokio::test]
-    async fn client_sockets_get_the_listener_tcp_keepalive_settings() {
+    async fn accepted_sockets_inherit_the_listener_tcp_keepalive_settings() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let keepalive = TcpKeepalive {
+            idle: Duration::from_secs(600),
+            interval: Duration::from_secs(30),
+            probes: 4,
+        };
+        super::configure_socket(SockRef::from(&listener), &keepalive);
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        let settings = ListenerSettings {
-            tcp_keepalive: TcpKeepalive {
-                idle: Duration::from_secs(600),
-                interval: Duration::from_secs(30),
-                probes: 4,
-            },
-            ..ListenerSettings::default()
-        };
-        super::configure_client_socket(&accepted, &settings);
         let socket = SockRef::from(&accepted);
         assert!(socket.keepalive().unwrap());
         assert_eq!(
