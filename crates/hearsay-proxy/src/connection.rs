@@ -272,11 +272,14 @@ async fn handle(
     };
 
     let request = request.map(|body| RequestBody::new(body, Arc::clone(&connection)));
-    let (response, upstream) = match listener
-        .pool
-        .forward(request, connection.client.ip(), &connection.client_header)
-        .await
-    {
+    // Boxed: hyper keeps room for one request future per connection for the connection's whole
+    // life, so a large future inline would cost every idle connection its size.
+    let forwarded = Box::pin(listener.pool.forward(
+        request,
+        connection.client.ip(),
+        &connection.client_header,
+    ));
+    let (response, upstream) = match forwarded.await {
         Ok((response, checkout)) => (response.map(Either::Left), Some(checkout)),
         Err(error) => {
             tracing::warn!(

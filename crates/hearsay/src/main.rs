@@ -11,11 +11,6 @@ use clap::{Parser, Subcommand};
 use hearsay_config::Config;
 use hearsay_proxy::Proxy;
 
-// Many small, short-lived allocations per request (headers, body frames): mimalloc serves them
-// faster than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// hearsay: a clustered layer-7 load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "hearsay", version, about, long_about = None)]
