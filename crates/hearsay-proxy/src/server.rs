@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ use crate::upstream::Pool;
 const LISTEN_BACKLOG: i32 = 4096;
 /// How long a refused client gets to read its 429 before the socket is dropped.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// At most this many refused connections linger for their 429 at once; beyond that (a client
+/// flooding connections) they are closed at accept, so refusals never pile up file descriptors.
+const MAX_LINGERING_REFUSALS: usize = 256;
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
 content-type: text/plain; charset=utf-8\r\n\
 content-length: 51\r\n\
@@ -39,6 +43,8 @@ pub struct Proxy {
     abort: CancellationToken,
     /// Stops background work (health probes, upstream pruning) after the drain.
     background: CancellationToken,
+    /// Refused connections still lingering for their 429.
+    refusing: Arc<std::sync::atomic::AtomicUsize>,
     tasks: TaskTracker,
 }
 
@@ -79,6 +85,7 @@ impl Proxy {
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
             background,
+            refusing: Arc::default(),
             tasks: TaskTracker::new(),
         }))
     }
@@ -170,7 +177,15 @@ impl Proxy {
             listener.stats.on_close(CloseReason::OverLimit);
             tracing::debug!(listener = %listener.name, client = %peer, key = %key, "connection refused: over limit");
             if settings.over_limit == OverLimitAction::Http429 {
-                self.tasks.spawn(refuse(stream));
+                let refusing = Arc::clone(&self.refusing);
+                if refusing.fetch_add(1, Ordering::Relaxed) < MAX_LINGERING_REFUSALS {
+                    self.tasks.spawn(async move {
+                        refuse(stream).await;
+                        refusing.fetch_sub(1, Ordering::Relaxed);
+                    });
+                } else {
+                    refusing.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             return;
         };

@@ -160,3 +160,40 @@ async fn ipv6_clients_are_counted_by_prefix() {
         "{headers}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_connections_does_not_pile_up() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("max_connections_per_client = 1", &[backend.address], "").await;
+    let mut held = Client::connect(proxy.address).await;
+    assert_eq!(held.get("/").await.status, 200);
+    // 400 refused connections that never send anything nor read: at most 256 linger for their
+    // 429 (up to 1 s), the rest are closed at once.
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        flood.push(tokio::net::TcpStream::connect(proxy.address).await.unwrap());
+    }
+    let mut answered = 0;
+    let mut closed_bare = 0;
+    for stream in flood {
+        let mut client = Client::from_stream(stream);
+        match client.read_response().await {
+            Some(response) => {
+                assert_eq!(response.status, 429);
+                answered += 1;
+            }
+            None => closed_bare += 1,
+        }
+    }
+    assert!(
+        answered >= 1 && closed_bare >= 1,
+        "answered {answered}, closed {closed_bare}"
+    );
+    assert!(answered <= 256 + 1, "answered {answered}");
+    assert_eq!(proxy.stats().closed(CloseReason::OverLimit), 400);
+    assert_eq!(
+        held.get("/").await.status,
+        200,
+        "the admitted client is unaffected"
+    );
+}
