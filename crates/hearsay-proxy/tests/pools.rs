@@ -295,9 +295,10 @@ async fn draining_a_backend_lets_its_request_finish_and_sends_it_no_more() {
         .await;
     assert!(
         eventually(Duration::from_secs(2), || pool.backends()[0].in_flight()
-            == 1)
+            == 1
+            && a.requests.load(Ordering::SeqCst) == 1)
         .await,
-        "first request goes to a"
+        "the first request reached a"
     );
     pool.set_backend_state(&a.address.to_string(), BackendState::Draining)
         .unwrap();
