@@ -24,6 +24,24 @@ pub enum Algorithm {
     ConsistentHash,
 }
 
+impl Algorithm {
+    /// Every algorithm with the name the config file uses for it.
+    pub const ALL: [(&'static str, Algorithm); 5] = [
+        ("round_robin", Algorithm::RoundRobin),
+        ("weighted_round_robin", Algorithm::WeightedRoundRobin),
+        ("least_connections", Algorithm::LeastConnections),
+        ("p2c", Algorithm::P2c),
+        ("consistent_hash", Algorithm::ConsistentHash),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Algorithm::ALL
+            .iter()
+            .find(|(_, algorithm)| *algorithm == self)
+            .map_or("round_robin", |(name, _)| name)
+    }
+}
+
 /// What the balancer knows of one eligible backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use hearsay_balancer::Algorithm;
 pub use ipnet::IpNet;
 pub use validate::{settings_problems, valid_authority as valid_backend_address};
 
@@ -145,32 +146,6 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Passive outlier detection; `None` = off.
     pub outlier: Option<OutlierConfig>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    RoundRobin,
-    WeightedRoundRobin,
-    LeastConnections,
-    P2c,
-    ConsistentHash,
-}
-
-impl Algorithm {
-    pub const ALL: [(&'static str, Algorithm); 5] = [
-        ("round_robin", Algorithm::RoundRobin),
-        ("weighted_round_robin", Algorithm::WeightedRoundRobin),
-        ("least_connections", Algorithm::LeastConnections),
-        ("p2c", Algorithm::P2c),
-        ("consistent_hash", Algorithm::ConsistentHash),
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        Algorithm::ALL
-            .iter()
-            .find(|(_, algorithm)| *algorithm == self)
-            .map_or("round_robin", |(name, _)| name)
-    }
 }
 
 /// Active health checks of a pool's backends.

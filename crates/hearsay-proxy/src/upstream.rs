@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use hearsay_balancer::{
-    Algorithm as BalancerAlgorithm, Balancer, Candidate, Ejection, OutlierPolicy, OutlierState,
-};
+use hearsay_balancer::{Balancer, Candidate, Ejection, OutlierPolicy, OutlierState};
 use hearsay_config::{Algorithm, BackendStateConfig, HealthCheckConfig, PoolConfig};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -402,18 +400,11 @@ impl Pool {
                 )))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
-        let algorithm = match config.algorithm {
-            Algorithm::RoundRobin => BalancerAlgorithm::RoundRobin,
-            Algorithm::WeightedRoundRobin => BalancerAlgorithm::WeightedRoundRobin,
-            Algorithm::LeastConnections => BalancerAlgorithm::LeastConnections,
-            Algorithm::P2c => BalancerAlgorithm::P2c,
-            Algorithm::ConsistentHash => BalancerAlgorithm::ConsistentHash,
-        };
         let pool = Arc::new(Pool {
             name: config.name.clone(),
             algorithm: config.algorithm,
             backends: RwLock::new(Arc::new(backends)),
-            balancer: Balancer::new(algorithm),
+            balancer: Balancer::new(config.algorithm),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             retries: config.retries,
