@@ -121,11 +121,6 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
-        // The upstream connection's I/O runs here, in the client connection's task: it fills the
-        // body channel polled just below.
-        if let Some(checkout) = this.upstream.as_mut() {
-            checkout.upstream.poll_connection(cx);
-        }
         let result = this.inner.as_mut().poll_frame(cx);
         let complete = match &result {
             Poll::Ready(None) => true,

@@ -2,20 +2,16 @@
 //! ejection, fail-open, retries), and the keep-alive connections to each backend.
 //!
 //! Connections to backends are hyper HTTP/1 client connections kept per backend in a LIFO stack of
-//! idle connections. A connection goes back on the stack when the response body it carried has
-//! been read to its end (so it is reusable), and is taken off for the next request. Its I/O is
-//! driven by the client connection's task that uses it (no task of its own, no cross-task hop). A pooled
+//! idle senders. A sender goes back on the stack when the response body it carried has been read
+//! to its end (so the connection is reusable), and is taken off for the next request. A pooled
 //! connection that the backend closed in the meantime is detected before use (`ready()` fails) or
 //! when the request could not be written (hyper hands the request back), and the request then goes
 //! out on a fresh connection: a stale pooled connection never surfaces as a client error.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hearsay_balancer::{Balancer, Candidate, Ejection, OutlierPolicy, OutlierState};
@@ -104,75 +100,7 @@ pub struct Backend {
 #[derive(Debug)]
 struct IdleConnection {
     since: Instant,
-    upstream: Upstream,
-}
-
-type UpstreamConnection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
-
-/// One keep-alive connection to a backend: hyper's request sender and the connection future that
-/// does its I/O. The future is polled by whoever uses the connection (the client connection's
-/// task, while it waits for the response and streams its body), not by a task of its own: no
-/// cross-task hop per request.
-pub(crate) struct Upstream {
     sender: SendRequest<RequestBody>,
-    connection: Pin<Box<UpstreamConnection>>,
-    /// The connection future has completed (closed or failed); never poll it again.
-    done: bool,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Upstream {
-    /// Drives the connection's I/O (reading the response, writing the request body).
-    pub(crate) fn poll_connection(&mut self, cx: &mut Context<'_>) {
-        if self.done {
-            return;
-        }
-        if let Poll::Ready(result) = self.connection.as_mut().poll(cx) {
-            self.done = true;
-            if let Err(error) = result {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        }
-    }
-
-    fn is_usable(&self) -> bool {
-        !self.done && !self.sender.is_closed()
-    }
-
-    /// Waits until the connection can take a request; false if it closed meanwhile.
-    async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            self.poll_connection(cx);
-            if self.done {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|ready| ready.is_ok())
-        })
-        .await
-    }
-
-    /// Sends a request and waits for the response head, driving the connection meanwhile.
-    async fn send(
-        &mut self,
-        request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>> {
-        let response = self.sender.try_send_request(request);
-        let mut response = std::pin::pin!(response);
-        std::future::poll_fn(|cx| {
-            // The connection answers the request even when it fails, so its end is seen through
-            // the response future; it is never dropped while a request is pending on it.
-            self.poll_connection(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
 }
 
 /// Why a change to a pool's backends was refused.
@@ -205,7 +133,7 @@ impl Drop for BackendLoad {
 #[derive(Debug)]
 pub(crate) struct Checkout {
     load: BackendLoad,
-    pub(crate) upstream: Upstream,
+    sender: SendRequest<RequestBody>,
     max_idle: usize,
 }
 
@@ -309,24 +237,23 @@ impl Backend {
         }
     }
 
-    fn take_idle(&self, idle_timeout: Duration) -> Option<Upstream> {
+    fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         let now = Instant::now();
         while let Some(connection) = idle.pop() {
-            if now.duration_since(connection.since) < idle_timeout
-                && connection.upstream.is_usable()
+            if now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
             {
-                return Some(connection.upstream);
+                return Some(connection.sender);
             }
         }
         None
     }
 
-    fn put_idle(&self, upstream: Upstream, max_idle: usize) {
-        if !upstream.is_usable() {
+    fn put_idle(&self, sender: SendRequest<RequestBody>, max_idle: usize) {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self
@@ -336,7 +263,7 @@ impl Backend {
         if idle.len() < max_idle {
             idle.push(IdleConnection {
                 since: Instant::now(),
-                upstream,
+                sender,
             });
         }
     }
@@ -348,14 +275,8 @@ impl Backend {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         let now = Instant::now();
-        // Nobody polls an idle connection, so look once whether the backend closed it (a closed
-        // socket then leaves CLOSE_WAIT now, not at the next use).
-        let mut look = Context::from_waker(std::task::Waker::noop());
-        for connection in idle.iter_mut() {
-            connection.upstream.poll_connection(&mut look);
-        }
         idle.retain(|connection| {
-            now.duration_since(connection.since) < idle_timeout && connection.upstream.is_usable()
+            now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
         });
     }
 
@@ -374,7 +295,7 @@ impl Backend {
             .len()
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Upstream, ForwardError> {
+    async fn connect(&self, timeout: Duration) -> Result<SendRequest<RequestBody>, ForwardError> {
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect(self.address.as_str())).await {
                 Err(_) => {
@@ -405,11 +326,13 @@ impl Backend {
                 backend: self.address.clone(),
                 reason: error.to_string(),
             })?;
-        Ok(Upstream {
-            sender,
-            connection: Box::pin(connection),
-            done: false,
-        })
+        let address = self.address.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(backend = %address, %error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -419,7 +342,7 @@ impl Checkout {
         let backend = &self.load.0;
         // A draining or unhealthy backend's connections are closed, not kept.
         if backend.state() == BackendState::Enabled {
-            backend.put_idle(self.upstream, self.max_idle);
+            backend.put_idle(self.sender, self.max_idle);
         }
     }
 }
@@ -802,14 +725,14 @@ impl Pool {
         // Pooled connections first; a stale one hands the request back and we try the next, then
         // a fresh connection.
         loop {
-            let (mut upstream, reused) = match backend.take_idle(self.idle_timeout) {
-                Some(upstream) => (upstream, true),
+            let (mut sender, reused) = match backend.take_idle(self.idle_timeout) {
+                Some(sender) => (sender, true),
                 None => match backend.connect(self.connect_timeout).await {
-                    Ok(upstream) => (upstream, false),
+                    Ok(sender) => (sender, false),
                     Err(error) => return Err(Attempt::NotConnected(error, Box::new(request))),
                 },
             };
-            if !upstream.ready().await {
+            if sender.ready().await.is_err() {
                 if reused {
                     continue;
                 }
@@ -819,13 +742,13 @@ impl Pool {
                 };
                 return Err(Attempt::NotConnected(error, Box::new(request)));
             }
-            match upstream.send(request).await {
+            match sender.try_send_request(request).await {
                 Ok(response) => {
                     return Ok((
                         response,
                         Checkout {
                             load,
-                            upstream,
+                            sender,
                             max_idle: self.max_idle_per_backend,
                         },
                     ))
