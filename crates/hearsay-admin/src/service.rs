@@ -20,6 +20,7 @@ use crate::NodeInfo;
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
 const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_WATCH_INTERVAL: Duration = Duration::from_secs(3600);
 /// Paths `UpdateListener.update_mask` may name, relative to `settings`.
 const SETTINGS_FIELDS: [&str; 6] = [
     "keepalive_timeout",
@@ -496,8 +497,8 @@ impl pb::admin_server::Admin for AdminService {
             None => Duration::from_secs(1),
             Some(interval) => from_proto_duration("interval", interval)?,
         };
-        if interval < MIN_WATCH_INTERVAL {
-            return Err(AdminError::invalid("interval", "must be at least 100ms").into());
+        if interval < MIN_WATCH_INTERVAL || interval > MAX_WATCH_INTERVAL {
+            return Err(AdminError::invalid("interval", "must be between 100ms and 1h").into());
         }
         // Fail now, not in the stream, for an unknown listener.
         self.stats(request.listener.as_deref())?;

@@ -739,7 +739,7 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "GetStats"));
             self.inner.unary(req, path, codec).await
         }
-        /// A snapshot of GetStats every `interval` (default 1s, at least 100ms).
+        /// A snapshot of GetStats every `interval` (default 1s, 100ms..1h).
         pub async fn watch_stats(
             &mut self,
             request: impl tonic::IntoRequest<super::WatchStatsRequest>,
@@ -963,7 +963,7 @@ pub mod admin_server {
             >
             + std::marker::Send
             + 'static;
-        /// A snapshot of GetStats every `interval` (default 1s, at least 100ms).
+        /// A snapshot of GetStats every `interval` (default 1s, 100ms..1h).
         async fn watch_stats(
             &self,
             request: tonic::Request<super::WatchStatsRequest>,
