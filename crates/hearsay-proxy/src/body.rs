@@ -35,10 +35,11 @@ impl Drop for BodyReading {
 }
 
 pin_project_lite::pin_project! {
-    /// The client's request body on its way to a backend.
+    /// The client's request body on its way to a backend (`None`: an empty body, for a request
+    /// re-sent on a fresh connection).
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Option<Incoming>,
         reading: Option<BodyReading>,
     }
 }
@@ -46,8 +47,16 @@ pin_project_lite::pin_project! {
 impl RequestBody {
     pub(crate) fn new(inner: Incoming, connection: Arc<Connection>) -> Self {
         RequestBody {
-            inner,
+            inner: Some(inner),
             reading: Some(BodyReading(connection)),
+        }
+    }
+
+    /// An empty body.
+    pub(crate) fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            reading: None,
         }
     }
 }
@@ -60,11 +69,14 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let result = this.inner.as_mut().poll_frame(cx);
+        let this = self.project();
+        let Some(mut inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = inner.as_mut().poll_frame(cx);
         let finished = match &result {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
             Poll::Pending => false,
         };
         if finished {
@@ -74,11 +86,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use hearsay_balancer::{Balancer, Candidate, Ejection, OutlierPolicy, OutlierState};
 use hearsay_config::{Algorithm, BackendStateConfig, HealthCheckConfig, PoolConfig};
 use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -742,6 +743,20 @@ impl Pool {
                 };
                 return Err(Attempt::NotConnected(error, Box::new(request)));
             }
+            // A reused connection the backend is closing right now fails the request after it
+            // was written. An idempotent request without a body can safely go again on a fresh
+            // connection, so keep what is needed to re-send it.
+            let resend = (reused
+                && is_idempotent(request.method())
+                && request.body().is_end_stream())
+            .then(|| {
+                let mut copy = Request::new(RequestBody::empty());
+                *copy.method_mut() = request.method().clone();
+                *copy.uri_mut() = request.uri().clone();
+                *copy.version_mut() = request.version();
+                *copy.headers_mut() = request.headers().clone();
+                copy
+            });
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     return Ok((
@@ -753,8 +768,12 @@ impl Pool {
                         },
                     ))
                 }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
+                Err(mut error) => match (error.take_message(), resend) {
+                    (Some(unsent), _) if reused => request = unsent,
+                    (None, Some(copy)) if error.error().is_incomplete_message() => {
+                        tracing::debug!(backend = %backend.address, "reused connection closed under the request: re-sending on a fresh one");
+                        request = copy;
+                    }
                     _ => {
                         return Err(Attempt::Failed(ForwardError::BackendFailed {
                             backend: backend.address.clone(),

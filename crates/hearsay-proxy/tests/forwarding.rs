@@ -367,3 +367,51 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     assert_eq!(backend.requests.load(Ordering::SeqCst), 9);
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
+
+/// A backend that answers the first request of each connection and, on the second, reads it and
+/// closes without an answer: a keep-alive connection closing under a request.
+async fn start_closing_under_request_backend() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                for request in 0..2 {
+                    let mut read = 0;
+                    while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::io::AsyncReadExt::read(&mut stream, &mut buffer[read..]).await
+                        {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read += n,
+                        }
+                    }
+                    if request == 1 {
+                        return; // closes under the second request
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_is_resent_when_a_reused_connection_closes_under_it() {
+    let backend = start_closing_under_request_backend().await;
+    let proxy = TestProxy::start("", &[backend], "[pool.outlier]\nconsecutive_failures = 0").await;
+    let mut client = Client::connect(proxy.address).await;
+    for _ in 0..4 {
+        let response = client.get("/").await;
+        assert_eq!((response.status, response.text().as_str()), (200, "ok"));
+    }
+    // A request with a body is not re-sent: its bytes went to the closed connection.
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(client.read_response().await.unwrap().status, 502);
+}
