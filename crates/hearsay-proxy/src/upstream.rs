@@ -676,6 +676,10 @@ impl Pool {
                     pool: self.name.clone(),
                 }));
             };
+            if !tried.is_empty() {
+                // Counted only when another backend is actually tried.
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
             tried.push(backend.id);
             if !request.headers().contains_key(http::header::HOST) {
                 if let Ok(host) = http::HeaderValue::from_str(&backend.address) {
@@ -704,7 +708,6 @@ impl Pool {
                     if tried.len() > retries as usize {
                         return Err(error);
                     }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(pool = %self.name, backend = %backend.address, %error, "retrying on another backend");
                     request = *unsent;
                     last_error = Some(error);

@@ -107,6 +107,12 @@ async fn an_unreachable_backend_gives_502_and_the_connection_stays_usable() {
         assert_eq!(response.header("connection"), None);
     }
     assert_eq!(proxy.stats().accepted, 1);
+    let retries = &proxy.proxy.pools()[0].stats.retries;
+    assert_eq!(
+        retries.load(Ordering::SeqCst),
+        0,
+        "no other backend, so no retry counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
