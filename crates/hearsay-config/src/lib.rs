@@ -16,7 +16,9 @@ use std::time::Duration;
 
 pub use hearsay_balancer::Algorithm;
 pub use ipnet::IpNet;
-pub use validate::{settings_problems, valid_authority as valid_backend_address};
+pub use validate::{
+    decode_cluster_key, settings_problems, valid_authority as valid_backend_address,
+};
 
 /// Default idle (keep-alive) timeout of a listener.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -36,6 +38,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
+    /// Gossip with other nodes; `None` = a single node on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +71,57 @@ impl fmt::Debug for AdminConfig {
             .finish()
     }
 }
+
+/// How this node finds and talks to the rest of its cluster.
+#[derive(Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// UDP address gossip is received on.
+    pub listen: SocketAddr,
+    /// Address other nodes send gossip to (default: `listen`).
+    pub advertise: SocketAddr,
+    /// `host:port` of nodes to join through; names are resolved again on every gossip round.
+    pub seeds: Vec<String>,
+    /// Nodes only talk to nodes with the same cluster id.
+    pub cluster_id: String,
+    pub gossip_interval: Duration,
+    /// Cluster keys (ChaCha20-Poly1305, 32 bytes): the first seals outgoing gossip, every one
+    /// opens incoming gossip (two during a key rotation). Empty = unauthenticated, loopback only.
+    pub keys: Vec<[u8; 32]>,
+    /// Phi-accrual threshold above which a silent node is declared dead.
+    pub failure_threshold: f64,
+    /// How long a dead node's state is kept before it is forgotten.
+    pub dead_node_grace: Duration,
+    /// How many nodes actively probe each backend (rendezvous hashing picks them).
+    pub probers_per_backend: usize,
+    /// Per listener, the most clients (by open connections) whose counts a node publishes.
+    pub published_clients: usize,
+    /// Gossip older or newer than this (by the sender's clock) is dropped as a possible replay.
+    pub max_clock_skew: Duration,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("seeds", &self.seeds)
+            .field("cluster_id", &self.cluster_id)
+            .field("gossip_interval", &self.gossip_interval)
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("failure_threshold", &self.failure_threshold)
+            .field("dead_node_grace", &self.dead_node_grace)
+            .field("probers_per_backend", &self.probers_per_backend)
+            .field("published_clients", &self.published_clients)
+            .field("max_clock_skew", &self.max_clock_skew)
+            .finish()
+    }
+}
+
+/// Default gossip interval.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
+/// Default phi-accrual threshold: with heartbeats every 200 ms a silent node is declared dead
+/// after about 3 × ln(10) × 200 ms ≈ 1.4 s.
+pub const DEFAULT_FAILURE_THRESHOLD: f64 = 3.0;
 
 /// Default admin API address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";

@@ -105,3 +105,28 @@ pub(crate) struct RawAdmin {
     pub token_file: Option<String>,
     pub insecure: Option<bool>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub seeds: Option<Vec<String>>,
+    pub cluster_id: Option<String>,
+    pub gossip_interval: Option<String>,
+    pub secret: Option<RawSecret>,
+    pub secret_file: Option<String>,
+    pub failure_threshold: Option<f64>,
+    pub dead_node_grace: Option<String>,
+    pub probers_per_backend: Option<i64>,
+    pub published_clients: Option<i64>,
+    pub max_clock_skew: Option<String>,
+}
+
+/// One base64 key, or a list of up to two (the first seals; both open).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSecret {
+    One(String),
+    Many(Vec<String>),
+}

@@ -403,3 +403,127 @@ fn bad_pool_settings_are_reported() {
         .iter()
         .any(|p| p.starts_with("pool[0].backends[1].state: \"paused\" is not a backend state")));
 }
+
+const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8";
+
+#[test]
+fn cluster_section_defaults() {
+    assert_eq!(Config::parse(&with_listener("")).unwrap().cluster, None);
+    let text = format!(
+        "[cluster]\nlisten = \"127.0.0.1:7946\"\nseeds = [\"127.0.0.1:7947\", \"localhost:7948\"]\n{}",
+        with_listener("")
+    );
+    let cluster = Config::parse(&text).unwrap().cluster.unwrap();
+    assert_eq!(cluster.listen.to_string(), "127.0.0.1:7946");
+    assert_eq!(cluster.advertise, cluster.listen);
+    assert_eq!(cluster.seeds, ["127.0.0.1:7947", "localhost:7948"]);
+    assert_eq!(cluster.cluster_id, "hearsay");
+    assert_eq!(cluster.gossip_interval, Duration::from_millis(200));
+    assert!(cluster.keys.is_empty());
+    assert_eq!(cluster.failure_threshold, 3.0);
+    assert_eq!(cluster.probers_per_backend, 2);
+    assert_eq!(cluster.published_clients, 256);
+    assert_eq!(cluster.max_clock_skew, Duration::from_secs(60));
+}
+
+#[test]
+fn cluster_keys_are_read_and_checked() {
+    let one = format!(
+        "[cluster]\nlisten = \"10.1.2.3:7946\"\nsecret = \"{KEY_A}\"\n{}",
+        with_listener("")
+    );
+    let cluster = Config::parse(&one).unwrap().cluster.unwrap();
+    assert_eq!(cluster.keys.len(), 1);
+    assert_eq!(cluster.keys[0][31], 31);
+    assert!(!format!("{cluster:?}").contains(KEY_A));
+
+    let two = format!(
+        "[cluster]\nlisten = \"10.1.2.3:7946\"\nsecret = [\"{KEY_A}\", \"{KEY_B}\"]\n{}",
+        with_listener("")
+    );
+    let cluster = Config::parse(&two).unwrap().cluster.unwrap();
+    assert_eq!(cluster.keys.len(), 2);
+    assert_eq!(cluster.keys[1][0], 32);
+
+    let dir = std::env::temp_dir().join(format!("hearsay-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gossip.key");
+    std::fs::write(&file, format!("# current\n{KEY_B}\n\n{KEY_A}\n")).unwrap();
+    let from_file = format!(
+        "[cluster]\nlisten = \"10.1.2.3:7946\"\nsecret_file = \"{}\"\n{}",
+        file.display(),
+        with_listener("")
+    );
+    let cluster = Config::parse(&from_file).unwrap().cluster.unwrap();
+    assert_eq!(cluster.keys.len(), 2);
+    assert_eq!(cluster.keys[0][0], 32);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_cluster_settings_are_reported() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "listen = \"10.1.2.3:7946\"",
+            "cluster.listen: 10.1.2.3:7946 is not a loopback address and no cluster key is set",
+        ),
+        (
+            "seeds = [\"x\"]\nlisten = \"127.0.0.1:1\"",
+            "cluster.seeds[0]: \"x\" is not host:port",
+        ),
+        (
+            "listen = \"nope\"",
+            "cluster.listen: \"nope\" is not an address",
+        ),
+        ("", "cluster.listen: is required"),
+        (
+            "listen = \"127.0.0.1:1\"\nsecret = \"c2hvcnQ=\"",
+            "cluster.secret: decodes to 5 bytes, a cluster key is exactly 32",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\nsecret = \"***\"",
+            "cluster.secret: is not base64",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\nsecret = [\"a\", \"b\", \"c\"]",
+            "cluster.secret: 3 keys given; at most 2",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\nsecret_file = \"/nonexistent/key\"",
+            "cluster.secret_file: cannot read \"/nonexistent/key\"",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\ngossip_interval = \"1ms\"",
+            "cluster.gossip_interval: 1ms is below the minimum 20ms",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\nfailure_threshold = 0.5",
+            "cluster.failure_threshold: 0.5 is out of range",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\nprobers_per_backend = 0",
+            "cluster.probers_per_backend: 0 is out of range; allowed 1..=100",
+        ),
+        (
+            "listen = \"0.0.0.0:7946\"\nsecret = \"KEY\"",
+            "cluster.advertise: is required when cluster.listen is 0.0.0.0:7946",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\ngossip = 1",
+            "cluster: unknown field `gossip`",
+        ),
+    ];
+    for (body, expected) in cases {
+        let text = format!(
+            "[cluster]\n{}\n{}",
+            body.replace("KEY", KEY_A),
+            with_listener("")
+        );
+        let found = problems(&text);
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "{body:?}: expected {expected:?} in {found:?}"
+        );
+    }
+}

@@ -8,18 +8,19 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::raw::{
-    RawAdmin, RawBackend, RawHealthCheck, RawListener, RawNode, RawOutlier, RawPool, RawRuntime,
-    RawTcpKeepalive,
+    RawAdmin, RawBackend, RawCluster, RawHealthCheck, RawListener, RawNode, RawOutlier, RawPool,
+    RawRuntime, RawSecret, RawTcpKeepalive,
 };
 use crate::{
-    format_duration, host_name, AdminConfig, Algorithm, BackendConfig, BackendStateConfig, Config,
-    ConfigError, HealthCheckConfig, HealthCheckKind, IpNet, ListenerConfig, ListenerSettings,
-    NodeConfig, OutlierConfig, OverLimitAction, PoolConfig, Problem, RuntimeConfig, TcpKeepalive,
-    DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
+    format_duration, host_name, AdminConfig, Algorithm, BackendConfig, BackendStateConfig,
+    ClusterConfig, Config, ConfigError, HealthCheckConfig, HealthCheckKind, IpNet, ListenerConfig,
+    ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction, PoolConfig, Problem,
+    RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
 };
 
-const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "listener", "pool"];
+const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "cluster", "listener", "pool"];
 const OVER_LIMIT_ACTIONS: &str = "\"http_429\" or \"close\"";
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -185,6 +186,11 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
         .unwrap_or_default();
     let admin = admin(&mut checker, raw_admin);
 
+    let cluster = table
+        .remove("cluster")
+        .and_then(|value| checker.decode::<RawCluster>("cluster", value))
+        .map(|raw| cluster(&mut checker, raw));
+
     let pools: Vec<PoolConfig> = entries(&mut checker, &mut table, "pool")
         .into_iter()
         .filter_map(|(path, value)| {
@@ -214,6 +220,7 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
             admin,
             listeners,
             pools,
+            cluster,
         })
     } else {
         Err(ConfigError::Invalid(checker.problems))
@@ -322,6 +329,203 @@ fn admin(checker: &mut Checker, raw: RawAdmin) -> AdminConfig {
         listen,
         token,
         insecure,
+    }
+}
+
+fn socket_address(checker: &mut Checker, path: &str, text: &str) -> Option<SocketAddr> {
+    match text.trim().parse() {
+        Ok(address) => Some(address),
+        Err(_) => {
+            checker.problem(
+                path,
+                format!("{text:?} is not an address; write it as IP:port, e.g. \"10.0.0.1:7946\""),
+            );
+            None
+        }
+    }
+}
+
+/// Decodes one base64 cluster key (standard alphabet, padding optional) of exactly 32 bytes.
+pub fn decode_cluster_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = engine.decode(text.trim()).map_err(|error| {
+        format!("is not base64 ({error}); make one with: head -c 32 /dev/urandom | base64")
+    })?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "decodes to {} bytes, a cluster key is exactly 32; make one with: head -c 32 /dev/urandom | base64",
+            bytes.len()
+        )
+    })
+}
+
+fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
+    let fallback: SocketAddr = "127.0.0.1:7946".parse().expect("valid default");
+    let listen = match raw.listen.as_deref() {
+        None => {
+            checker.problem(
+                "cluster.listen",
+                "is required: the UDP address gossip is received on, e.g. \"10.0.0.1:7946\"",
+            );
+            fallback
+        }
+        Some(text) => socket_address(checker, "cluster.listen", text).unwrap_or(fallback),
+    };
+    let advertise = match raw.advertise.as_deref() {
+        None if listen.ip().is_unspecified() => {
+            checker.problem(
+                "cluster.advertise",
+                format!("is required when cluster.listen is {listen}: other nodes need an address to send gossip to"),
+            );
+            listen
+        }
+        None => listen,
+        Some(text) => socket_address(checker, "cluster.advertise", text).unwrap_or(listen),
+    };
+    let seeds = raw.seeds.unwrap_or_default();
+    for (index, seed) in seeds.iter().enumerate() {
+        let valid = seed.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            checker.problem(
+                format!("cluster.seeds[{index}]"),
+                format!("{seed:?} is not host:port, e.g. \"10.0.0.2:7946\""),
+            );
+        }
+    }
+    let cluster_id = match raw.cluster_id {
+        None => "hearsay".to_owned(),
+        Some(id) => checker.name("cluster.cluster_id", Some(id)),
+    };
+    let gossip_interval = checker.duration(
+        "cluster.gossip_interval",
+        raw.gossip_interval.as_deref(),
+        DEFAULT_GOSSIP_INTERVAL,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+    );
+    let mut key_texts: Vec<(String, String)> = Vec::new();
+    match (raw.secret, raw.secret_file) {
+        (Some(_), Some(_)) => checker.problem(
+            "cluster.secret_file",
+            "set either cluster.secret or cluster.secret_file, not both",
+        ),
+        (Some(RawSecret::One(key)), None) => key_texts.push(("cluster.secret".to_owned(), key)),
+        (Some(RawSecret::Many(keys)), None) => {
+            for (index, key) in keys.into_iter().enumerate() {
+                key_texts.push((format!("cluster.secret[{index}]"), key));
+            }
+        }
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for (index, line) in text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .enumerate()
+                {
+                    key_texts.push((
+                        format!("cluster.secret_file ({path}) key {}", index + 1),
+                        line.to_owned(),
+                    ));
+                }
+                if key_texts.is_empty() {
+                    checker.problem("cluster.secret_file", format!("{path:?} holds no key"));
+                }
+            }
+            Err(error) => checker.problem(
+                "cluster.secret_file",
+                format!("cannot read {path:?}: {error}"),
+            ),
+        },
+        (None, None) => {}
+    }
+    if key_texts.len() > 2 {
+        checker.problem(
+            "cluster.secret",
+            format!(
+                "{} keys given; at most 2 (the current one first, then the one being rotated out)",
+                key_texts.len()
+            ),
+        );
+    }
+    let keys: Vec<[u8; 32]> = key_texts
+        .iter()
+        .filter_map(|(path, text)| match decode_cluster_key(text) {
+            Ok(key) => Some(key),
+            Err(message) => {
+                checker.problem(path.clone(), message);
+                None
+            }
+        })
+        .collect();
+    if key_texts.is_empty() && !(listen.ip().is_loopback() && advertise.ip().is_loopback()) {
+        checker.problem(
+            "cluster.listen",
+            format!(
+                "{listen} is not a loopback address and no cluster key is set: anyone who can send it a \
+                 UDP datagram could join the cluster or rewrite its state; set cluster.secret or \
+                 cluster.secret_file (make a key with: head -c 32 /dev/urandom | base64)"
+            ),
+        );
+    }
+    let failure_threshold = match raw.failure_threshold {
+        None => DEFAULT_FAILURE_THRESHOLD,
+        Some(value) if value.is_finite() && (1.0..=20.0).contains(&value) => value,
+        Some(value) => {
+            checker.problem(
+                "cluster.failure_threshold",
+                format!("{value} is out of range; allowed 1.0..=20.0"),
+            );
+            DEFAULT_FAILURE_THRESHOLD
+        }
+    };
+    let dead_node_grace = checker.duration(
+        "cluster.dead_node_grace",
+        raw.dead_node_grace.as_deref(),
+        Duration::from_secs(600),
+        Duration::from_secs(10),
+        Duration::from_secs(7 * 24 * 3600),
+    );
+    let probers_per_backend = checker.integer(
+        "cluster.probers_per_backend",
+        raw.probers_per_backend,
+        2,
+        1,
+        100,
+    ) as usize;
+    let published_clients = checker.integer(
+        "cluster.published_clients",
+        raw.published_clients,
+        256,
+        1,
+        4096,
+    ) as usize;
+    let max_clock_skew = checker.duration(
+        "cluster.max_clock_skew",
+        raw.max_clock_skew.as_deref(),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    ClusterConfig {
+        listen,
+        advertise,
+        seeds,
+        cluster_id,
+        gossip_interval,
+        keys,
+        failure_threshold,
+        dead_node_grace,
+        probers_per_backend,
+        published_clients,
+        max_clock_skew,
     }
 }
 

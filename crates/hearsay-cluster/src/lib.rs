@@ -1,0 +1,3 @@
+//! hearsay's cluster layer. Only this crate knows chitchat.
+
+pub mod transport;
