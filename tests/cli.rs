@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{request, start_backend, write_temp, Node, HEARSAY};
+use support::{request, start_backend, temp_data_dir, write_temp, Node, HEARSAY};
 
 #[test]
 fn help_documents_the_subcommands() {
@@ -80,10 +80,11 @@ fn check_config_reports_a_missing_file() {
 fn a_node_serves_and_shuts_down_gracefully_on_sigterm() {
     let (backend, slow_seen) = start_backend();
     let mut node = Node::start(&format!(
-        "[node]\nid = \"e2e\"\nshutdown_grace = \"5s\"\n[runtime]\nworker_threads = 1\n\
+        "[node]\nid = \"e2e\"\ndata_dir = \"{}\"\nshutdown_grace = \"5s\"\n[runtime]\nworker_threads = 1\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n"
+         [[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+        temp_data_dir()
     ));
     let mut client = TcpStream::connect(node.address).unwrap();
     let response = request(&mut client, "/hello");

@@ -141,6 +141,15 @@ impl Drop for Node {
     }
 }
 
+/// A fresh data directory for one node (persisted cluster state must not leak between tests).
+pub fn temp_data_dir() -> String {
+    std::env::temp_dir()
+        .join(format!("hearsay-e2e-{}", std::process::id()))
+        .join(format!("data-{}", rand_suffix()))
+        .display()
+        .to_string()
+}
+
 pub fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -51,6 +51,7 @@ pub enum ServeError {
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    cluster: Arc<hearsay_cluster::Cluster>,
     node: NodeInfo,
     token: Option<String>,
     shutdown: CancellationToken,
@@ -61,7 +62,7 @@ pub async fn serve(
         .await;
     let check = auth::BearerToken::new(token);
     let admin = pb::admin_server::AdminServer::with_interceptor(
-        AdminService::new(proxy, node),
+        AdminService::new(proxy, cluster, node),
         check.clone(),
     );
     let reflection = || {

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hearsay_cluster::{Cluster, MemberState};
 use hearsay_config::{settings_problems, ListenerSettings};
 use hearsay_proxy::{
     BackendState, ClientKey, CloseReason, ConnectionState, Listener, Proxy, StatsSnapshot,
@@ -35,14 +36,76 @@ const SETTINGS_FIELDS: [&str; 6] = [
 #[derive(Debug, Clone)]
 pub struct AdminService {
     proxy: Arc<Proxy>,
+    cluster: Arc<Cluster>,
     node: NodeInfo,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
 impl AdminService {
-    pub fn new(proxy: Arc<Proxy>, node: NodeInfo) -> AdminService {
-        AdminService { proxy, node }
+    pub fn new(proxy: Arc<Proxy>, cluster: Arc<Cluster>, node: NodeInfo) -> AdminService {
+        AdminService {
+            proxy,
+            cluster,
+            node,
+        }
+    }
+
+    fn client_count(
+        &self,
+        listener: &Listener,
+        key: ClientKey,
+        exempt: bool,
+    ) -> pb::ClientListenerCount {
+        let settings = listener.settings();
+        let local = listener.clients.count(&key);
+        let view = self.cluster.client(&listener.name, &key, local);
+        pb::ClientListenerCount {
+            listener: listener.name.to_string(),
+            client_key: key.to_string(),
+            open_connections: local,
+            limit: if exempt {
+                0
+            } else {
+                settings.max_connections_per_client.unwrap_or(0)
+            },
+            exempt,
+            cluster_total: view.total,
+            nodes: view
+                .nodes
+                .into_iter()
+                .map(|node| pb::NodeCount {
+                    node_id: node.node_id,
+                    open_connections: node.open_connections,
+                    age: Some(to_proto_duration(node.age)),
+                })
+                .collect(),
+            uncertainty: Some(to_proto_duration(view.uncertainty)),
+        }
+    }
+
+    fn backend_to_proto(
+        &self,
+        pool: &hearsay_proxy::Pool,
+        backend: &hearsay_proxy::Backend,
+    ) -> pb::Backend {
+        let mut proto = backend_to_proto(pool, backend);
+        proto.views = self
+            .cluster
+            .backend_views(&pool.name, backend)
+            .into_iter()
+            .map(|view| pb::BackendView {
+                node_id: view.node_id,
+                prober: view.prober,
+                verdict: match view.verdict {
+                    None => pb::HealthState::Unknown,
+                    Some(true) => pb::HealthState::Healthy,
+                    Some(false) => pb::HealthState::Unhealthy,
+                } as i32,
+                ejected: view.ejected,
+            })
+            .collect();
+        proto
     }
 
     fn listener(&self, name: &str) -> Result<&Arc<Listener>, AdminError> {
@@ -315,6 +378,7 @@ fn backend_to_proto(pool: &hearsay_proxy::Pool, backend: &hearsay_proxy::Backend
         in_flight: backend.in_flight(),
         requests: backend.requests(),
         idle_connections: backend.idle_connections() as u64,
+        views: Vec::new(),
     }
 }
 
@@ -349,7 +413,32 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|l| l.name.to_string())
                 .collect(),
             admin_address: self.node.admin_address.to_string(),
-            gossip_address: String::new(),
+            gossip_address: self
+                .cluster
+                .gossip_address()
+                .map(|address| address.to_string())
+                .unwrap_or_default(),
+            gossip: self
+                .cluster
+                .transport_stats()
+                .map(|(stats, authenticated)| {
+                    let get = |counter: &std::sync::atomic::AtomicU64| {
+                        counter.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    pb::GossipStats {
+                        datagrams_sent: get(&stats.datagrams_sent),
+                        bytes_sent: get(&stats.bytes_sent),
+                        datagrams_received: get(&stats.datagrams_received),
+                        bytes_received: get(&stats.bytes_received),
+                        dropped_forged: get(&stats.dropped_forged),
+                        dropped_replayed: get(&stats.dropped_replayed),
+                        dropped_stale: get(&stats.dropped_stale),
+                        dropped_malformed: get(&stats.dropped_malformed),
+                        dropped_oversized: get(&stats.dropped_oversized),
+                        dropped_local: get(&stats.dropped_local),
+                        authenticated,
+                    }
+                }),
         }))
     }
 
@@ -382,10 +471,12 @@ impl pb::admin_server::Admin for AdminService {
         let fields = fields_to_update(&request)?;
         let settings = request.settings.unwrap_or_default();
         let expected = (request.expected_version != 0).then_some(request.expected_version);
-        let update = listener
-            .update(expected, |current| {
+        let update = self
+            .cluster
+            .update_listener(&request.name, expected, |current| {
                 apply_update(current, &settings, &fields)
             })
+            .ok_or_else(|| AdminError::not_found("listener", &request.name))?
             .map_err(|error| AdminError::from_update(&request.name, error))?;
         for field in &fields {
             let (old, new) = describe_change(field, &update.old, &update.new);
@@ -421,7 +512,7 @@ impl pb::admin_server::Admin for AdminService {
             backends: pool
                 .backends()
                 .iter()
-                .map(|backend| backend_to_proto(pool, backend))
+                .map(|backend| self.backend_to_proto(pool, backend))
                 .collect(),
         }))
     }
@@ -435,11 +526,13 @@ impl pb::admin_server::Admin for AdminService {
         } else {
             request.weight
         };
-        let backend = pool
-            .add_backend(&request.address, weight)
+        let backend = self
+            .cluster
+            .add_backend(&pool.name, &request.address, weight)
+            .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, weight, "backend added");
-        Ok(Response::new(backend_to_proto(pool, &backend)))
+        Ok(Response::new(self.backend_to_proto(pool, &backend)))
     }
 
     async fn remove_backend(
@@ -449,8 +542,10 @@ impl pb::admin_server::Admin for AdminService {
         let who = caller(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
-        let backend = pool
-            .remove_backend(&request.address)
+        let backend = self
+            .cluster
+            .remove_backend(&pool.name, &request.address)
+            .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, "backend removed");
         Ok(Response::new(pb::RemoveBackendResponse {}))
@@ -473,11 +568,13 @@ impl pb::admin_server::Admin for AdminService {
                 );
             }
         };
-        let (backend, old) = pool
-            .set_backend_state(&request.address, state)
+        let (backend, old) = self
+            .cluster
+            .set_backend_state(&pool.name, &request.address, state)
+            .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, old = %old.as_str(), new = %state.as_str(), "backend state changed");
-        Ok(Response::new(backend_to_proto(pool, &backend)))
+        Ok(Response::new(self.backend_to_proto(pool, &backend)))
     }
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Reply<pb::Stats> {
@@ -633,18 +730,7 @@ impl pb::admin_server::Admin for AdminService {
             .map(|listener| {
                 let settings = listener.settings();
                 let key = ClientKey::new(address, settings.client_ipv6_prefix);
-                let exempt = settings.is_exempt(address);
-                pb::ClientListenerCount {
-                    listener: listener.name.to_string(),
-                    client_key: key.to_string(),
-                    open_connections: listener.clients.count(&key),
-                    limit: if exempt {
-                        0
-                    } else {
-                        settings.max_connections_per_client.unwrap_or(0)
-                    },
-                    exempt,
-                }
+                self.client_count(listener, key, settings.is_exempt(address))
             })
             .collect();
         Ok(Response::new(pb::Client {
@@ -665,23 +751,49 @@ impl pb::admin_server::Admin for AdminService {
         let mut clients = Vec::new();
         for listener in self.listeners(request.listener.as_deref())? {
             let settings = listener.settings();
-            for (key, count) in listener.clients.top(limit) {
-                let exempt = settings.is_exempt(key.address());
-                clients.push(pb::ClientListenerCount {
-                    listener: listener.name.to_string(),
-                    client_key: key.to_string(),
-                    open_connections: count,
-                    limit: if exempt {
-                        0
-                    } else {
-                        settings.max_connections_per_client.unwrap_or(0)
-                    },
-                    exempt,
-                });
+            for (key, _) in listener.clients.top(limit) {
+                clients.push(self.client_count(&listener, key, settings.is_exempt(key.address())));
             }
         }
         clients.sort_by_key(|client| std::cmp::Reverse(client.open_connections));
         clients.truncate(limit);
         Ok(Response::new(pb::ListClientsResponse { clients }))
+    }
+
+    async fn list_members(
+        &self,
+        _request: Request<pb::ListMembersRequest>,
+    ) -> Reply<pb::ListMembersResponse> {
+        Ok(Response::new(pb::ListMembersResponse {
+            members: self
+                .cluster
+                .members()
+                .into_iter()
+                .map(|member| pb::Member {
+                    node_id: member.node_id,
+                    generation: member.generation,
+                    state: match member.state {
+                        MemberState::Alive => pb::MemberState::MemberAlive,
+                        MemberState::Draining => pb::MemberState::MemberDraining,
+                        MemberState::Dead => pb::MemberState::MemberDead,
+                        MemberState::Left => pb::MemberState::MemberLeft,
+                    } as i32,
+                    gossip_address: member.gossip_address.to_string(),
+                    admin_address: if member.is_self {
+                        self.node.admin_address.to_string()
+                    } else {
+                        member.admin_address
+                    },
+                    version: if member.is_self {
+                        self.node.version.clone()
+                    } else {
+                        member.version
+                    },
+                    listeners: member.listeners,
+                    ready: member.ready,
+                    is_self: member.is_self,
+                })
+                .collect(),
+        }))
     }
 }

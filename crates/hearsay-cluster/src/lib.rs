@@ -1,3 +1,14 @@
-//! hearsay's cluster layer. Only this crate knows chitchat.
+//! hearsay's cluster layer: membership, authenticated gossip, replicated settings, shared health
+//! and cluster-wide client counts. Only this crate knows chitchat; the rest of the node sees
+//! [`Cluster`] and the typed views it returns.
 
+mod cluster;
+pub mod hlc;
+pub mod replicated;
+pub mod shared_health;
 pub mod transport;
+
+pub use cluster::{
+    BackendView, ClientView, Cluster, ClusterError, ClusterOptions, Member, MemberState, NodeCount,
+};
+pub use transport::TransportStats;

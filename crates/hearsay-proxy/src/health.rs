@@ -35,7 +35,7 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
         let mut probes = JoinSet::new();
         for backend in backends
             .iter()
-            .filter(|b| b.state() != BackendState::Disabled)
+            .filter(|b| b.state() != BackendState::Disabled && b.probes_here())
         {
             let address = backend.address.clone();
             let config = config.clone();
@@ -57,6 +57,21 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
                 config.healthy_threshold,
                 config.unhealthy_threshold,
             );
+            if pool.shared_health() {
+                // The cluster combines this verdict with the other probers' and sets the health.
+                let reason = match (&result, state.is_healthy()) {
+                    (_, true) => "passing checks".to_owned(),
+                    (Err(reason), false) => format!("failing checks: {reason}"),
+                    (Ok(()), false) => "failing checks, recovering".to_owned(),
+                };
+                if verdict != HealthVerdict::Unchanged {
+                    pool.stats
+                        .health_transitions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                backend.set_local_verdict(state.is_healthy(), reason);
+                continue;
+            }
             match (verdict, result) {
                 (HealthVerdict::BecameUnhealthy, Err(reason)) => {
                     pool.stats
@@ -81,8 +96,12 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
                 _ => {}
             }
         }
-        // Forget backends that left the pool.
-        states.retain(|address, _| backends.iter().any(|b| &b.address == address));
+        // Forget backends that left the pool or are probed by other nodes now.
+        states.retain(|address, _| {
+            backends
+                .iter()
+                .any(|b| &b.address == address && b.probes_here())
+        });
     }
 }
 

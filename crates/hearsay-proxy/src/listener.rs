@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex};
 use hearsay_config::ListenerSettings;
 use tokio::sync::watch;
 
-use crate::admission::ClientTable;
+use std::collections::HashMap;
+
+use arc_swap::ArcSwap;
+
+use crate::admission::{ClientKey, ClientTable};
 use crate::registry::ListenerStats;
 use crate::upstream::Pool;
 
@@ -26,7 +30,13 @@ pub struct Listener {
     update_lock: Mutex<()>,
     pub stats: Arc<ListenerStats>,
     pub clients: Arc<ClientTable>,
+    /// Open connections per client key on the other live nodes of the cluster, as last
+    /// published by gossip (empty on a single node).
+    remote_clients: ArcSwap<RemoteClients>,
 }
+
+/// Other nodes' open connections per client key.
+pub type RemoteClients = HashMap<ClientKey, u32>;
 
 /// Why a settings update was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +71,7 @@ impl Listener {
             update_lock: Mutex::new(()),
             stats: Arc::default(),
             clients: ClientTable::new(),
+            remote_clients: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
@@ -105,6 +116,56 @@ impl Listener {
         let version = current + 1;
         self.version.store(version, Ordering::Release);
         Ok(SettingsUpdate { old, new, version })
+    }
+
+    /// Replaces the settings with ones replicated from the cluster, at the cluster's version, unless
+    /// they and the version are already in force. Returns the update when one was applied.
+    pub fn apply_replicated(
+        &self,
+        settings: ListenerSettings,
+        version: u64,
+    ) -> Option<SettingsUpdate> {
+        let _serialised = self
+            .update_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let old = self.settings();
+        if self.version() == version && *old == settings {
+            return None;
+        }
+        let new = Arc::new(settings);
+        self.settings.send_replace(Arc::clone(&new));
+        self.version.store(version, Ordering::Release);
+        Some(SettingsUpdate { old, new, version })
+    }
+
+    /// Runs `change` with the current settings and version while no other update can run; the
+    /// cluster uses it to check `expected_version` and replicate the result atomically.
+    pub fn with_update_lock<T>(&self, change: impl FnOnce(&ListenerSettings, u64) -> T) -> T {
+        let _serialised = self
+            .update_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        change(&self.settings(), self.version())
+    }
+
+    /// Connections `key` holds on other live nodes.
+    pub fn remote_count(&self, key: &ClientKey) -> u32 {
+        let remote = self.remote_clients.load();
+        if remote.is_empty() {
+            return 0;
+        }
+        remote.get(key).copied().unwrap_or(0)
+    }
+
+    /// Every client key's connections on other live nodes.
+    pub fn remote_clients(&self) -> Arc<RemoteClients> {
+        self.remote_clients.load_full()
+    }
+
+    /// Replaces what other nodes hold (the cluster calls it once per gossip round).
+    pub fn set_remote_clients(&self, remote: RemoteClients) {
+        self.remote_clients.store(Arc::new(remote));
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<ListenerSettings>> {

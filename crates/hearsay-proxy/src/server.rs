@@ -168,10 +168,13 @@ impl Proxy {
         listener.stats.on_accept();
         let settings = listener.settings();
         let key = ClientKey::new(peer.ip(), settings.client_ipv6_prefix);
+        // The cluster-wide cap: what other live nodes hold for this client counts against it.
         let limit = if settings.is_exempt(peer.ip()) {
             None
         } else {
-            settings.max_connections_per_client
+            settings
+                .max_connections_per_client
+                .map(|limit| limit.saturating_sub(listener.remote_count(&key)))
         };
         let Some(admission) = listener.clients.try_admit(key, limit) else {
             listener.stats.on_close(CloseReason::OverLimit);

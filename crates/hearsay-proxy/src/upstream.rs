@@ -91,6 +91,12 @@ pub struct Backend {
     checked_healthy: AtomicBool,
     /// Passive ejection end, in nanoseconds of the pool clock; 0 = not ejected.
     ejected_until: AtomicU64,
+    /// Ejection another node published, in nanoseconds of the pool clock; 0 = none.
+    remote_ejected_until: AtomicU64,
+    /// Whether this node runs the active checks of this backend (the cluster assigns probers).
+    probes_here: AtomicBool,
+    /// This node's own active-check verdict and why, once it has probed.
+    local_verdict: Mutex<Option<(bool, String)>>,
     /// Mirrors the outlier state's failure streak, so a success need not lock when there is none.
     failure_streak: AtomicU32,
     outlier: Mutex<OutlierState>,
@@ -165,6 +171,8 @@ pub struct Pool {
     pub(crate) health_check: Option<HealthCheckConfig>,
     outlier: Option<OutlierPolicy>,
     failing_open: AtomicBool,
+    /// Health verdicts come from the cluster, not straight from this node's checks.
+    shared_health: AtomicBool,
     pub stats: PoolStats,
 }
 
@@ -183,6 +191,9 @@ impl Backend {
             requests: AtomicU64::new(0),
             checked_healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
+            remote_ejected_until: AtomicU64::new(0),
+            probes_here: AtomicBool::new(true),
+            local_verdict: Mutex::new(None),
             failure_streak: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
             reason: Mutex::new(String::new()),
@@ -206,7 +217,69 @@ impl Backend {
 
     fn is_ejected(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && now < until
+        let remote = self.remote_ejected_until.load(Ordering::Relaxed);
+        (until != 0 && now < until) || (remote != 0 && now < remote)
+    }
+
+    /// How much longer this node's own passive ejection of the backend lasts.
+    pub fn local_ejection_remaining(&self) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let now = pool_clock();
+        (until != 0 && now < until).then(|| Duration::from_nanos(until - now))
+    }
+
+    /// Ejects the backend for `remaining` because another node ejected it (`None` lifts it).
+    pub fn set_remote_ejection(&self, remaining: Option<Duration>) {
+        let until = remaining.map_or(0, |remaining| {
+            pool_clock().saturating_add(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX))
+        });
+        let was = self.remote_ejected_until.swap(until, Ordering::Relaxed);
+        if was == 0 && until != 0 {
+            self.close_idle();
+        }
+    }
+
+    /// Whether another node's ejection is in force.
+    pub fn is_remotely_ejected(&self) -> bool {
+        let remote = self.remote_ejected_until.load(Ordering::Relaxed);
+        remote != 0 && pool_clock() < remote
+    }
+
+    /// Whether this node runs the backend's active checks.
+    pub fn probes_here(&self) -> bool {
+        self.probes_here.load(Ordering::Relaxed)
+    }
+
+    /// Assigns or unassigns this node as a prober of the backend. An unassigned node forgets its
+    /// verdict, so a stale one is never published.
+    pub fn set_probes_here(&self, probes: bool) {
+        self.probes_here.store(probes, Ordering::Relaxed);
+        if !probes {
+            *self
+                .local_verdict
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = None;
+        }
+    }
+
+    /// This node's own active-check verdict (healthy?, why), once it has probed.
+    pub fn local_verdict(&self) -> Option<(bool, String)> {
+        self.local_verdict
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_local_verdict(&self, healthy: bool, reason: String) {
+        *self
+            .local_verdict
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some((healthy, reason));
+    }
+
+    /// Whether the active checks (this node's, or the cluster's shared verdict) call it healthy.
+    pub fn checked_healthy(&self) -> bool {
+        self.checked_healthy.load(Ordering::Relaxed)
     }
 
     /// Healthy by the active checks and not ejected by passive detection.
@@ -227,7 +300,8 @@ impl Backend {
         self.checked_healthy.load(Ordering::Relaxed) && !self.is_ejected(now)
     }
 
-    pub(crate) fn set_checked_health(&self, healthy: bool, reason: String) {
+    /// Sets the active-check health (the cluster sets the shared verdict through this).
+    pub fn set_checked_health(&self, healthy: bool, reason: String) {
         self.checked_healthy.store(healthy, Ordering::Relaxed);
         *self
             .reason
@@ -419,6 +493,7 @@ impl Pool {
                 max_ejected_percent: outlier.max_ejected_percent,
             }),
             failing_open: AtomicBool::new(false),
+            shared_health: AtomicBool::new(false),
             stats: PoolStats::default(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -456,6 +531,16 @@ impl Pool {
     /// Whether the pool's backends are actively health-checked.
     pub fn has_health_check(&self) -> bool {
         self.health_check.is_some()
+    }
+
+    /// Lets the cluster decide health from every prober's verdict: this node's checks then only
+    /// record their verdict ([`Backend::local_verdict`]).
+    pub fn set_shared_health(&self, shared: bool) {
+        self.shared_health.store(shared, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shared_health(&self) -> bool {
+        self.shared_health.load(Ordering::Relaxed)
     }
 
     /// Whether the pool is forwarding to unhealthy backends because none is healthy.

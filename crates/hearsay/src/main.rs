@@ -132,10 +132,23 @@ fn run_node(
         let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("cannot bind the admin API on {}", config.admin.listen))?;
-        for (listener, socket) in proxy.bind()? {
+        let bound = proxy.bind()?;
+        let admin_address = admin_socket.local_addr()?;
+        let cluster = hearsay_cluster::Cluster::start(
+            Arc::clone(&proxy),
+            hearsay_cluster::ClusterOptions {
+                node_id: config.node.id.clone(),
+                data_dir: config.node.data_dir.clone(),
+                admin_address,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                config: config.cluster.clone(),
+            },
+        )
+        .await?;
+        for (listener, socket) in bound {
             proxy.serve(listener, socket);
         }
-        let admin_address = admin_socket.local_addr()?;
+        cluster.set_ready(true);
         let stop_admin = tokio_util::sync::CancellationToken::new();
         let node = hearsay_admin::NodeInfo {
             id: config.node.id.clone(),
@@ -149,6 +162,7 @@ fn run_node(
         let mut admin = tokio::spawn(hearsay_admin::serve(
             admin_socket,
             Arc::clone(&proxy),
+            Arc::clone(&cluster),
             node,
             config.admin.token.clone(),
             stop_admin.clone(),
@@ -166,13 +180,16 @@ fn run_node(
                 };
             }
         }
-        // Order: stop accepting and drain the data plane, then stop the admin API (operators can
-        // watch the drain through it).
+        // Order: announce draining by gossip, stop accepting and drain the data plane, stop the
+        // admin API (operators can watch the drain through it), then leave the cluster.
+        cluster.set_ready(false);
+        cluster.set_draining().await;
         proxy.shutdown(config.node.shutdown_grace).await;
         stop_admin.cancel();
         if let Ok(Err(error)) = admin.await {
             tracing::warn!(%error, "admin API stopped with an error");
         }
+        cluster.leave().await;
         tracing::info!(node = %config.node.id, "node stopped");
         Ok(())
     })

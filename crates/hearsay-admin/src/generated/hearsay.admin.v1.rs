@@ -17,9 +17,78 @@ pub struct Node {
     pub listeners: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, tag = "6")]
     pub admin_address: ::prost::alloc::string::String,
-    /// Empty until the node gossips (cluster issue).
+    /// Empty when the node runs alone (no \[cluster\] section).
     #[prost(string, tag = "7")]
     pub gossip_address: ::prost::alloc::string::String,
+    /// What the gossip transport did since start; absent when the node runs alone.
+    #[prost(message, optional, tag = "8")]
+    pub gossip: ::core::option::Option<GossipStats>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GossipStats {
+    #[prost(uint64, tag = "1")]
+    pub datagrams_sent: u64,
+    #[prost(uint64, tag = "2")]
+    pub bytes_sent: u64,
+    #[prost(uint64, tag = "3")]
+    pub datagrams_received: u64,
+    #[prost(uint64, tag = "4")]
+    pub bytes_received: u64,
+    /// Did not open under the cluster key(s): forged, corrupted, wrong key or cluster id.
+    #[prost(uint64, tag = "5")]
+    pub dropped_forged: u64,
+    /// Opened, but seen before.
+    #[prost(uint64, tag = "6")]
+    pub dropped_replayed: u64,
+    /// Opened, but sent more than cluster.max_clock_skew ago (or ahead).
+    #[prost(uint64, tag = "7")]
+    pub dropped_stale: u64,
+    /// Too short or not in hearsay's format.
+    #[prost(uint64, tag = "8")]
+    pub dropped_malformed: u64,
+    #[prost(uint64, tag = "9")]
+    pub dropped_oversized: u64,
+    /// Plaintext on the loopback relay from an unexpected local sender.
+    #[prost(uint64, tag = "10")]
+    pub dropped_local: u64,
+    /// Whether gossip is sealed with a cluster key (false only on loopback-only clusters).
+    #[prost(bool, tag = "11")]
+    pub authenticated: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Member {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// A new one at every process start.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    #[prost(enumeration = "MemberState", tag = "3")]
+    pub state: i32,
+    #[prost(string, tag = "4")]
+    pub gossip_address: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub admin_address: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "7")]
+    pub listeners: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Listeners bound and serving.
+    #[prost(bool, tag = "8")]
+    pub ready: bool,
+    /// The node answering this call.
+    #[prost(bool, tag = "9")]
+    pub is_self: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListMembersRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListMembersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub members: ::prost::alloc::vec::Vec<Member>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -88,7 +157,7 @@ pub struct UpdateListenerRequest {
     pub expected_version: u64,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Backend {
     #[prost(string, tag = "1")]
     pub address: ::prost::alloc::string::String,
@@ -106,6 +175,24 @@ pub struct Backend {
     pub requests: u64,
     #[prost(uint64, tag = "8")]
     pub idle_connections: u64,
+    /// In a cluster: what each node sees of this backend.
+    #[prost(message, repeated, tag = "9")]
+    pub views: ::prost::alloc::vec::Vec<BackendView>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackendView {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// Whether the node is one of the backend's assigned active probers.
+    #[prost(bool, tag = "2")]
+    pub prober: bool,
+    /// The node's own active-check verdict: UNKNOWN when it does not probe (or has not yet).
+    #[prost(enumeration = "HealthState", tag = "3")]
+    pub verdict: i32,
+    /// Whether the node's passive outlier detection has it ejected.
+    #[prost(bool, tag = "4")]
+    pub ejected: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -285,7 +372,7 @@ pub struct GetClientRequest {
     pub address: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ClientListenerCount {
     #[prost(string, tag = "1")]
     pub listener: ::prost::alloc::string::String,
@@ -299,6 +386,28 @@ pub struct ClientListenerCount {
     pub limit: u32,
     #[prost(bool, tag = "5")]
     pub exempt: bool,
+    /// In a cluster: this node's count plus the latest counts published by live peers; what the
+    /// limit is checked against. Equals open_connections on a node that runs alone.
+    #[prost(uint32, tag = "6")]
+    pub cluster_total: u32,
+    /// Every node holding connections of this client (this node included).
+    #[prost(message, repeated, tag = "7")]
+    pub nodes: ::prost::alloc::vec::Vec<NodeCount>,
+    /// How old the peers' counts may be: connections they accepted within this time may be missing
+    /// from cluster_total. See README "Cluster-wide per-client limit" for the overshoot bound.
+    #[prost(message, optional, tag = "8")]
+    pub uncertainty: ::core::option::Option<::prost_types::Duration>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeCount {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub open_connections: u32,
+    /// How long ago this node last heard from that node (zero for itself).
+    #[prost(message, optional, tag = "3")]
+    pub age: ::core::option::Option<::prost_types::Duration>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -322,6 +431,45 @@ pub struct ListClientsRequest {
 pub struct ListClientsResponse {
     #[prost(message, repeated, tag = "1")]
     pub clients: ::prost::alloc::vec::Vec<ClientListenerCount>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum MemberState {
+    Unspecified = 0,
+    MemberAlive = 1,
+    /// Announced a graceful shutdown: finishing its requests, taking no new connections.
+    MemberDraining = 2,
+    /// Silent for longer than the failure detector allows; its client counts no longer count.
+    MemberDead = 3,
+    /// Left the cluster cleanly.
+    MemberLeft = 4,
+}
+impl MemberState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "MEMBER_STATE_UNSPECIFIED",
+            Self::MemberAlive => "MEMBER_ALIVE",
+            Self::MemberDraining => "MEMBER_DRAINING",
+            Self::MemberDead => "MEMBER_DEAD",
+            Self::MemberLeft => "MEMBER_LEFT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "MEMBER_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "MEMBER_ALIVE" => Some(Self::MemberAlive),
+            "MEMBER_DRAINING" => Some(Self::MemberDraining),
+            "MEMBER_DEAD" => Some(Self::MemberDead),
+            "MEMBER_LEFT" => Some(Self::MemberLeft),
+            _ => None,
+        }
+    }
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -886,6 +1034,31 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "ListClients"));
             self.inner.unary(req, path, codec).await
         }
+        /// Every node of the cluster this node knows of, with its state.
+        pub async fn list_members(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListMembersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListMembersResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/hearsay.admin.v1.Admin/ListMembers",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "ListMembers"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1001,6 +1174,14 @@ pub mod admin_server {
             request: tonic::Request<super::ListClientsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListClientsResponse>,
+            tonic::Status,
+        >;
+        /// Every node of the cluster this node knows of, with its state.
+        async fn list_members(
+            &self,
+            request: tonic::Request<super::ListMembersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListMembersResponse>,
             tonic::Status,
         >;
     }
@@ -1775,6 +1956,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListClientsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/hearsay.admin.v1.Admin/ListMembers" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListMembersSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListMembersRequest>
+                    for ListMembersSvc<T> {
+                        type Response = super::ListMembersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListMembersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_members(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListMembersSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,0 +1,980 @@
+//! The node's view of its cluster: membership, replicated entries, shared health and
+//! cluster-wide client counts, kept in step with chitchat by one loop per node.
+//!
+//! Gossip key schema (each node's own chitchat state):
+//!
+//! | key | value | meaning |
+//! |---|---|---|
+//! | `node:admin`, `node:version`, `node:listeners` | text | what `ListMembers` shows |
+//! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
+//! | `node:ready` | `1` / `0` | listeners bound |
+//! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON [`Entry`] | replicated settings, adopted by every node |
+//! | `c:<listener>/<client key>` | count | this node's open connections of one client (top N only) |
+//! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
+//! | `e:<pool>/<backend>` | unix ms | this node's passive ejection, until then |
+//!
+//! The proxy never waits on any of this: the loop pushes typed results into the proxy's own
+//! structures (listener settings, remote client counts, backend health) once per gossip round.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use hearsay_config::{ClusterConfig, ListenerSettings};
+use hearsay_proxy::{
+    Backend, BackendState, ClientKey, Pool, PoolError, Proxy, SettingsUpdate, UpdateError,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::hlc::unix_millis;
+use crate::replicated::{
+    self, backend_key, listener_key, BackendStateValue, BackendValue, Entry, ListenerValue, Store,
+    Value, BACKEND_PREFIX, LISTENER_PREFIX,
+};
+use crate::shared_health;
+use crate::transport::{GossipTransport, Keyring, TransportStats};
+
+const COUNT_PREFIX: &str = "c:";
+const VERDICT_PREFIX: &str = "h:";
+const EJECTION_PREFIX: &str = "e:";
+const KEY_ADMIN: &str = "node:admin";
+const KEY_VERSION: &str = "node:version";
+const KEY_LISTENERS: &str = "node:listeners";
+const KEY_STATE: &str = "node:state";
+const KEY_READY: &str = "node:ready";
+/// Largest count believed from a peer.
+const MAX_PEER_COUNT: u32 = 10_000_000;
+/// Longest ejection believed from a peer.
+const MAX_PEER_EJECTION: Duration = Duration::from_secs(3600);
+
+/// What a node needs to join its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub admin_address: SocketAddr,
+    pub version: String,
+    /// `None`: the node runs alone (changes are still versioned and persisted).
+    pub config: Option<ClusterConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    State(String),
+    #[error("cannot start gossip: {0:#}")]
+    Gossip(anyhow::Error),
+}
+
+/// A member's state as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    Alive,
+    Draining,
+    Dead,
+    Left,
+}
+
+impl MemberState {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(code: u8) -> MemberState {
+        match code {
+            0 => MemberState::Alive,
+            1 => MemberState::Draining,
+            2 => MemberState::Dead,
+            _ => MemberState::Left,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Draining => "draining",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub node_id: String,
+    pub generation: u64,
+    pub state: MemberState,
+    pub gossip_address: SocketAddr,
+    pub admin_address: String,
+    pub version: String,
+    pub listeners: Vec<String>,
+    pub ready: bool,
+    pub is_self: bool,
+}
+
+/// One node's connections of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCount {
+    pub node_id: String,
+    pub open_connections: u32,
+    /// How long ago this node last heard from that node.
+    pub age: Duration,
+}
+
+/// A client's connections on one listener across the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    /// This node's count plus the latest counts live peers published.
+    pub total: u32,
+    pub nodes: Vec<NodeCount>,
+    /// How old the peers' counts may be (publish interval plus the age of the oldest).
+    pub uncertainty: Duration,
+}
+
+/// One node's view of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendView {
+    pub node_id: String,
+    pub prober: bool,
+    /// The node's active-check verdict, when it has one.
+    pub verdict: Option<bool>,
+    pub ejected: bool,
+}
+
+#[derive(Debug, Default)]
+struct Views {
+    members: Vec<Member>,
+    /// listener → client key → connections per peer node (not this node).
+    clients: HashMap<String, HashMap<ClientKey, Vec<(String, u32)>>>,
+    /// node id → how long ago we last heard from it.
+    ages: HashMap<String, Duration>,
+    /// `pool/backend` → views of other nodes.
+    backends: HashMap<String, Vec<BackendView>>,
+    /// `pool/backend` → assigned probers.
+    probers: HashMap<String, Vec<String>>,
+}
+
+struct Gossip {
+    handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    self_id: ChitchatId,
+    stats: Arc<TransportStats>,
+    authenticated: bool,
+    config: ClusterConfig,
+    /// Keys of counts, verdicts and ejections this node has published.
+    published: Mutex<HashSet<String>>,
+    /// When each node's heartbeat last moved, as seen here.
+    heard: Mutex<HashMap<ChitchatId, (chitchat::Heartbeat, Instant)>>,
+}
+
+/// This node's membership in its cluster. Always present: a node without `[cluster]` is a
+/// cluster of one, whose admin changes are still versioned and persisted.
+pub struct Cluster {
+    node_id: String,
+    proxy: Arc<Proxy>,
+    store: Mutex<Store>,
+    gossip: Option<Gossip>,
+    views: ArcSwap<Views>,
+    /// Entries changed locally and not yet written to the gossip state.
+    dirty: AtomicBool,
+    wake: Notify,
+    state: AtomicU8,
+    ready: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .field("gossip", &self.gossip_address())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pool_backend(pool: &str, address: &str) -> String {
+    format!("{pool}/{address}")
+}
+
+impl Cluster {
+    /// Loads the persisted entries, applies them, and joins the cluster when one is configured.
+    pub async fn start(
+        proxy: Arc<Proxy>,
+        options: ClusterOptions,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let store = Store::load(&options.data_dir).map_err(ClusterError::State)?;
+        for (key, entry) in &store.entries {
+            match replicated::apply(&proxy, key, entry) {
+                Ok(true) => {
+                    tracing::info!(%key, version = entry.stamp.version(), "persisted cluster setting applied")
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%key, %error, "persisted cluster setting not applied"),
+            }
+        }
+        let gossip = match &options.config {
+            None => None,
+            Some(config) => Some(Self::join(&proxy, &options, config, &store).await?),
+        };
+        let cluster = Arc::new(Cluster {
+            node_id: options.node_id.clone(),
+            proxy,
+            store: Mutex::new(store),
+            gossip,
+            views: ArcSwap::from_pointee(Views::default()),
+            dirty: AtomicBool::new(false),
+            wake: Notify::new(),
+            state: AtomicU8::new(MemberState::Alive.code()),
+            ready: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+        });
+        if let Some(gossip) = &cluster.gossip {
+            for pool in cluster.proxy.pools() {
+                if pool.has_health_check() {
+                    pool.set_shared_health(true);
+                }
+            }
+            let interval = gossip.config.gossip_interval;
+            tokio::spawn(Arc::clone(&cluster).run(interval));
+        }
+        Ok(cluster)
+    }
+
+    async fn join(
+        proxy: &Proxy,
+        options: &ClusterOptions,
+        config: &ClusterConfig,
+        store: &Store,
+    ) -> Result<Gossip, ClusterError> {
+        let generation = unix_millis();
+        let self_id = ChitchatId::new(options.node_id.clone(), generation, config.advertise);
+        let failure_detector = FailureDetectorConfig {
+            phi_threshold: config.failure_threshold,
+            sampling_window_size: 1000,
+            max_interval: (config.gossip_interval * 10).max(Duration::from_secs(2)),
+            initial_interval: config.gossip_interval,
+            dead_node_grace_period: config.dead_node_grace,
+        };
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: self_id.clone(),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: failure_detector,
+            marked_for_deletion_grace_period: Duration::from_secs(120),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let listeners: Vec<&str> = proxy.listeners().iter().map(|l| &*l.name).collect();
+        let mut initial = vec![
+            (KEY_ADMIN.to_owned(), options.admin_address.to_string()),
+            (KEY_VERSION.to_owned(), options.version.clone()),
+            (KEY_LISTENERS.to_owned(), listeners.join(",")),
+            (KEY_STATE.to_owned(), MemberState::Alive.as_str().to_owned()),
+            (KEY_READY.to_owned(), "0".to_owned()),
+        ];
+        initial.extend(
+            store
+                .entries
+                .iter()
+                .map(|(key, entry)| (key.clone(), entry.to_json())),
+        );
+        let keyring = Keyring::new(&config.keys);
+        let authenticated = keyring.is_some();
+        let transport = GossipTransport {
+            keyring,
+            cluster_id: config.cluster_id.clone(),
+            max_clock_skew: config.max_clock_skew,
+            stats: Arc::default(),
+        };
+        let stats = Arc::clone(&transport.stats);
+        let handle = spawn_chitchat(chitchat_config, initial, &transport)
+            .await
+            .map_err(ClusterError::Gossip)?;
+        tracing::info!(
+            node = %options.node_id,
+            generation,
+            listen = %config.listen,
+            advertise = %config.advertise,
+            seeds = ?config.seeds,
+            authenticated,
+            "gossip started"
+        );
+        Ok(Gossip {
+            chitchat: handle.chitchat(),
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            self_id,
+            stats,
+            authenticated,
+            config: config.clone(),
+            published: Mutex::default(),
+            heard: Mutex::default(),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The address other nodes gossip with; `None` when the node runs alone.
+    pub fn gossip_address(&self) -> Option<SocketAddr> {
+        self.gossip
+            .as_ref()
+            .map(|gossip| gossip.self_id.gossip_advertise_addr)
+    }
+
+    /// The gossip transport's counters and whether gossip is sealed; `None` when alone.
+    pub fn transport_stats(&self) -> Option<(Arc<TransportStats>, bool)> {
+        self.gossip
+            .as_ref()
+            .map(|gossip| (Arc::clone(&gossip.stats), gossip.authenticated))
+    }
+
+    fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Records a local change: stamps it, persists it, and has the loop gossip it.
+    fn record(&self, store: &mut Store, key: String, value: Value) -> Entry {
+        let entry = Entry {
+            stamp: store.clock.stamp(unix_millis(), &self.node_id),
+            value,
+        };
+        store.offer(&key, &entry);
+        if let Err(error) = store.persist() {
+            tracing::error!(%error, "cannot persist cluster state; the change is applied but will not survive a restart");
+        }
+        self.dirty.store(true, Ordering::Release);
+        self.wake.notify_one();
+        entry
+    }
+
+    /// Changes a listener's settings cluster-wide. `expected_version`, when given, must be the
+    /// listener's current version.
+    pub fn update_listener<E>(
+        &self,
+        name: &str,
+        expected_version: Option<u64>,
+        change: impl FnOnce(&ListenerSettings) -> Result<ListenerSettings, E>,
+    ) -> Option<Result<SettingsUpdate, UpdateError<E>>> {
+        let listener = self.proxy.listener(name)?;
+        let mut store = self.lock_store();
+        let current = listener.version();
+        if let Some(expected) = expected_version {
+            if expected != current {
+                return Some(Err(UpdateError::Conflict { expected, current }));
+            }
+        }
+        let new = match change(&listener.settings()) {
+            Ok(new) => new,
+            Err(error) => return Some(Err(UpdateError::Rejected(error))),
+        };
+        let entry = self.record(
+            &mut store,
+            listener_key(name),
+            Value::Listener(ListenerValue::of(&new)),
+        );
+        let old = listener.settings();
+        let version = entry.stamp.version();
+        Some(Ok(listener
+            .apply_replicated(new.clone(), version)
+            .unwrap_or(SettingsUpdate {
+                old,
+                new: Arc::new(new),
+                version,
+            })))
+    }
+
+    fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.proxy.pools().iter().find(|pool| pool.name == name)
+    }
+
+    /// Adds a backend to a pool on every node.
+    pub fn add_backend(
+        &self,
+        pool: &str,
+        address: &str,
+        weight: u32,
+    ) -> Option<Result<Arc<Backend>, PoolError>> {
+        let pool_ref = self.pool(pool)?;
+        let mut store = self.lock_store();
+        Some(pool_ref.add_backend(address, weight).inspect(|_| {
+            self.record(
+                &mut store,
+                backend_key(pool, address),
+                Value::Backend(BackendValue {
+                    state: BackendStateValue::Enabled,
+                    weight,
+                }),
+            );
+        }))
+    }
+
+    /// Removes a backend from a pool on every node.
+    pub fn remove_backend(
+        &self,
+        pool: &str,
+        address: &str,
+    ) -> Option<Result<Arc<Backend>, PoolError>> {
+        let pool_ref = self.pool(pool)?;
+        let mut store = self.lock_store();
+        Some(pool_ref.remove_backend(address).inspect(|backend| {
+            self.record(
+                &mut store,
+                backend_key(pool, address),
+                Value::Backend(BackendValue {
+                    state: BackendStateValue::Removed,
+                    weight: backend.weight,
+                }),
+            );
+        }))
+    }
+
+    /// Sets a backend's operator state on every node.
+    pub fn set_backend_state(
+        &self,
+        pool: &str,
+        address: &str,
+        state: BackendState,
+    ) -> Option<Result<(Arc<Backend>, BackendState), PoolError>> {
+        let pool_ref = self.pool(pool)?;
+        let mut store = self.lock_store();
+        Some(
+            pool_ref
+                .set_backend_state(address, state)
+                .inspect(|(backend, _)| {
+                    let state = match state {
+                        BackendState::Enabled => BackendStateValue::Enabled,
+                        BackendState::Draining => BackendStateValue::Draining,
+                        BackendState::Disabled => BackendStateValue::Disabled,
+                    };
+                    self.record(
+                        &mut store,
+                        backend_key(pool, address),
+                        Value::Backend(BackendValue {
+                            state,
+                            weight: backend.weight,
+                        }),
+                    );
+                }),
+        )
+    }
+
+    /// Every member this node knows (just itself when it runs alone).
+    pub fn members(&self) -> Vec<Member> {
+        if self.gossip.is_none() {
+            return vec![Member {
+                node_id: self.node_id.clone(),
+                generation: 0,
+                state: MemberState::from_code(self.state.load(Ordering::Relaxed)),
+                gossip_address: SocketAddr::from(([0, 0, 0, 0], 0)),
+                admin_address: String::new(),
+                version: String::new(),
+                listeners: self
+                    .proxy
+                    .listeners()
+                    .iter()
+                    .map(|l| l.name.to_string())
+                    .collect(),
+                ready: self.ready.load(Ordering::Relaxed),
+                is_self: true,
+            }];
+        }
+        self.views.load().members.clone()
+    }
+
+    /// A client's connections on a listener across the cluster.
+    pub fn client(&self, listener: &str, key: &ClientKey, local: u32) -> ClientView {
+        let views = self.views.load();
+        let mut nodes = Vec::new();
+        if local > 0 {
+            nodes.push(NodeCount {
+                node_id: self.node_id.clone(),
+                open_connections: local,
+                age: Duration::ZERO,
+            });
+        }
+        let mut total = local;
+        if let Some(peers) = views.clients.get(listener).and_then(|c| c.get(key)) {
+            for (node, count) in peers {
+                total = total.saturating_add(*count);
+                nodes.push(NodeCount {
+                    node_id: node.clone(),
+                    open_connections: *count,
+                    age: views.ages.get(node).copied().unwrap_or_default(),
+                });
+            }
+        }
+        let uncertainty = match &self.gossip {
+            None => Duration::ZERO,
+            Some(gossip) => {
+                gossip.config.gossip_interval
+                    + views.ages.values().copied().max().unwrap_or_default()
+            }
+        };
+        ClientView {
+            total,
+            nodes,
+            uncertainty,
+        }
+    }
+
+    /// What the other nodes see of a backend, and this node's own view.
+    pub fn backend_views(&self, pool: &str, backend: &Backend) -> Vec<BackendView> {
+        if self.gossip.is_none() {
+            return Vec::new();
+        }
+        let views = self.views.load();
+        let id = pool_backend(pool, &backend.address);
+        let probers = views.probers.get(&id);
+        let mut all = vec![BackendView {
+            node_id: self.node_id.clone(),
+            prober: probers.is_some_and(|p| p.contains(&self.node_id)),
+            verdict: backend.local_verdict().map(|(healthy, _)| healthy),
+            ejected: backend.local_ejection_remaining().is_some(),
+        }];
+        all.extend(views.backends.get(&id).cloned().unwrap_or_default());
+        all
+    }
+
+    /// Announces whether this node's listeners are bound and serving.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Announces a graceful shutdown: peers show this node as draining.
+    pub async fn set_draining(&self) {
+        self.state
+            .store(MemberState::Draining.code(), Ordering::Relaxed);
+        if let Some(gossip) = &self.gossip {
+            let mut chitchat = gossip.chitchat.lock().await;
+            chitchat
+                .self_node_state()
+                .set(KEY_STATE, MemberState::Draining.as_str());
+        }
+    }
+
+    /// Leaves the cluster cleanly: announces it, gives gossip a few rounds to carry the news
+    /// (bounded), then stops gossiping. Peers drop this node's client counts at once.
+    pub async fn leave(&self) {
+        self.stop.cancel();
+        let Some(gossip) = &self.gossip else {
+            return;
+        };
+        {
+            let mut chitchat = gossip.chitchat.lock().await;
+            let state = chitchat.self_node_state();
+            state.set(KEY_STATE, MemberState::Left.as_str());
+            state.set(KEY_READY, "0");
+        }
+        // chitchat does not say which peers have seen our latest version; a few rounds let the
+        // news reach every node of a small cluster (and the failure detector covers the rest).
+        tokio::time::sleep(gossip.config.gossip_interval * 3).await;
+        if let Some(handle) = gossip.handle.lock().await.take() {
+            if let Err(error) = handle.shutdown().await {
+                tracing::warn!(%error, "gossip did not stop cleanly");
+            }
+        }
+        tracing::info!("left the cluster");
+    }
+
+    async fn run(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.wake.notified() => {}
+                _ = self.stop.cancelled() => return,
+            }
+            self.tick().await;
+        }
+    }
+
+    /// One round: adopt newer entries, publish ours, and recompute what the proxy uses.
+    async fn tick(&self) {
+        let Some(gossip) = &self.gossip else {
+            return;
+        };
+        let now_ms = unix_millis();
+        let now = Instant::now();
+        let mut chitchat = gossip.chitchat.lock().await;
+        let self_id = gossip.self_id.clone();
+        let live: HashSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
+
+        // Replicated entries from every node's state (dead ones too: entries outlive writers).
+        let mut offered: Vec<(String, Entry)> = Vec::new();
+        for (id, state) in chitchat.node_states() {
+            if *id == self_id {
+                continue;
+            }
+            for prefix in [LISTENER_PREFIX, BACKEND_PREFIX] {
+                for (key, value) in state.iter_prefix(prefix) {
+                    match Entry::parse(key, &value.value, now_ms) {
+                        Ok(entry) => offered.push((key.to_owned(), entry)),
+                        Err(error) => {
+                            tracing::debug!(node = %id.node_id, %key, %error, "ignored a malformed replicated entry")
+                        }
+                    }
+                }
+            }
+        }
+        let adopted = self.adopt(offered);
+
+        // Members, heartbeats, and which peers count.
+        let mut heard = gossip
+            .heard
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut members: Vec<Member> = Vec::new();
+        let mut counting: Vec<&ChitchatId> = Vec::new();
+        let mut ages: HashMap<String, Duration> = HashMap::new();
+        for (id, state) in chitchat.node_states() {
+            let is_self = *id == self_id;
+            let announced = state.get(KEY_STATE).unwrap_or("alive");
+            let member_state = if is_self {
+                MemberState::from_code(self.state.load(Ordering::Relaxed))
+            } else if announced == "left" {
+                MemberState::Left
+            } else if !live.contains(id) {
+                MemberState::Dead
+            } else if announced == "draining" {
+                MemberState::Draining
+            } else {
+                MemberState::Alive
+            };
+            if !is_self {
+                let heartbeat = state.heartbeat();
+                let entry = heard.entry(id.clone()).or_insert((heartbeat, now));
+                if entry.0 != heartbeat {
+                    *entry = (heartbeat, now);
+                }
+                if matches!(member_state, MemberState::Alive | MemberState::Draining) {
+                    counting.push(id);
+                    ages.insert(id.node_id.to_string(), now.duration_since(entry.1));
+                }
+            }
+            members.push(Member {
+                node_id: id.node_id.to_string(),
+                generation: id.generation_id,
+                state: member_state,
+                gossip_address: id.gossip_advertise_addr,
+                admin_address: state
+                    .get(KEY_ADMIN)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(128)
+                    .collect(),
+                version: state
+                    .get(KEY_VERSION)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(64)
+                    .collect(),
+                listeners: state
+                    .get(KEY_LISTENERS)
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|name| !name.is_empty())
+                    .take(256)
+                    .map(|name| name.chars().take(128).collect())
+                    .collect(),
+                ready: if is_self {
+                    self.ready.load(Ordering::Relaxed)
+                } else {
+                    state.get(KEY_READY) == Some("1")
+                },
+                is_self,
+            });
+        }
+        heard.retain(|id, _| chitchat.node_states().contains_key(id));
+        drop(heard);
+        // A restarted node shows once, by its newest generation.
+        let newest: HashMap<String, u64> =
+            members.iter().fold(HashMap::new(), |mut newest, member| {
+                let generation = newest.entry(member.node_id.clone()).or_insert(0);
+                *generation = (*generation).max(member.generation);
+                newest
+            });
+        members.retain(|member| newest.get(&member.node_id) == Some(&member.generation));
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+
+        // Peers' client counts, verdicts and ejections.
+        let mut clients: HashMap<String, HashMap<ClientKey, Vec<(String, u32)>>> = HashMap::new();
+        let mut verdicts: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        let mut ejections: HashMap<String, u64> = HashMap::new();
+        let mut peer_ejected: HashMap<String, HashSet<String>> = HashMap::new();
+        for id in &counting {
+            let Some(state) = chitchat.node_state(id) else {
+                continue;
+            };
+            let node = id.node_id.to_string();
+            for (key, value) in state.iter_prefix(COUNT_PREFIX) {
+                let Some((listener, client)) = key[COUNT_PREFIX.len()..].split_once('/') else {
+                    continue;
+                };
+                let (Ok(ip), Ok(count)) = (client.parse::<IpAddr>(), value.value.parse::<u32>())
+                else {
+                    continue;
+                };
+                let Some(settings) = self.proxy.listener(listener).map(|l| l.settings()) else {
+                    continue;
+                };
+                let client_key = ClientKey::new(ip, settings.client_ipv6_prefix);
+                clients
+                    .entry(listener.to_owned())
+                    .or_default()
+                    .entry(client_key)
+                    .or_default()
+                    .push((node.clone(), count.min(MAX_PEER_COUNT)));
+            }
+            for (key, value) in state.iter_prefix(VERDICT_PREFIX) {
+                let healthy = match value.value.as_str() {
+                    "1" => true,
+                    "0" => false,
+                    _ => continue,
+                };
+                verdicts
+                    .entry(key[VERDICT_PREFIX.len()..].to_owned())
+                    .or_default()
+                    .push((node.clone(), healthy));
+            }
+            for (key, value) in state.iter_prefix(EJECTION_PREFIX) {
+                let Ok(until) = value.value.parse::<u64>() else {
+                    continue;
+                };
+                if until > now_ms {
+                    let id = key[EJECTION_PREFIX.len()..].to_owned();
+                    peer_ejected
+                        .entry(id.clone())
+                        .or_default()
+                        .insert(node.clone());
+                    let until = until.min(now_ms + MAX_PEER_EJECTION.as_millis() as u64);
+                    let current = ejections.entry(id).or_insert(0);
+                    *current = (*current).max(until);
+                }
+            }
+        }
+        let mut live_ids: Vec<&str> = counting.iter().map(|id| &*id.node_id).collect();
+        live_ids.push(&self.node_id);
+        live_ids.sort_unstable();
+        live_ids.dedup();
+
+        // Push to the proxy: remote counts, probers, shared health, remote ejections.
+        for listener in self.proxy.listeners() {
+            let remote = clients
+                .get(&*listener.name)
+                .map(|per_key| {
+                    per_key
+                        .iter()
+                        .map(|(key, per_node)| {
+                            (
+                                *key,
+                                per_node
+                                    .iter()
+                                    .map(|(_, count)| *count)
+                                    .fold(0u32, u32::saturating_add),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            listener.set_remote_clients(remote);
+        }
+        let mut backend_views: HashMap<String, Vec<BackendView>> = HashMap::new();
+        let mut probers_of: HashMap<String, Vec<String>> = HashMap::new();
+        for pool in self.proxy.pools() {
+            let probers_per_backend = gossip.config.probers_per_backend;
+            for backend in pool.backends().iter() {
+                let id = pool_backend(&pool.name, &backend.address);
+                let remaining = ejections
+                    .get(&id)
+                    .map(|until| Duration::from_millis(until.saturating_sub(now_ms)));
+                backend.set_remote_ejection(remaining);
+                let probers = shared_health::probers(&live_ids, &id, probers_per_backend);
+                let peer_verdicts = verdicts.get(&id).cloned().unwrap_or_default();
+                let mut views: Vec<BackendView> = counting
+                    .iter()
+                    .map(|peer| {
+                        let node = peer.node_id.to_string();
+                        BackendView {
+                            prober: probers.contains(&node.as_str()),
+                            verdict: peer_verdicts
+                                .iter()
+                                .find(|(n, _)| *n == node)
+                                .map(|(_, healthy)| *healthy),
+                            ejected: peer_ejected
+                                .get(&id)
+                                .is_some_and(|nodes| nodes.contains(&node)),
+                            node_id: node,
+                        }
+                    })
+                    .collect();
+                views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+                views.dedup_by(|a, b| a.node_id == b.node_id);
+                backend_views.insert(id.clone(), views);
+                probers_of.insert(
+                    id.clone(),
+                    probers.iter().map(|p| (*p).to_owned()).collect(),
+                );
+                if !pool.has_health_check() {
+                    continue;
+                }
+                backend.set_probes_here(probers.contains(&self.node_id.as_str()));
+                let mut all: Vec<(&str, bool)> = peer_verdicts
+                    .iter()
+                    .map(|(node, healthy)| (node.as_str(), *healthy))
+                    .collect();
+                let local = backend.local_verdict();
+                if let Some((healthy, _)) = &local {
+                    all.push((&self.node_id, *healthy));
+                }
+                let healthy = shared_health::verdict(&probers, &all).unwrap_or(true);
+                if healthy != backend.checked_healthy() {
+                    let unhealthy_on: Vec<&str> = all
+                        .iter()
+                        .filter(|(_, healthy)| !healthy)
+                        .map(|(node, _)| *node)
+                        .collect();
+                    let reason = if healthy {
+                        "passing checks (cluster verdict)".to_owned()
+                    } else {
+                        let detail = local
+                            .as_ref()
+                            .filter(|(healthy, _)| !healthy)
+                            .map(|(_, reason)| format!(": {reason}"))
+                            .unwrap_or_default();
+                        format!("failing checks on {}{detail}", unhealthy_on.join(", "))
+                    };
+                    pool.stats
+                        .health_transitions
+                        .fetch_add(1, Ordering::Relaxed);
+                    if healthy {
+                        tracing::info!(pool = %pool.name, backend = %backend.address, probers = ?probers, "backend healthy again (cluster verdict)");
+                    } else {
+                        tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?probers, unhealthy_on = ?unhealthy_on, "backend unhealthy (cluster verdict)");
+                    }
+                    backend.set_checked_health(healthy, reason);
+                }
+            }
+        }
+
+        // Publish this node's own state.
+        let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+        for listener in self.proxy.listeners() {
+            for (key, count) in listener.clients.top(gossip.config.published_clients) {
+                wanted.insert(
+                    format!("{COUNT_PREFIX}{}/{}", listener.name, key),
+                    count.to_string(),
+                );
+            }
+        }
+        for pool in self.proxy.pools() {
+            for backend in pool.backends().iter() {
+                let id = pool_backend(&pool.name, &backend.address);
+                if pool.has_health_check() && backend.probes_here() {
+                    if let Some((healthy, _)) = backend.local_verdict() {
+                        wanted.insert(
+                            format!("{VERDICT_PREFIX}{id}"),
+                            if healthy { "1" } else { "0" }.to_owned(),
+                        );
+                    }
+                }
+                if let Some(remaining) = backend.local_ejection_remaining() {
+                    wanted.insert(
+                        format!("{EJECTION_PREFIX}{id}"),
+                        (now_ms + remaining.as_millis() as u64).to_string(),
+                    );
+                }
+            }
+        }
+        let self_state = chitchat.self_node_state();
+        {
+            let mut published = gossip
+                .published
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            for stale in published.iter().filter(|key| !wanted.contains_key(*key)) {
+                self_state.delete(stale);
+            }
+            for (key, value) in &wanted {
+                self_state.set(key, value);
+            }
+            *published = wanted.into_keys().collect();
+        }
+        self_state.set(
+            KEY_READY,
+            if self.ready.load(Ordering::Relaxed) {
+                "1"
+            } else {
+                "0"
+            },
+        );
+        if adopted || self.dirty.swap(false, Ordering::AcqRel) {
+            let store = self.lock_store();
+            for (key, entry) in &store.entries {
+                self_state.set(key, entry.to_json());
+            }
+        }
+        drop(chitchat);
+
+        self.views.store(Arc::new(Views {
+            members,
+            clients,
+            ages,
+            backends: backend_views,
+            probers: probers_of,
+        }));
+    }
+
+    /// Keeps and applies every offered entry newer than ours. Returns whether any was adopted.
+    fn adopt(&self, offered: Vec<(String, Entry)>) -> bool {
+        if offered.is_empty() {
+            return false;
+        }
+        let mut store = self.lock_store();
+        let mut adopted = false;
+        for (key, entry) in offered {
+            if store
+                .stamp_of(&key)
+                .is_some_and(|current| *current >= entry.stamp)
+            {
+                continue;
+            }
+            if let Value::Listener(value) = &entry.value {
+                if let Err(error) = value.applied_to(&ListenerSettings::default()) {
+                    tracing::warn!(%key, %error, writer = %entry.stamp.node, "refused a replicated listener setting");
+                    continue;
+                }
+            }
+            store.offer(&key, &entry);
+            adopted = true;
+            match replicated::apply(&self.proxy, &key, &entry) {
+                Ok(_) => {
+                    tracing::info!(%key, version = entry.stamp.version(), writer = %entry.stamp.node, "cluster setting adopted")
+                }
+                Err(error) => {
+                    tracing::warn!(%key, %error, "cluster setting kept for the cluster but not applicable here")
+                }
+            }
+        }
+        if adopted {
+            if let Err(error) = store.persist() {
+                tracing::error!(%error, "cannot persist cluster state");
+            }
+        }
+        adopted
+    }
+}
