@@ -172,6 +172,8 @@ struct Gossip {
     published: Mutex<HashSet<String>>,
     /// When each node's heartbeat last moved, as seen here.
     heard: Mutex<HashMap<ChitchatId, (chitchat::Heartbeat, Instant)>>,
+    /// Clients this node trimmed lately: no second trim until peers have seen the first.
+    trimmed: Mutex<HashMap<(String, ClientKey), Instant>>,
 }
 
 /// This node's membership in its cluster. Always present: a node without `[cluster]` is a
@@ -318,6 +320,7 @@ impl Cluster {
             config: config.clone(),
             published: Mutex::default(),
             heard: Mutex::default(),
+            trimmed: Mutex::default(),
         })
     }
 
@@ -792,6 +795,7 @@ impl Cluster {
                 })
                 .unwrap_or_default();
             listener.set_remote_clients(remote);
+            self.trim(gossip, listener, clients.get(&*listener.name), &ages, now);
         }
         let mut backend_views: HashMap<String, Vec<BackendView>> = HashMap::new();
         let mut probers_of: HashMap<String, Vec<String>> = HashMap::new();
@@ -939,6 +943,79 @@ impl Cluster {
         }));
     }
 
+    /// Once counts have converged, a client over its cluster-wide cap (gossip lag let it overshoot)
+    /// loses its newest surplus connections: each holder closes its share of the surplus
+    /// ([`trim_share`]), gracefully and idle ones first, counted as `over_limit`.
+    fn trim(
+        &self,
+        gossip: &Gossip,
+        listener: &hearsay_proxy::Listener,
+        peers: Option<&HashMap<ClientKey, Vec<(String, u32)>>>,
+        ages: &HashMap<String, Duration>,
+        now: Instant,
+    ) {
+        let Some(peers) = peers else { return };
+        let settings = listener.settings();
+        let Some(limit) = settings.max_connections_per_client else {
+            return;
+        };
+        let settle = gossip.config.gossip_interval * 3;
+        let mut trimmed = gossip
+            .trimmed
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        trimmed.retain(|_, at| now.duration_since(*at) < settle * 2);
+        for (key, per_node) in peers {
+            if settings.is_exempt(key.address()) {
+                continue;
+            }
+            let local = listener.clients.count(key);
+            if local == 0 || trimmed.contains_key(&(listener.name.to_string(), *key)) {
+                continue;
+            }
+            // Only act on fresh counts: a peer not heard from lately may have closed some.
+            if per_node
+                .iter()
+                .any(|(node, _)| ages.get(node).is_none_or(|age| *age > settle))
+            {
+                continue;
+            }
+            let mut holders: Vec<(&str, u32)> = per_node
+                .iter()
+                .map(|(node, count)| (node.as_str(), *count))
+                .collect();
+            holders.push((&self.node_id, local));
+            let share = trim_share(&holders, limit, &self.node_id);
+            if share == 0 {
+                continue;
+            }
+            let mut mine: Vec<Arc<hearsay_proxy::Connection>> = self
+                .proxy
+                .registry()
+                .connections()
+                .into_iter()
+                .filter(|connection| {
+                    let info = connection.info();
+                    *info.listener == *listener.name
+                        && ClientKey::new(info.client.ip(), settings.client_ipv6_prefix) == *key
+                })
+                .collect();
+            // Idle ones first, then the newest.
+            mine.sort_by_key(|connection| {
+                let info = connection.info();
+                (
+                    info.state != hearsay_proxy::ConnectionState::Idle,
+                    std::cmp::Reverse(info.id),
+                )
+            });
+            for connection in mine.iter().take(share as usize) {
+                connection.request_close(hearsay_proxy::CloseReason::OverLimit);
+            }
+            tracing::info!(listener = %listener.name, client = %key, limit, closed = share.min(mine.len() as u32), holders = ?holders, "client over its cluster-wide cap: closing this node's share of the surplus");
+            trimmed.insert((listener.name.to_string(), *key), now);
+        }
+    }
+
     /// Keeps and applies every offered entry newer than ours. Returns whether any was adopted.
     fn adopt(&self, offered: Vec<(String, Entry)>) -> bool {
         if offered.is_empty() {
@@ -976,5 +1053,75 @@ impl Cluster {
             }
         }
         adopted
+    }
+}
+
+/// How many of its connections of one client node `me` closes when the holders' counts add up
+/// to more than `limit`: the surplus is split in proportion to what each holder has (rounded
+/// down), and what rounding leaves goes one by one to the biggest holders (ties by node id).
+/// Every node computes the same split from the same counts, so together they close the surplus
+/// once.
+pub fn trim_share(holders: &[(&str, u32)], limit: u32, me: &str) -> u32 {
+    let total: u64 = holders.iter().map(|(_, count)| u64::from(*count)).sum();
+    if total <= u64::from(limit) {
+        return 0;
+    }
+    let surplus = total - u64::from(limit);
+    let mut order: Vec<(&str, u32)> = holders.to_vec();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut shares: Vec<u64> = order
+        .iter()
+        .map(|(_, count)| surplus * u64::from(*count) / total)
+        .collect();
+    let mut left = surplus - shares.iter().sum::<u64>();
+    for (index, (_, count)) in order.iter().enumerate().cycle().take(order.len() * 2) {
+        if left == 0 {
+            break;
+        }
+        if shares[index] < u64::from(*count) {
+            shares[index] += 1;
+            left -= 1;
+        }
+    }
+    order
+        .iter()
+        .zip(shares)
+        .find(|((node, _), _)| *node == me)
+        .map_or(0, |(_, share)| share as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trim_share;
+
+    #[test]
+    fn the_surplus_is_split_once_across_holders() {
+        let holders = [("n1", 12), ("n2", 11), ("n3", 10)];
+        let shares: Vec<u32> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|me| trim_share(&holders, 30, me))
+            .collect();
+        assert_eq!(shares.iter().sum::<u32>(), 3, "{shares:?}");
+        assert_eq!(
+            shares,
+            [2, 1, 0],
+            "rounding leftovers go to the biggest holder"
+        );
+        let skewed = [("n1", 20), ("n2", 15), ("n3", 0)];
+        let shares: Vec<u32> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|me| trim_share(&skewed, 30, me))
+            .collect();
+        assert_eq!(shares, [3, 2, 0]);
+        assert_eq!(trim_share(&holders, 33, "n1"), 0);
+        assert_eq!(trim_share(&[("n1", 5)], 0, "n1"), 5);
+        assert_eq!(trim_share(&[("a", 1), ("b", 1), ("c", 1)], 1, "c"), 0);
+        assert_eq!(
+            ["a", "b", "c"]
+                .iter()
+                .map(|me| trim_share(&[("a", 1), ("b", 1), ("c", 1)], 1, me))
+                .sum::<u32>(),
+            2
+        );
     }
 }

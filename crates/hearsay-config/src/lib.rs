@@ -87,7 +87,7 @@ pub struct ClusterConfig {
     /// Cluster keys (ChaCha20-Poly1305, 32 bytes): the first seals outgoing gossip, every one
     /// opens incoming gossip (two during a key rotation). Empty = unauthenticated, loopback only.
     pub keys: Vec<[u8; 32]>,
-    /// Phi-accrual threshold above which a silent node is declared dead.
+    /// A node silent for this many mean heartbeat intervals is declared dead.
     pub failure_threshold: f64,
     /// How long a dead node's state is kept before it is forgotten.
     pub dead_node_grace: Duration,
@@ -119,9 +119,11 @@ impl fmt::Debug for ClusterConfig {
 
 /// Default gossip interval.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
-/// Default phi-accrual threshold: with heartbeats every 200 ms a silent node is declared dead
-/// after about 3 × ln(10) × 200 ms ≈ 1.4 s.
-pub const DEFAULT_FAILURE_THRESHOLD: f64 = 3.0;
+/// Default failure-detector threshold. chitchat's detector declares a node dead once it has been
+/// silent for `threshold` × its mean heartbeat interval; heartbeats travel with every gossip
+/// round (and are relayed by other nodes), so the mean is at most the gossip interval: with the
+/// 200 ms default a killed node is declared dead after at most ~1.6 s (plus one round).
+pub const DEFAULT_FAILURE_THRESHOLD: f64 = 8.0;
 
 /// Default admin API address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";

@@ -421,7 +421,7 @@ fn cluster_section_defaults() {
     assert_eq!(cluster.cluster_id, "hearsay");
     assert_eq!(cluster.gossip_interval, Duration::from_millis(200));
     assert!(cluster.keys.is_empty());
-    assert_eq!(cluster.failure_threshold, 3.0);
+    assert_eq!(cluster.failure_threshold, 8.0);
     assert_eq!(cluster.probers_per_backend, 2);
     assert_eq!(cluster.published_clients, 256);
     assert_eq!(cluster.max_clock_skew, Duration::from_secs(60));

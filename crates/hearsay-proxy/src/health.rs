@@ -39,8 +39,9 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
         {
             let address = backend.address.clone();
             let config = config.clone();
+            let agent = pool.probe_agent().to_owned();
             probes.spawn(async move {
-                let result = probe(&address, &config).await;
+                let result = probe(&address, &config, &agent).await;
                 (address, result)
             });
         }
@@ -113,7 +114,11 @@ fn jittered(interval: Duration, spread: f64) -> Duration {
 }
 
 /// One check of one backend: `Ok` when healthy, else why not.
-pub(crate) async fn probe(address: &str, config: &HealthCheckConfig) -> Result<(), String> {
+pub(crate) async fn probe(
+    address: &str,
+    config: &HealthCheckConfig,
+    agent: &str,
+) -> Result<(), String> {
     let check = async {
         let mut stream = TcpStream::connect(address)
             .await
@@ -128,7 +133,7 @@ pub(crate) async fn probe(address: &str, config: &HealthCheckConfig) -> Result<(
         };
         let host = host.as_deref().unwrap_or(address);
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hearsay-health-check\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
         );
         stream
             .write_all(request.as_bytes())

@@ -55,7 +55,11 @@ impl Proxy {
         let pools: HashMap<&str, Arc<Pool>> = config
             .pools
             .iter()
-            .map(|pool| Ok((pool.name.as_str(), Pool::new(pool, &background)?)))
+            .map(|pool| {
+                let pool_ref = Pool::new(pool, &background)?;
+                pool_ref.set_probe_agent(format!("hearsay-health-check ({})", config.node.id));
+                Ok((pool.name.as_str(), pool_ref))
+            })
             .collect::<Result<_, ProxyError>>()?;
         let listeners = config
             .listeners

@@ -173,6 +173,8 @@ pub struct Pool {
     failing_open: AtomicBool,
     /// Health verdicts come from the cluster, not straight from this node's checks.
     shared_health: AtomicBool,
+    /// `User-Agent` of this node's health checks (names the node, so a backend can tell).
+    probe_agent: std::sync::OnceLock<String>,
     pub stats: PoolStats,
 }
 
@@ -494,6 +496,7 @@ impl Pool {
             }),
             failing_open: AtomicBool::new(false),
             shared_health: AtomicBool::new(false),
+            probe_agent: std::sync::OnceLock::new(),
             stats: PoolStats::default(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -537,6 +540,17 @@ impl Pool {
     /// record their verdict ([`Backend::local_verdict`]).
     pub fn set_shared_health(&self, shared: bool) {
         self.shared_health.store(shared, Ordering::Relaxed);
+    }
+
+    /// Sets the `User-Agent` of the pool's health checks (once; later calls are ignored).
+    pub fn set_probe_agent(&self, agent: String) {
+        let _ = self.probe_agent.set(agent);
+    }
+
+    pub(crate) fn probe_agent(&self) -> &str {
+        self.probe_agent
+            .get()
+            .map_or("hearsay-health-check", String::as_str)
     }
 
     pub(crate) fn shared_health(&self) -> bool {

@@ -186,14 +186,23 @@ fn run_node(
         cluster.set_draining().await;
         proxy.shutdown(config.node.shutdown_grace).await;
         stop_admin.cancel();
-        if let Ok(Err(error)) = admin.await {
-            tracing::warn!(%error, "admin API stopped with an error");
+        // tonic waits for clients to hang up (a dashboard's stream may never); bound it.
+        match tokio::time::timeout(ADMIN_SHUTDOWN_GRACE, &mut admin).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "admin API stopped with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::info!(grace = ?ADMIN_SHUTDOWN_GRACE, "admin clients still connected; closing them");
+                admin.abort();
+            }
         }
         cluster.leave().await;
         tracing::info!(node = %config.node.id, "node stopped");
         Ok(())
     })
 }
+
+/// How long the admin API waits for its clients to hang up at shutdown.
+const ADMIN_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};

