@@ -702,13 +702,13 @@ fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted
     sender.send_to(genuine, &n2_gossip).unwrap();
     wait_for("the bad datagrams counted", Duration::from_secs(5), || {
         let after = n1.node().gossip.unwrap();
-        (after.dropped_malformed >= before.dropped_malformed + 1
+        (after.dropped_malformed > before.dropped_malformed
             && after.dropped_forged >= before.dropped_forged + 2)
             .then_some(())
     });
     wait_for("the replay counted", Duration::from_secs(5), || {
         let after = n2.node().gossip.unwrap();
-        (after.dropped_replayed >= n2_before.dropped_replayed + 1).then_some(())
+        (after.dropped_replayed > n2_before.dropped_replayed).then_some(())
     });
     assert!(n1.node().gossip.unwrap().authenticated);
     // Still a healthy cluster of two.
