@@ -715,3 +715,141 @@ fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted
     assert_eq!(n1.alive(), ["n1", "n2"]);
     assert_eq!(n2.alive(), ["n1", "n2"]);
 }
+
+/// One attempt to open a connection and get a response: `Some(stream)` when admitted (200),
+/// `None` when refused (429).
+fn try_connection(address: SocketAddr) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let response = request(&mut stream, "/");
+    if response.starts_with("HTTP/1.1 200 OK") {
+        Some(stream)
+    } else {
+        assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+        None
+    }
+}
+
+/// Whether the server has closed the stream (EOF or reset), without blocking.
+fn is_closed(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buffer = [0u8; 16];
+    let closed = match (&*stream).read(&mut buffer) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+#[test]
+fn the_per_client_cap_holds_across_the_cluster_within_the_documented_bound() {
+    const LIMIT: usize = 30;
+    const INTERVAL: Duration = Duration::from_millis(25); // 40 connections per second
+    const GOSSIP: Duration = Duration::from_millis(200);
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        &format!("max_connections_per_client = {LIMIT}"),
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.node().address).collect();
+
+    // A client opens connections spread over all nodes at 40/s, 90 attempts.
+    let mut held: Vec<(usize, TcpStream)> = Vec::new();
+    let mut peak = 0;
+    let started = Instant::now();
+    for attempt in 0..90u32 {
+        let node = attempt as usize % addresses.len();
+        if let Some(stream) = try_connection(addresses[node]) {
+            held.push((node, stream));
+        }
+        held.retain(|(_, stream)| !is_closed(stream));
+        peak = peak.max(held.len());
+        let next = started + INTERVAL * (attempt + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    // The documented bound: total ≤ limit + rate × staleness, staleness ≤ 3 gossip intervals
+    // (publish, one gossip exchange, the next apply), and never above nodes × limit.
+    let rate = 1.0 / INTERVAL.as_secs_f64();
+    let bound = (LIMIT + (rate * 3.0 * GOSSIP.as_secs_f64()).ceil() as usize).min(3 * LIMIT);
+    assert!(peak <= bound, "peak {peak} above the bound {bound}");
+
+    // Steady state: once counts converge, the surplus is trimmed and the total is within the cap.
+    let steady = wait_for(
+        "the total back within the cap",
+        Duration::from_secs(5),
+        || {
+            held.retain(|(_, stream)| !is_closed(stream));
+            (held.len() <= LIMIT).then_some(held.len())
+        },
+    );
+    std::thread::sleep(GOSSIP * 5);
+    held.retain(|(_, stream)| !is_closed(stream));
+    assert_eq!(held.len(), steady, "stable");
+    assert_eq!(steady, LIMIT, "the client keeps its whole share");
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    for admin in admins.iter_mut() {
+        let client = wait_for(
+            "every node to agree on the total",
+            Duration::from_secs(2),
+            || {
+                let client = admin.client("127.0.0.1");
+                (client.cluster_total as usize == steady).then_some(client)
+            },
+        );
+        let uncertainty = client.uncertainty.unwrap();
+        assert!(
+            uncertainty.seconds == 0 && uncertainty.nanos > 0,
+            "{uncertainty:?}"
+        );
+    }
+    // Over the cap on whichever node it lands.
+    for address in &addresses {
+        assert!(try_connection(*address).is_none(), "refused on {address}");
+    }
+    println!(
+        "cap {LIMIT}, 3 nodes, {rate:.0} connections/s: peak held {peak} (bound {bound}), steady state {steady}"
+    );
+
+    // Capacity returns when connections close: 6 closed, 6 admitted again (on any node).
+    held.truncate(LIMIT - 6);
+    let closed = Instant::now();
+    let mut reopened = 0;
+    let mut attempt = 0;
+    wait_for("capacity back after closes", Duration::from_secs(5), || {
+        attempt += 1;
+        let node = attempt % addresses.len();
+        if let Some(stream) = try_connection(addresses[node]) {
+            held.push((node, stream));
+            reopened += 1;
+        }
+        (reopened == 6).then_some(())
+    });
+    println!(
+        "6 closed connections were usable again after {:?}",
+        closed.elapsed()
+    );
+    std::thread::sleep(GOSSIP * 5);
+    held.retain(|(_, stream)| !is_closed(stream));
+    assert!(held.len() <= LIMIT, "{} held", held.len());
+
+    // A node dies: its connections stop counting once it is declared dead.
+    held.retain(|(_, stream)| !is_closed(stream));
+    let on_dead = held.iter().filter(|(node, _)| *node == 2).count();
+    assert!(on_dead > 0);
+    kill(&mut nodes[2]);
+    let killed = Instant::now();
+    held.retain(|(node, _)| *node != 2);
+    wait_for(
+        "capacity back after a node died",
+        Duration::from_secs(5),
+        || try_connection(addresses[0]).map(|stream| held.push((0, stream))),
+    );
+    println!(
+        "a dead node's {on_dead} connections stopped counting after {:?}",
+        killed.elapsed()
+    );
+}
