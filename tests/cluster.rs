@@ -853,3 +853,134 @@ fn the_per_client_cap_holds_across_the_cluster_within_the_documented_bound() {
         killed.elapsed()
     );
 }
+
+/// iptables rules that drop UDP between two groups of loopback addresses; removed on drop.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    fn cut(side_a: &[SocketAddr], side_b: &[SocketAddr]) -> Partition {
+        let mut rules = Vec::new();
+        for a in side_a {
+            for b in side_b {
+                for (from, to) in [(a, b), (b, a)] {
+                    rules.push(vec![
+                        "INPUT".to_owned(),
+                        "-p".into(),
+                        "udp".into(),
+                        "-s".into(),
+                        from.ip().to_string(),
+                        "-d".into(),
+                        to.ip().to_string(),
+                        "--dport".into(),
+                        to.port().to_string(),
+                        "-j".into(),
+                        "DROP".into(),
+                    ]);
+                }
+            }
+        }
+        for rule in &rules {
+            let status = std::process::Command::new("iptables")
+                .arg("-I")
+                .args(rule)
+                .status()
+                .expect("iptables runs (root, Debian package iptables; .ci/run installs it)");
+            assert!(status.success(), "iptables -I {rule:?} failed");
+        }
+        Partition { rules }
+    }
+
+    fn heal(&mut self) {
+        for rule in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(&rule)
+                .status();
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+#[test]
+fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "keepalive_timeout = \"60s\"",
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    // Each node gossips from its own loopback address, so a partition can cut between them.
+    let mut gossip = Vec::new();
+    for (index, node) in nodes.iter_mut().enumerate() {
+        let old = node
+            .config
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("listen = \"127.0.0.1:")
+                    .filter(|r| *r != "0\"")
+            })
+            .map(|rest| rest.trim_end_matches('"').to_owned())
+            .unwrap();
+        gossip.push((old, index));
+    }
+    let addresses: Vec<SocketAddr> = gossip
+        .iter()
+        .map(|(port, index)| format!("127.0.0.{}:{port}", 31 + index).parse().unwrap())
+        .collect();
+    for node in nodes.iter_mut() {
+        for ((port, _), address) in gossip.iter().zip(&addresses) {
+            node.config = node
+                .config
+                .replace(&format!("127.0.0.1:{port}"), &address.to_string());
+        }
+    }
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+
+    let mut partition = Partition::cut(&addresses[..2], &addresses[2..]);
+    let cut = Instant::now();
+    wait_for(
+        "each side to see the other dead",
+        Duration::from_secs(5),
+        || (admins[0].alive() == ["n1", "n2"] && admins[2].alive() == ["n3"]).then_some(()),
+    );
+    println!("partition detected after {:?}", cut.elapsed());
+    // Both sides keep serving.
+    for node in [&nodes[0], &nodes[2]] {
+        let mut stream = TcpStream::connect(node.node().address).unwrap();
+        assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+    }
+    // Each side takes a change; the later one (on n3) wins everywhere after healing.
+    let (_, version) = admins[0].keepalive();
+    admins[0]
+        .set_keepalive(Duration::from_secs(5), version)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let winner = admins[2]
+        .set_keepalive(Duration::from_secs(7), version)
+        .unwrap()
+        .version;
+    wait_for("n2 to take n1's change", Duration::from_secs(2), || {
+        (admins[1].keepalive().0 == Duration::from_secs(5)).then_some(())
+    });
+    assert_eq!(admins[2].keepalive().0, Duration::from_secs(7));
+
+    partition.heal();
+    let healed = Instant::now();
+    for admin in admins.iter_mut() {
+        wait_for("convergence after healing", Duration::from_secs(3), || {
+            (admin.alive() == ["n1", "n2", "n3"]
+                && admin.keepalive() == (Duration::from_secs(7), winner))
+                .then_some(())
+        });
+    }
+    println!("state converged {:?} after healing", healed.elapsed());
+}
