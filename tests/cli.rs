@@ -6,7 +6,7 @@ mod support;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{request, start_backend, temp_data_dir, write_temp, Node, HEARSAY};
 
@@ -158,4 +158,78 @@ fn a_node_that_cannot_bind_says_why() {
         text.contains(&format!("listener web: cannot bind {address}")),
         "{text}"
     );
+}
+
+#[test]
+fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
+    let base = 30_000 + (std::process::id() % 3000) as u16 * 10;
+    let data = temp_data_dir();
+    let mut child = Command::new(HEARSAY)
+        .args(["demo", "--nodes", "3", "--backends", "2"])
+        .args(["--listen-port", &base.to_string()])
+        .args(["--admin-port", &(base + 3).to_string()])
+        .args(["--gossip-port", &(base + 6).to_string()])
+        .args(["--backend-port", &(base - 20_000).to_string()])
+        .args(["--data-dir", &data])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Every node answers, from the demo backends in turn.
+    for node in 0..3 {
+        let address = format!("127.0.0.1:{}", base + node);
+        let response = loop {
+            if let Ok(mut stream) = TcpStream::connect(&address) {
+                let response = request(&mut stream, "/hello");
+                if response.contains("hello from backend-") {
+                    break response;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} of the demo never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    }
+    // The nodes form one cluster.
+    let members = loop {
+        let output = Command::new("grpcurl")
+            .args(["-plaintext", &format!("127.0.0.1:{}", base + 3)])
+            .arg("hearsay.admin.v1.Admin/ListMembers")
+            .output()
+            .expect("grpcurl runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if text.matches("MEMBER_ALIVE").count() == 3 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo nodes never formed a cluster: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(members.contains("\"nodeId\": \"n3\""), "{members}");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    for node in 0..3 {
+        assert!(
+            TcpStream::connect(format!("127.0.0.1:{}", base + node)).is_err(),
+            "node {node} stopped"
+        );
+    }
 }

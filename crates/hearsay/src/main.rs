@@ -36,7 +36,8 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Run a ready-made setup: demo backends and a node balancing over them.
+    /// Run a ready-made local cluster: demo backends and several gossiping nodes balancing over
+    /// them.
     Demo(demo::DemoArgs),
     /// Administer a running node through its admin API (status, listeners, set-keepalive,
     /// backends, drain, enable, connections, top-clients).
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run { config } => Config::load(&config)
             .with_context(|| format!("invalid config {}", config.display()))
-            .and_then(|config| run_node(config, None)),
+            .and_then(run_node),
         Command::Demo(args) => demo::run(args),
         Command::Ctl(args) => run_ctl(args),
     };
@@ -117,17 +118,10 @@ fn build_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtim
         .context("cannot start the async runtime")
 }
 
-/// Runs a node until SIGTERM / SIGINT, then shuts it down in order. `on_start` runs inside the
-/// runtime once the listeners are bound (the demo starts its backends there).
-fn run_node(
-    config: Config,
-    on_start: Option<Box<dyn FnOnce() -> anyhow::Result<()> + Send>>,
-) -> anyhow::Result<()> {
+/// Runs a node until SIGTERM / SIGINT, then shuts it down in order.
+fn run_node(config: Config) -> anyhow::Result<()> {
     let runtime = build_runtime(config.runtime.worker_threads)?;
     runtime.block_on(async move {
-        if let Some(on_start) = on_start {
-            on_start()?;
-        }
         let proxy: Arc<Proxy> = Proxy::new(&config)?;
         let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
