@@ -604,6 +604,16 @@ fn hearsay_ctl_prints_tables_and_changes_settings() {
         connections.contains(&client.local_addr().unwrap().to_string()),
         "{connections}"
     );
+    let (ok, members, _) = ctl(&node, &["members"]);
+    assert!(ok);
+    assert!(members.starts_with("NODE "), "{members}");
+    assert!(
+        members
+            .lines()
+            .nth(1)
+            .is_some_and(|line| line.starts_with("admin-e2e (self)") && line.contains(" alive ")),
+        "{members}"
+    );
     let (_, top, _) = ctl(&node, &["top-clients"]);
     assert!(
         top.lines()

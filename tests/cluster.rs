@@ -249,7 +249,7 @@ fn stop(node: &mut ClusterNode) {
 
 #[test]
 fn members_join_a_killed_node_is_declared_dead_and_rejoins() {
-    let (backend, _) = start_backend();
+    let (backend, slow_started) = start_backend();
     let mut nodes = cluster_configs(
         3,
         "max_connections_per_client = 100",
@@ -350,7 +350,22 @@ fn members_join_a_killed_node_is_declared_dead_and_rejoins() {
                 .then_some(())
         });
     }
-    // A graceful stop is announced: peers see it leave, not die.
+    // A graceful stop is announced: peers see it draining while a request finishes, then leave
+    // (not die).
+    let n2_address = nodes[1].node().address;
+    let slow = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(n2_address).unwrap();
+        request(&mut stream, "/slow")
+    });
+    slow_started.recv_timeout(Duration::from_secs(5)).unwrap();
+    nodes[1].node().signal("-TERM");
+    wait_for("n2 shown as draining", Duration::from_secs(2), || {
+        n1.members()
+            .iter()
+            .any(|m| m.node_id == "n2" && m.state == pb::MemberState::MemberDraining as i32)
+            .then_some(())
+    });
+    assert!(slow.join().unwrap().starts_with("HTTP/1.1 200 OK"));
     stop(&mut nodes[1]);
     wait_for("n2 shown as left", Duration::from_secs(5), || {
         n1.members()

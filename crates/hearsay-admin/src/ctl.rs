@@ -55,7 +55,9 @@ enum CtlCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// The clients holding the most connections.
+    /// The nodes of the cluster and their state.
+    Members,
+    /// The clients holding the most connections (OPEN on this node, CLUSTER across all).
     TopClients {
         #[arg(long)]
         listener: Option<String>,
@@ -358,6 +360,7 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                         client.client_key.clone(),
                         client.listener.clone(),
                         client.open_connections.to_string(),
+                        client.cluster_total.to_string(),
                         if client.exempt {
                             "exempt".to_owned()
                         } else {
@@ -366,7 +369,51 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                     ]
                 })
                 .collect();
-            Ok(table(&["CLIENT", "LISTENER", "OPEN", "LIMIT"], &rows))
+            Ok(table(
+                &["CLIENT", "LISTENER", "OPEN", "CLUSTER", "LIMIT"],
+                &rows,
+            ))
+        }
+        CtlCommand::Members => {
+            let members = client
+                .list_members(pb::ListMembersRequest {})
+                .await?
+                .into_inner();
+            let rows: Vec<Vec<String>> = members
+                .members
+                .iter()
+                .map(|member| {
+                    vec![
+                        if member.is_self {
+                            format!("{} (self)", member.node_id)
+                        } else {
+                            member.node_id.clone()
+                        },
+                        member
+                            .state()
+                            .as_str_name()
+                            .trim_start_matches("MEMBER_")
+                            .to_lowercase(),
+                        if member.ready { "yes" } else { "no" }.to_owned(),
+                        member.gossip_address.clone(),
+                        member.admin_address.clone(),
+                        member.version.clone(),
+                        member.generation.to_string(),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "NODE",
+                    "STATE",
+                    "READY",
+                    "GOSSIP",
+                    "ADMIN",
+                    "VERSION",
+                    "GENERATION",
+                ],
+                &rows,
+            ))
         }
     }
 }

@@ -40,7 +40,7 @@ enum Command {
     /// them.
     Demo(demo::DemoArgs),
     /// Administer a running node through its admin API (status, listeners, set-keepalive,
-    /// backends, drain, enable, connections, top-clients).
+    /// backends, drain, enable, connections, top-clients, members).
     Ctl(hearsay_admin::ctl::CtlArgs),
 }
 
