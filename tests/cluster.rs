@@ -999,3 +999,93 @@ fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
     }
     println!("state converged {:?} after healing", healed.elapsed());
 }
+
+/// Measurement, not a check (run by `cluster/measure.sh`): how long a change takes to reach
+/// every node, and gossip traffic per node, for `HEARSAY_MEASURE_NODES` nodes (default 3).
+#[test]
+#[ignore = "measurement; run with cluster/measure.sh"]
+fn measure_convergence_and_gossip_traffic() {
+    let count: usize = std::env::var("HEARSAY_MEASURE_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let trials: usize = std::env::var("HEARSAY_MEASURE_TRIALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        count,
+        "max_connections_per_client = 100",
+        &format!(
+            "backends = [\"{backend}\"]\n[pool.health_check]\nkind = \"tcp\"\ninterval = \"1s\""
+        ),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    // Some client connections, so counts are part of the gossiped state.
+    let _held: Vec<TcpStream> = nodes
+        .iter()
+        .map(|node| {
+            let mut stream = TcpStream::connect(node.node().address).unwrap();
+            assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let before: Vec<pb::GossipStats> = admins
+        .iter_mut()
+        .map(|a| a.node().gossip.unwrap())
+        .collect();
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let after: Vec<pb::GossipStats> = admins
+        .iter_mut()
+        .map(|a| a.node().gossip.unwrap())
+        .collect();
+    let seconds = window.elapsed().as_secs_f64();
+    let per_node: Vec<(f64, f64)> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| {
+            (
+                (a.bytes_sent - b.bytes_sent) as f64 / seconds,
+                (a.bytes_received - b.bytes_received) as f64 / seconds,
+            )
+        })
+        .collect();
+    let sent: f64 = per_node.iter().map(|(s, _)| s).sum::<f64>() / count as f64;
+    let received: f64 = per_node.iter().map(|(_, r)| r).sum::<f64>() / count as f64;
+
+    let mut times = Vec::new();
+    for trial in 0..trials {
+        // Writes at random moments of the gossip cycle (back-to-back trials would phase-lock
+        // with it and always wait a whole round).
+        let pause = (support::rand_suffix() % 250) as u64;
+        std::thread::sleep(Duration::from_millis(pause));
+        let writer = trial % count;
+        let timeout = Duration::from_secs(10 + (trial % 50) as u64);
+        let started = Instant::now();
+        let version = admins[writer].set_keepalive(timeout, 0).unwrap().version;
+        let mut pending: Vec<usize> = (0..count).filter(|i| *i != writer).collect();
+        while !pending.is_empty() {
+            pending.retain(|i| admins[*i].keepalive().1 != version);
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no convergence"
+            );
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    println!(
+        "{count} nodes, gossip 200 ms, {trials} changes: reach-all p50 {:?}, p99 {:?}, max {:?}; \
+         gossip per node: {sent:.0} B/s sent, {received:.0} B/s received",
+        at(0.5),
+        at(0.99),
+        times[times.len() - 1]
+    );
+}

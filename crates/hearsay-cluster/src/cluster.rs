@@ -174,6 +174,8 @@ struct Gossip {
     heard: Mutex<HashMap<ChitchatId, (chitchat::Heartbeat, Instant)>>,
     /// Clients this node trimmed lately: no second trim until peers have seen the first.
     trimmed: Mutex<HashMap<(String, ClientKey), Instant>>,
+    /// Key-change subscriptions that wake the loop (dropping them unsubscribes).
+    subscriptions: Mutex<Vec<chitchat::ListenerHandle>>,
 }
 
 /// This node's membership in its cluster. Always present: a node without `[cluster]` is a
@@ -186,7 +188,8 @@ pub struct Cluster {
     views: ArcSwap<Views>,
     /// Entries changed locally and not yet written to the gossip state.
     dirty: AtomicBool,
-    wake: Notify,
+    /// Runs the loop now: a local change to publish, or a peer's entry or ejection to adopt.
+    wake: Arc<Notify>,
     state: AtomicU8,
     ready: AtomicBool,
     stop: CancellationToken,
@@ -232,7 +235,7 @@ impl Cluster {
             gossip,
             views: ArcSwap::from_pointee(Views::default()),
             dirty: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             state: AtomicU8::new(MemberState::Alive.code()),
             ready: AtomicBool::new(false),
             stop: CancellationToken::new(),
@@ -243,6 +246,24 @@ impl Cluster {
                     pool.set_shared_health(true);
                 }
             }
+            // A peer's replicated entry or ejection is acted on as soon as it arrives, not at the
+            // next tick.
+            let chitchat = gossip.chitchat.lock().await;
+            let mut subscriptions = Vec::new();
+            for prefix in [LISTENER_PREFIX, BACKEND_PREFIX, EJECTION_PREFIX] {
+                let wake = Arc::clone(&cluster.wake);
+                let me = gossip.self_id.clone();
+                subscriptions.push(chitchat.subscribe_event(prefix, move |event| {
+                    if *event.node != me {
+                        wake.notify_one();
+                    }
+                }));
+            }
+            drop(chitchat);
+            *gossip
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = subscriptions;
             let interval = gossip.config.gossip_interval;
             tokio::spawn(Arc::clone(&cluster).run(interval));
         }
@@ -321,6 +342,7 @@ impl Cluster {
             published: Mutex::default(),
             heard: Mutex::default(),
             trimmed: Mutex::default(),
+            subscriptions: Mutex::default(),
         })
     }
 
