@@ -1063,7 +1063,7 @@ fn measure_convergence_and_gossip_traffic() {
     for trial in 0..trials {
         // Writes at random moments of the gossip cycle (back-to-back trials would phase-lock
         // with it and always wait a whole round).
-        let pause = (support::rand_suffix() % 250) as u64;
+        let pause = support::rand_suffix() % 250;
         std::thread::sleep(Duration::from_millis(pause));
         let writer = trial % count;
         let timeout = Duration::from_secs(10 + (trial % 50) as u64);
