@@ -1089,3 +1089,76 @@ fn measure_convergence_and_gossip_traffic() {
         times[times.len() - 1]
     );
 }
+
+/// A backend that answers every request with 503.
+fn start_failing_backend() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in socket.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = stream.read(&mut buffer) {
+                    if read == 0
+                        || stream
+                            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn a_passive_ejection_on_one_node_is_honoured_by_the_others() {
+    let (good, _) = start_backend();
+    let bad = start_failing_backend();
+    let mut nodes = cluster_configs(
+        2,
+        "",
+        &format!(
+            "backends = [\"{good}\", \"{bad}\"]\n[pool.outlier]\nconsecutive_failures = 2\n\
+             base_ejection = \"30s\""
+        ),
+        "",
+    );
+    start_cluster(&mut nodes);
+    // n1 sees the bad backend fail twice in a row and ejects it.
+    let mut stream = TcpStream::connect(nodes[0].node().address).unwrap();
+    let mut failures = 0;
+    for _ in 0..6 {
+        if request(&mut stream, "/").starts_with("HTTP/1.1 503") {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "ejected after two failures");
+    let ejected = Instant::now();
+    // n2, which never saw it fail, stops sending to it within a gossip round or two.
+    let mut n2 = nodes[1].admin();
+    wait_for("n2 to honour n1's ejection", Duration::from_secs(1), || {
+        let backends = n2.backends();
+        let bad_view = backends.iter().find(|b| b.address == bad.to_string())?;
+        (bad_view.health == pb::HealthState::Unhealthy as i32
+            && bad_view
+                .views
+                .iter()
+                .any(|v| v.node_id == "n1" && v.ejected))
+        .then_some(())
+    });
+    println!(
+        "n1's ejection was honoured by n2 after {:?}",
+        ejected.elapsed()
+    );
+    let mut stream = TcpStream::connect(nodes[1].node().address).unwrap();
+    for _ in 0..10 {
+        let response = request(&mut stream, "/");
+        assert!(
+            response.contains(&format!("backend {} saw", good.port())),
+            "{response}"
+        );
+    }
+}

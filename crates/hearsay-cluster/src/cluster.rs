@@ -635,7 +635,7 @@ impl Cluster {
         };
         let now_ms = unix_millis();
         let now = Instant::now();
-        let mut chitchat = gossip.chitchat.lock().await;
+        let chitchat = gossip.chitchat.lock().await;
         let self_id = gossip.self_id.clone();
         let live: HashSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
 
@@ -656,76 +656,77 @@ impl Cluster {
                 }
             }
         }
-        let adopted = self.adopt(offered);
 
         // Members, heartbeats, and which peers count.
-        let mut heard = gossip
-            .heard
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let mut members: Vec<Member> = Vec::new();
-        let mut counting: Vec<&ChitchatId> = Vec::new();
-        let mut ages: HashMap<String, Duration> = HashMap::new();
-        for (id, state) in chitchat.node_states() {
-            let is_self = *id == self_id;
-            let announced = state.get(KEY_STATE).unwrap_or("alive");
-            let member_state = if is_self {
-                MemberState::from_code(self.state.load(Ordering::Relaxed))
-            } else if announced == "left" {
-                MemberState::Left
-            } else if !live.contains(id) {
-                MemberState::Dead
-            } else if announced == "draining" {
-                MemberState::Draining
-            } else {
-                MemberState::Alive
-            };
-            if !is_self {
-                let heartbeat = state.heartbeat();
-                let entry = heard.entry(id.clone()).or_insert((heartbeat, now));
-                if entry.0 != heartbeat {
-                    *entry = (heartbeat, now);
-                }
-                if matches!(member_state, MemberState::Alive | MemberState::Draining) {
-                    counting.push(id);
-                    ages.insert(id.node_id.to_string(), now.duration_since(entry.1));
-                }
-            }
-            members.push(Member {
-                node_id: id.node_id.to_string(),
-                generation: id.generation_id,
-                state: member_state,
-                gossip_address: id.gossip_advertise_addr,
-                admin_address: state
-                    .get(KEY_ADMIN)
-                    .unwrap_or_default()
-                    .chars()
-                    .take(128)
-                    .collect(),
-                version: state
-                    .get(KEY_VERSION)
-                    .unwrap_or_default()
-                    .chars()
-                    .take(64)
-                    .collect(),
-                listeners: state
-                    .get(KEY_LISTENERS)
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|name| !name.is_empty())
-                    .take(256)
-                    .map(|name| name.chars().take(128).collect())
-                    .collect(),
-                ready: if is_self {
-                    self.ready.load(Ordering::Relaxed)
+        let (mut members, counting, ages) = {
+            let mut heard = gossip
+                .heard
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let mut members: Vec<Member> = Vec::new();
+            let mut counting: Vec<ChitchatId> = Vec::new();
+            let mut ages: HashMap<String, Duration> = HashMap::new();
+            for (id, state) in chitchat.node_states() {
+                let is_self = *id == self_id;
+                let announced = state.get(KEY_STATE).unwrap_or("alive");
+                let member_state = if is_self {
+                    MemberState::from_code(self.state.load(Ordering::Relaxed))
+                } else if announced == "left" {
+                    MemberState::Left
+                } else if !live.contains(id) {
+                    MemberState::Dead
+                } else if announced == "draining" {
+                    MemberState::Draining
                 } else {
-                    state.get(KEY_READY) == Some("1")
-                },
-                is_self,
-            });
-        }
-        heard.retain(|id, _| chitchat.node_states().contains_key(id));
-        drop(heard);
+                    MemberState::Alive
+                };
+                if !is_self {
+                    let heartbeat = state.heartbeat();
+                    let entry = heard.entry(id.clone()).or_insert((heartbeat, now));
+                    if entry.0 != heartbeat {
+                        *entry = (heartbeat, now);
+                    }
+                    if matches!(member_state, MemberState::Alive | MemberState::Draining) {
+                        counting.push(id.clone());
+                        ages.insert(id.node_id.to_string(), now.duration_since(entry.1));
+                    }
+                }
+                members.push(Member {
+                    node_id: id.node_id.to_string(),
+                    generation: id.generation_id,
+                    state: member_state,
+                    gossip_address: id.gossip_advertise_addr,
+                    admin_address: state
+                        .get(KEY_ADMIN)
+                        .unwrap_or_default()
+                        .chars()
+                        .take(128)
+                        .collect(),
+                    version: state
+                        .get(KEY_VERSION)
+                        .unwrap_or_default()
+                        .chars()
+                        .take(64)
+                        .collect(),
+                    listeners: state
+                        .get(KEY_LISTENERS)
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|name| !name.is_empty())
+                        .take(256)
+                        .map(|name| name.chars().take(128).collect())
+                        .collect(),
+                    ready: if is_self {
+                        self.ready.load(Ordering::Relaxed)
+                    } else {
+                        state.get(KEY_READY) == Some("1")
+                    },
+                    is_self,
+                });
+            }
+            heard.retain(|id, _| chitchat.node_states().contains_key(id));
+            (members, counting, ages)
+        };
         // A restarted node shows once, by its newest generation.
         let newest: HashMap<String, u64> =
             members.iter().fold(HashMap::new(), |mut newest, member| {
@@ -919,13 +920,16 @@ impl Cluster {
                     }
                 }
                 if let Some(remaining) = backend.local_ejection_remaining() {
-                    wanted.insert(
-                        format!("{EJECTION_PREFIX}{id}"),
-                        (now_ms + remaining.as_millis() as u64).to_string(),
-                    );
+                    // Rounded up to the second, so the value does not change every round.
+                    let until = (now_ms + remaining.as_millis() as u64).div_ceil(1000) * 1000;
+                    wanted.insert(format!("{EJECTION_PREFIX}{id}"), until.to_string());
                 }
             }
         }
+        // Adopting persists to disk: not while holding chitchat's lock.
+        drop(chitchat);
+        let adopted = self.adopt(offered);
+        let mut chitchat = gossip.chitchat.lock().await;
         let self_state = chitchat.self_node_state();
         {
             let mut published = gossip
