@@ -404,4 +404,46 @@ mod tests {
             .contains("not a valid hearsay state file"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn garbage_values_are_refused_without_panicking() {
+        let valid = Entry {
+            stamp: stamp(1000, "n1"),
+            value: Value::Listener(ListenerValue::of(&ListenerSettings::default())),
+        }
+        .to_json();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut bytes = valid.clone().into_bytes();
+            for _ in 0..=(next() % 3) {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = next() as u8;
+            }
+            if round % 3 == 0 {
+                bytes.truncate((next() as usize) % bytes.len());
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(entry) = Entry::parse("set:l:web", &text, 1000) {
+                // Whatever parses must still be checked before use, without panicking.
+                if let Value::Listener(value) = &entry.value {
+                    let _ = value.applied_to(&ListenerSettings::default());
+                }
+            }
+        }
+        for text in [
+            "",
+            "null",
+            "[]",
+            "{\"stamp\":1}",
+            "{\"stamp\":{\"millis\":-1}}",
+        ] {
+            assert!(Entry::parse("set:l:web", text, 1000).is_err(), "{text}");
+        }
+    }
 }

@@ -700,4 +700,42 @@ mod tests {
         assert_eq!(opener.open(&datagrams[1], NOW, now), Ok(None));
         assert_eq!(opener.open(&datagrams[0], NOW, now), Ok(Some(message)));
     }
+
+    #[test]
+    fn random_and_mutated_datagrams_never_open_or_panic() {
+        let mut sealer = Sealer::new(keyring(1), "test".to_owned());
+        let mut opener = opener(&[[1; 32]]);
+        let now = Instant::now();
+        let genuine = sealer.seal_at(&[7u8; 300], NOW).remove(0);
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let datagram: Vec<u8> = if round % 2 == 0 {
+                let length = (next() % 400) as usize;
+                let mut bytes: Vec<u8> = (0..length).map(|_| next() as u8).collect();
+                if round % 4 == 0 && bytes.len() > 3 {
+                    bytes[..3].copy_from_slice(&[b'H', b'S', FORMAT]);
+                }
+                bytes
+            } else {
+                let mut bytes = genuine.clone();
+                for _ in 0..=(next() % 4) {
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at] ^= (next() as u8) | 1;
+                }
+                bytes.truncate(1 + (next() as usize) % bytes.len());
+                bytes
+            };
+            assert!(
+                opener.open(&datagram, NOW, now).is_err(),
+                "round {round} opened"
+            );
+        }
+        assert!(opener.open(&genuine, NOW, now).unwrap().is_some());
+    }
 }
