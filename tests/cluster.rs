@@ -1162,3 +1162,58 @@ fn a_passive_ejection_on_one_node_is_honoured_by_the_others() {
         );
     }
 }
+
+/// A connection from a chosen loopback source address that got a 200.
+fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+    stream
+}
+
+#[test]
+fn only_the_busiest_clients_are_gossiped_and_a_client_is_withdrawn_when_it_falls_out() {
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        2,
+        "max_connections_per_client = 100",
+        &format!("backends = [\"{backend}\"]"),
+        "published_clients = 3",
+    );
+    start_cluster(&mut nodes);
+    let n1_address = nodes[0].node().address;
+    // Eight clients on n1; client 127.0.0.1{i} holds i + 1 connections.
+    let mut held: Vec<Vec<TcpStream>> = (0..8)
+        .map(|i| {
+            (0..=i)
+                .map(|_| connect_from(&format!("127.0.0.{}", 10 + i), n1_address))
+                .collect()
+        })
+        .collect();
+    let mut n2 = nodes[1].admin();
+    let seen_by_n2 =
+        |n2: &mut Admin, i: usize| n2.client(&format!("127.0.0.{}", 10 + i)).cluster_total;
+    wait_for(
+        "n2 to see n1's three busiest clients",
+        Duration::from_secs(3),
+        || ((5..8).all(|i| seen_by_n2(&mut n2, i) as usize == i + 1)).then_some(()),
+    );
+    for i in 0..5 {
+        assert_eq!(
+            seen_by_n2(&mut n2, i),
+            0,
+            "client {i} is not among the busiest three"
+        );
+    }
+    // The busiest client leaves: it is withdrawn and the next one is published.
+    held[7].clear();
+    wait_for(
+        "the busiest withdrawn, the fourth published",
+        Duration::from_secs(3),
+        || (seen_by_n2(&mut n2, 7) == 0 && seen_by_n2(&mut n2, 4) == 5).then_some(()),
+    );
+    drop(held);
+}
