@@ -38,6 +38,12 @@ pub struct DemoArgs {
     /// First demo backend port.
     #[arg(long, default_value_t = 9001)]
     backend_port: u16,
+    /// Address the demo backends bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    backend_host: std::net::IpAddr,
+    /// Run only the demo backends (e.g. as a container beside real nodes).
+    #[arg(long)]
+    backends_only: bool,
     /// Keep-alive timeout of the demo listener.
     #[arg(long, default_value = "75s")]
     keepalive_timeout: String,
@@ -77,8 +83,10 @@ fn cluster_key(dir: &Path) -> anyhow::Result<PathBuf> {
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut backends = Vec::new();
     for index in 0..args.backends {
-        let address =
-            SocketAddr::from(([127, 0, 0, 1], port(args.backend_port, index, "backend")?));
+        let address = SocketAddr::new(
+            args.backend_host,
+            port(args.backend_port, index, "backend")?,
+        );
         let socket = StdTcpListener::bind(address)
             .with_context(|| format!("cannot bind demo backend on {address}"))?;
         socket.set_nonblocking(true)?;
@@ -89,6 +97,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|(_, socket)| Ok(format!("\"{}\"", socket.local_addr()?)))
         .collect::<anyhow::Result<Vec<_>>>()?
         .join(", ");
+    if args.backends_only {
+        println!("hearsay demo backends on {backend_list} (Ctrl-C stops)");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        return runtime.block_on(async move {
+            for (name, socket) in backends {
+                let socket = tokio::net::TcpListener::from_std(socket)?;
+                tokio::spawn(serve_backend(name, socket));
+            }
+            crate::wait_for_signal().await
+        });
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
