@@ -793,7 +793,7 @@ fn the_per_client_cap_holds_across_the_cluster_within_the_documented_bound() {
     assert!(peak <= bound, "peak {peak} above the bound {bound}");
 
     // Steady state: once counts converge, the surplus is trimmed and the total is within the cap.
-    let steady = wait_for(
+    let trimmed_to = wait_for(
         "the total back within the cap",
         Duration::from_secs(5),
         || {
@@ -803,8 +803,27 @@ fn the_per_client_cap_holds_across_the_cluster_within_the_documented_bound() {
     );
     std::thread::sleep(GOSSIP * 5);
     held.retain(|(_, stream)| !is_closed(stream));
-    assert_eq!(held.len(), steady, "stable");
-    assert_eq!(steady, LIMIT, "the client keeps its whole share");
+    assert!(held.len() <= LIMIT, "stays within the cap: {}", held.len());
+    // Trimming may close a little more than the surplus (each node rounds its share); the client
+    // gets it back, one connection per gossip settle time, until every node refuses it.
+    let mut refusals = 0;
+    let mut attempt = 0;
+    while refusals < addresses.len() {
+        attempt += 1;
+        assert!(attempt < 40, "the client never got its whole share back");
+        let node = attempt % addresses.len();
+        match try_connection(addresses[node]) {
+            Some(stream) => {
+                held.push((node, stream));
+                refusals = 0;
+            }
+            None => refusals += 1,
+        }
+        std::thread::sleep(GOSSIP * 4);
+        held.retain(|(_, stream)| !is_closed(stream));
+    }
+    assert_eq!(held.len(), LIMIT, "the client keeps its whole share");
+    let steady = held.len();
     let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
     for admin in admins.iter_mut() {
         let client = wait_for(
@@ -826,7 +845,8 @@ fn the_per_client_cap_holds_across_the_cluster_within_the_documented_bound() {
         assert!(try_connection(*address).is_none(), "refused on {address}");
     }
     println!(
-        "cap {LIMIT}, 3 nodes, {rate:.0} connections/s: peak held {peak} (bound {bound}), steady state {steady}"
+        "cap {LIMIT}, 3 nodes, {rate:.0} connections/s: peak held {peak} (bound {bound}), \
+         trimmed to {trimmed_to}, steady state {steady}"
     );
 
     // Capacity returns when connections close: 6 closed, 6 admitted again (on any node).
