@@ -162,17 +162,27 @@ fn a_node_that_cannot_bind_says_why() {
 
 #[test]
 fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
-    let base = 30_000 + (std::process::id() % 3000) as u16 * 10;
+    // Ports below the ephemeral range, all checked free: listeners base..+2, admin +3..+5,
+    // gossip (UDP) and backends (TCP) +6..+8.
+    let free = |base: u16| {
+        (0..9).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+            && (6..9).all(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i)).is_ok())
+    };
+    let base = (0..500)
+        .map(|i| 20_000 + ((std::process::id() as u16 % 500 + i) % 500) * 20)
+        .find(|base| free(*base))
+        .expect("a free port range");
     let data = temp_data_dir();
+    std::fs::create_dir_all(&data).unwrap();
     let mut child = Command::new(HEARSAY)
         .args(["demo", "--nodes", "3", "--backends", "2"])
         .args(["--listen-port", &base.to_string()])
         .args(["--admin-port", &(base + 3).to_string()])
         .args(["--gossip-port", &(base + 6).to_string()])
-        .args(["--backend-port", &(base - 20_000).to_string()])
+        .args(["--backend-port", &(base + 6).to_string()])
         .args(["--data-dir", &data])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(format!("{data}.log")).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -188,7 +198,8 @@ fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
             }
             assert!(
                 Instant::now() < deadline,
-                "node {node} of the demo never answered"
+                "node {node} of the demo never answered; its log:\n{}",
+                std::fs::read_to_string(format!("{data}.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         };
