@@ -129,6 +129,39 @@ impl Admin {
             .remove(0)
     }
 
+    fn add_backend(&mut self, address: &str) -> Result<pb::Backend, tonic::Status> {
+        self.runtime
+            .block_on(self.client.add_backend(pb::AddBackendRequest {
+                pool: "app".into(),
+                address: address.into(),
+                weight: 2,
+            }))
+            .map(tonic::Response::into_inner)
+    }
+
+    fn remove_backend(&mut self, address: &str) -> Result<(), tonic::Status> {
+        self.runtime
+            .block_on(self.client.remove_backend(pb::RemoveBackendRequest {
+                pool: "app".into(),
+                address: address.into(),
+            }))
+            .map(|_| ())
+    }
+
+    fn set_backend_state(
+        &mut self,
+        address: &str,
+        state: pb::BackendState,
+    ) -> Result<pb::Backend, tonic::Status> {
+        self.runtime
+            .block_on(self.client.set_backend_state(pb::SetBackendStateRequest {
+                pool: "app".into(),
+                address: address.into(),
+                state: state as i32,
+            }))
+            .map(tonic::Response::into_inner)
+    }
+
     fn backends(&mut self) -> Vec<pb::Backend> {
         self.runtime
             .block_on(
@@ -1265,4 +1298,74 @@ fn only_the_busiest_clients_are_gossiped_and_a_client_is_withdrawn_when_it_falls
         || (seen_by_n2(&mut n2, 7) == 0 && seen_by_n2(&mut n2, 4) == 5).then_some(()),
     );
     drop(held);
+}
+
+#[test]
+fn backend_changes_on_one_node_reach_every_node_and_survive_restart() {
+    let (first, _) = start_backend();
+    let (second, _) = start_backend();
+    let (third, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "",
+        &format!("backends = [\"{first}\", \"{second}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    // Each change on a different node.
+    admins[0].add_backend(&third.to_string()).unwrap();
+    admins[1]
+        .set_backend_state(&second.to_string(), pb::BackendState::Draining)
+        .unwrap();
+    admins[2].remove_backend(&first.to_string()).unwrap();
+    let expected = |backends: &[pb::Backend]| {
+        let mut seen: Vec<(String, i32, u32)> = backends
+            .iter()
+            .map(|b| (b.address.clone(), b.state, b.weight))
+            .collect();
+        seen.sort();
+        let mut wanted = vec![
+            (second.to_string(), pb::BackendState::Draining as i32, 1),
+            (third.to_string(), pb::BackendState::Enabled as i32, 2),
+        ];
+        wanted.sort();
+        seen == wanted
+    };
+    for admin in admins.iter_mut() {
+        wait_for(
+            "the backend changes on every node",
+            Duration::from_secs(2),
+            || expected(&admin.backends()).then_some(()),
+        );
+    }
+    // Once known everywhere, a conflicting change is refused on any node, and nothing spreads.
+    let exists = admins[1].add_backend(&third.to_string()).unwrap_err();
+    assert_eq!(exists.code(), tonic::Code::AlreadyExists, "{exists:?}");
+    let missing = admins[0].remove_backend(&first.to_string()).unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    // Traffic on any node goes to the added backend only (the other drains, one was removed).
+    let mut stream = TcpStream::connect(nodes[1].node().address).unwrap();
+    for _ in 0..4 {
+        let response = request(&mut stream, "/");
+        assert!(
+            response.contains(&format!("backend {} saw", third.port())),
+            "{response}"
+        );
+    }
+    // A full restart keeps them.
+    drop(admins);
+    for node in nodes.iter_mut() {
+        stop(node);
+    }
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    for node in &nodes {
+        assert!(
+            expected(&node.admin().backends()),
+            "after restart on {}",
+            node.id
+        );
+    }
 }
