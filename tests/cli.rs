@@ -244,3 +244,32 @@ fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
         );
     }
 }
+
+#[test]
+fn a_node_refuses_to_start_when_its_data_dir_is_unusable() {
+    let blocker = write_temp(
+        "not-a-directory",
+        "a file where the data directory should be",
+    );
+    let config = write_temp(
+        "unwritable.toml",
+        &format!(
+            "[node]\ndata_dir = \"{}/sub\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+             [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n",
+            blocker.display()
+        ),
+    );
+    let output = Command::new(HEARSAY)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}/sub", blocker.display()))
+            && stderr.contains("Not a directory"),
+        "{stderr}"
+    );
+}

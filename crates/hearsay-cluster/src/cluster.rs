@@ -215,6 +215,13 @@ impl Cluster {
         options: ClusterOptions,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let store = Store::load(&options.data_dir).map_err(ClusterError::State)?;
+        // Fail now, not at the first admin change, if the state cannot be made durable.
+        store.persist().map_err(|error| {
+            ClusterError::State(format!(
+                "cannot write the cluster state under node.data_dir {}: {error}",
+                options.data_dir.display()
+            ))
+        })?;
         for (key, entry) in &store.entries {
             match replicated::apply(&proxy, key, entry) {
                 Ok(true) => {
