@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hearsay_admin::pb;
 use hearsay_admin::pb::admin_client::AdminClient;
-use support::{request, start_backend, temp_data_dir, Node};
+use support::{request, start_backend, temp_data_dir, try_request, Node};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const OTHER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
@@ -183,6 +183,8 @@ fn prost_duration(duration: Duration) -> prost_types::Duration {
 
 struct ClusterNode {
     id: String,
+    /// Where the node receives gossip.
+    gossip: SocketAddr,
     config: String,
     node: Option<Node>,
 }
@@ -231,6 +233,7 @@ fn cluster_configs(
             );
             ClusterNode {
                 id,
+                gossip: *address,
                 config,
                 node: None,
             }
@@ -490,13 +493,7 @@ fn an_update_on_one_node_reaches_every_node_applies_to_open_connections_and_surv
         "",
     )
     .remove(0);
-    let seed = nodes[0]
-        .config
-        .lines()
-        .find(|line| line.starts_with("listen = \"127.0.0.1:") && !line.contains(":0\""))
-        .unwrap()
-        .trim_start_matches("listen = ")
-        .to_owned();
+    let seed = format!("\"{}\"", nodes[0].gossip);
     late.config = late.config.replace("id = \"n1\"", "id = \"n4\"").replacen(
         "seeds = [",
         &format!("seeds = [{seed}, "),
@@ -690,15 +687,7 @@ fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted
             .config
             .replacen("seeds = [", &format!("seeds = [\"{tap_address}\", "), 1);
     let mut stranger = cluster_configs(1, "", &format!("backends = [\"{backend}\"]"), "").remove(0);
-    let n1_gossip = nodes[0]
-        .config
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("listen = \"127.0.0.1:")
-                .filter(|rest| *rest != "0\"")
-        })
-        .map(|rest| format!("127.0.0.1:{}", rest.trim_end_matches('"')))
-        .unwrap();
+    let n1_gossip = nodes[0].gossip;
     stranger.config = stranger
         .config
         .replace("id = \"n1\"", "id = \"stranger\"")
@@ -725,29 +714,21 @@ fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted
     // cannot be sent over IPv4 loopback; the transport's unit tests cover them).
     let before = n1.node().gossip.unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sender.send_to(b"hello", &n1_gossip).unwrap();
+    sender.send_to(b"hello", n1_gossip).unwrap();
     let mut genuine = [0u8; 65_535];
     tap.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let (length, _) = tap.recv_from(&mut genuine).unwrap();
     let genuine = &genuine[..length];
-    sender.send_to(&genuine[..length - 1], &n1_gossip).unwrap();
+    sender.send_to(&genuine[..length - 1], n1_gossip).unwrap();
     let mut flipped = genuine.to_vec();
     flipped[40] ^= 0x55;
-    sender.send_to(&flipped, &n1_gossip).unwrap();
+    sender.send_to(&flipped, n1_gossip).unwrap();
     // A real datagram n1 sealed: n2 opens it once, and drops it as a replay the second time.
-    let n2_gossip = nodes[1]
-        .config
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("listen = \"127.0.0.1:")
-                .filter(|rest| *rest != "0\"")
-        })
-        .map(|rest| format!("127.0.0.1:{}", rest.trim_end_matches('"')))
-        .unwrap();
+    let n2_gossip = nodes[1].gossip;
     let mut n2 = nodes[1].admin();
     let n2_before = n2.node().gossip.unwrap();
-    sender.send_to(genuine, &n2_gossip).unwrap();
-    sender.send_to(genuine, &n2_gossip).unwrap();
+    sender.send_to(genuine, n2_gossip).unwrap();
+    sender.send_to(genuine, n2_gossip).unwrap();
     wait_for("the bad datagrams counted", Duration::from_secs(5), || {
         let after = n1.node().gossip.unwrap();
         (after.dropped_malformed > before.dropped_malformed
@@ -765,44 +746,16 @@ fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted
 }
 
 /// One attempt to open a connection and get a response: `Some(stream)` when admitted (200),
-/// `None` when refused (429).
-/// A connection the server closes before answering (a trim can pick a connection that has not
-/// sent its request yet) counts as refused too.
+/// `None` when refused (429). A connection the server closes before answering (a trim can pick
+/// a connection that has not sent its request yet) counts as refused too.
 fn try_connection(address: SocketAddr) -> Option<TcpStream> {
     let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: e2e\r\n\r\n")
-        .ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 1024];
-    // Every response here is small: read until the head and body (after the blank line) are in.
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => response.extend_from_slice(&buffer[..read]),
-        }
-        let text = String::from_utf8_lossy(&response);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|line| {
-                    line.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_owned)
-                })
-                .and_then(|value| value.trim().parse().ok())
-                .unwrap_or(0);
-            if body.len() >= length {
-                if head.starts_with("HTTP/1.1 200 OK") {
-                    return Some(stream);
-                }
-                assert!(head.starts_with("HTTP/1.1 429"), "{text}");
-                return None;
-            }
-        }
+    let response = try_request(&mut stream, "/")?;
+    if response.starts_with("HTTP/1.1 200 OK") {
+        Some(stream)
+    } else {
+        assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+        None
     }
 }
 
@@ -1015,29 +968,19 @@ fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
         "",
     );
     // Each node gossips from its own loopback address, so a partition can cut between them.
-    let mut gossip = Vec::new();
-    for (index, node) in nodes.iter_mut().enumerate() {
-        let old = node
-            .config
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix("listen = \"127.0.0.1:")
-                    .filter(|r| *r != "0\"")
-            })
-            .map(|rest| rest.trim_end_matches('"').to_owned())
-            .unwrap();
-        gossip.push((old, index));
-    }
-    let addresses: Vec<SocketAddr> = gossip
+    let addresses: Vec<SocketAddr> = nodes
         .iter()
-        .map(|(port, index)| format!("127.0.0.{}:{port}", 31 + index).parse().unwrap())
+        .enumerate()
+        .map(|(index, node)| SocketAddr::from(([127, 0, 0, 31 + index as u8], node.gossip.port())))
         .collect();
+    let old: Vec<SocketAddr> = nodes.iter().map(|node| node.gossip).collect();
     for node in nodes.iter_mut() {
-        for ((port, _), address) in gossip.iter().zip(&addresses) {
-            node.config = node
-                .config
-                .replace(&format!("127.0.0.1:{port}"), &address.to_string());
+        for (from, to) in old.iter().zip(&addresses) {
+            node.config = node.config.replace(&from.to_string(), &to.to_string());
         }
+    }
+    for (node, address) in nodes.iter_mut().zip(&addresses) {
+        node.gossip = *address;
     }
     start_cluster(&mut nodes);
     let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
