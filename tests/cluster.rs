@@ -1312,3 +1312,36 @@ fn backend_changes_on_one_node_reach_every_node_and_survive_restart() {
         );
     }
 }
+
+#[test]
+fn an_oversized_datagram_is_dropped_and_counted() {
+    // Over IPv6 a UDP datagram may carry more than the 65,507 bytes hearsay ever sends.
+    let (backend, _) = start_backend();
+    let gossip = UdpSocket::bind("[::1]:0").unwrap().local_addr().unwrap();
+    let mut node = ClusterNode {
+        id: "v6".into(),
+        gossip,
+        config: format!(
+            "[node]\nid = \"v6\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [cluster]\nlisten = \"{gossip}\"\nsecret = \"{KEY}\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+             [[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+            temp_data_dir()
+        ),
+        node: None,
+    };
+    node.start();
+    let mut admin = node.admin();
+    let sender = UdpSocket::bind("[::1]:0").unwrap();
+    sender.send_to(&vec![0u8; 65_520], gossip).unwrap();
+    sender.send_to(b"HS\x01tiny", gossip).unwrap();
+    wait_for(
+        "the oversized datagram counted",
+        Duration::from_secs(5),
+        || {
+            let stats = admin.node().gossip.unwrap();
+            (stats.dropped_oversized == 1 && stats.dropped_malformed == 1).then_some(())
+        },
+    );
+    assert_eq!(admin.alive(), ["v6"], "the node is unharmed");
+}
