@@ -558,6 +558,7 @@ fn hearsay_ctl_prints_tables_and_changes_settings() {
         status.contains("connections: 1 open (0 active, 1 idle), 1 accepted, 1 requests"),
         "{status}"
     );
+    assert!(status.contains("gossip: off (single node)"), "{status}");
 
     let (_, listeners, _) = ctl(&node, &["listeners"]);
     let lines: Vec<&str> = listeners.lines().collect();

@@ -740,6 +740,27 @@ fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted
         (after.dropped_replayed > n2_before.dropped_replayed).then_some(())
     });
     assert!(n1.node().gossip.unwrap().authenticated);
+    let status = std::process::Command::new(support::HEARSAY)
+        .args([
+            "ctl",
+            "--admin",
+            &nodes[0].node().admin.to_string(),
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("gossip: {} (authenticated)", nodes[0].gossip)),
+        "{status}"
+    );
+    let forged: u64 = status
+        .split(" forged")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no forged count in {status}"));
+    assert!(forged >= 5, "{status}");
     // Still a healthy cluster of two.
     assert_eq!(n1.alive(), ["n1", "n2"]);
     assert_eq!(n2.alive(), ["n1", "n2"]);

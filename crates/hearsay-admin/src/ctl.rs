@@ -187,6 +187,27 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                 .await?
                 .into_inner();
             let total = stats.total.unwrap_or_default();
+            let gossip = match &node.gossip {
+                None => "gossip: off (single node)\n".to_owned(),
+                Some(gossip) => format!(
+                    "gossip: {} ({}), {} datagrams sent, {} received, {} dropped ({} forged, {} replayed, {} stale, {} malformed, {} oversized)\n",
+                    node.gossip_address,
+                    if gossip.authenticated { "authenticated" } else { "UNAUTHENTICATED, loopback only" },
+                    gossip.datagrams_sent,
+                    gossip.datagrams_received,
+                    gossip.dropped_forged
+                        + gossip.dropped_replayed
+                        + gossip.dropped_stale
+                        + gossip.dropped_malformed
+                        + gossip.dropped_oversized
+                        + gossip.dropped_local,
+                    gossip.dropped_forged,
+                    gossip.dropped_replayed,
+                    gossip.dropped_stale,
+                    gossip.dropped_malformed,
+                    gossip.dropped_oversized,
+                ),
+            };
             Ok(format!(
                 "node {} (hearsay {}), up {}\nlisteners: {}\nconnections: {} open ({} active, {} idle), {} accepted, {} requests, {} refused over limit\n",
                 node.id,
@@ -203,7 +224,7 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                 total.accepted,
                 total.requests,
                 total.refused_over_limit,
-            ))
+            ) + &gossip)
         }
         CtlCommand::Listeners => {
             let listeners = client
