@@ -21,30 +21,55 @@ const HOP_BY_HOP: [&HeaderName; 6] = [
     &header::UPGRADE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name) || name.as_str().starts_with("proxy-")
+}
+
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and every header the
-/// `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+/// `Connection` header names. Returns whether anything was removed.
+///
+/// Most messages carry none, so one pass over the names (cheap comparisons, no hashing) decides
+/// first; the removals, which hash, run only when there is something to remove.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    if !headers.keys().any(is_hop_by_hop) {
+        return false;
+    }
+    // The names `Connection` lists; its usual tokens are not header names to look up.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    let proxy_headers: Vec<HeaderName> = headers
+    if headers
         .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy_headers {
-        headers.remove(name);
+        .any(|name| name.as_str().starts_with("proxy-"))
+    {
+        let proxy_headers: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy_headers {
+            headers.remove(name);
+        }
     }
+    true
 }
 
 /// Whether the client asked for this to be the last request on its connection: HTTP/1.0 unless it
@@ -69,9 +94,11 @@ pub fn client_wants_close(version: Version, headers: &HeaderMap) -> bool {
 pub fn rewrite_request(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
     // Read before hop-by-hop removal: a client may (wrongly) name Host in Connection.
     let host = headers.get(header::HOST).cloned();
-    remove_hop_by_hop(headers);
+    let removed = remove_hop_by_hop(headers);
     if let Some(host) = host {
-        headers.insert(header::HOST, host.clone());
+        if removed && !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     // Several X-Forwarded-For lines are one list: join them, then append the client.
@@ -166,7 +193,9 @@ mod tests {
             ("accept", "*/*"),
             ("cookie", "a=b"),
         ]);
-        remove_hop_by_hop(&mut map);
+        assert!(remove_hop_by_hop(&mut map));
+        assert_eq!(names(&map), ["accept", "content-length", "cookie"]);
+        assert!(!remove_hop_by_hop(&mut map), "nothing left to remove");
         assert_eq!(names(&map), ["accept", "content-length", "cookie"]);
     }
 
