@@ -565,20 +565,48 @@ impl Pool {
     /// Picks among the enabled, healthy backends not yet tried; when every enabled backend is
     /// unhealthy, among all enabled ones (fail-open).
     fn pick(&self, client: IpAddr, tried: &[u64]) -> Option<Arc<Backend>> {
+        thread_local! {
+            // Reused per request: picking allocates nothing once warm.
+            static SCRATCH: std::cell::RefCell<(Vec<usize>, Vec<Candidate>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let (eligible, candidates) = &mut *scratch;
+            self.pick_with(client, tried, eligible, candidates)
+        })
+    }
+
+    fn pick_with(
+        &self,
+        client: IpAddr,
+        tried: &[u64],
+        eligible: &mut Vec<usize>,
+        candidates: &mut Vec<Candidate>,
+    ) -> Option<Arc<Backend>> {
         let backends = self.backends();
         let now = pool_clock();
-        let usable = |backend: &&Arc<Backend>| {
+        let usable = |backend: &Arc<Backend>| {
             backend.state() == BackendState::Enabled && !tried.contains(&backend.id)
         };
-        let mut eligible: Vec<&Arc<Backend>> = backends
-            .iter()
-            .filter(usable)
-            .filter(|b| b.is_healthy(now))
-            .collect();
+        eligible.clear();
+        eligible.extend(
+            backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| usable(b) && b.is_healthy(now))
+                .map(|(index, _)| index),
+        );
         let failing_open =
             eligible.is_empty() && backends.iter().any(|b| b.state() == BackendState::Enabled);
         if failing_open {
-            eligible = backends.iter().filter(usable).collect();
+            eligible.extend(
+                backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| usable(b))
+                    .map(|(index, _)| index),
+            );
         }
         self.note_fail_open(failing_open && tried.is_empty());
         if failing_open {
@@ -586,14 +614,15 @@ impl Pool {
                 .fail_open_requests
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let candidates: Vec<Candidate> = eligible
-            .iter()
-            .map(|backend| Candidate {
+        candidates.clear();
+        candidates.extend(eligible.iter().map(|index| {
+            let backend = &backends[*index];
+            Candidate {
                 id: backend.id,
                 weight: backend.weight,
                 in_flight: backend.in_flight(),
-            })
-            .collect();
+            }
+        }));
         let key = match self.algorithm {
             Algorithm::ConsistentHash => match client {
                 IpAddr::V4(v4) => hearsay_balancer::stable_hash(&v4.octets()),
@@ -601,8 +630,8 @@ impl Pool {
             },
             _ => 0,
         };
-        let index = self.balancer.pick(&candidates, key, &mut random)?;
-        Some(Arc::clone(eligible[index]))
+        let index = self.balancer.pick(candidates, key, &mut random)?;
+        Some(Arc::clone(&backends[eligible[index]]))
     }
 
     /// Logs entering and leaving fail-open once per transition.
@@ -766,20 +795,25 @@ impl Pool {
             0
         };
         let mut request = Request::from_parts(parts, body);
-        let mut tried: Vec<u64> = Vec::new();
+        // The backends tried so far, inline (no allocation per request); the config allows at
+        // most 10 retries, so 11 attempts.
+        const MAX_ATTEMPTS: usize = 16;
+        let mut tried = [0u64; MAX_ATTEMPTS];
+        let mut attempts = 0;
         let mut last_error = None;
         loop {
-            let Some(backend) = self.pick(client, &tried) else {
+            let Some(backend) = self.pick(client, &tried[..attempts]) else {
                 // No (other) backend: the client hears why the last attempt failed, if any.
                 return Err(last_error.unwrap_or_else(|| ForwardError::NoBackend {
                     pool: self.name.clone(),
                 }));
             };
-            if !tried.is_empty() {
+            if attempts > 0 {
                 // Counted only when another backend is actually tried.
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            tried.push(backend.id);
+            tried[attempts] = backend.id;
+            attempts += 1;
             if !request.headers().contains_key(http::header::HOST) {
                 if let Ok(host) = http::HeaderValue::from_str(&backend.address) {
                     request.headers_mut().insert(http::header::HOST, host);
@@ -804,7 +838,7 @@ impl Pool {
                 }
                 Err(Attempt::NotConnected(error, unsent)) => {
                     self.record_outcome(&backend, true);
-                    if tried.len() > retries as usize {
+                    if attempts > retries as usize || attempts == MAX_ATTEMPTS {
                         return Err(error);
                     }
                     tracing::debug!(pool = %self.name, backend = %backend.address, %error, "retrying on another backend");
