@@ -361,7 +361,7 @@ fn members_join_a_killed_node_is_declared_dead_and_rejoins() {
     let detected = killed.elapsed();
     println!("a killed node was declared dead on both peers after {detected:?}");
     assert!(
-        detected <= Duration::from_millis(2500),
+        detected <= Duration::from_secs(2),
         "declared dead after {detected:?}"
     );
     assert_eq!(
@@ -455,7 +455,12 @@ fn an_update_on_one_node_reaches_every_node_applies_to_open_connections_and_surv
             (admin.keepalive() == (Duration::from_secs(1), version)).then_some(())
         });
     }
-    println!("the change reached all 3 nodes in {:?}", changed.elapsed());
+    let reached = changed.elapsed();
+    println!("the change reached all 3 nodes in {reached:?}");
+    assert!(
+        reached <= Duration::from_secs(1),
+        "every node within 1 s, not {reached:?}"
+    );
 
     // n3 closes the idle connection on the new 1 s schedule (not before idle + 1 s).
     let closed = closed_at(&mut idle, Duration::from_secs(5));
@@ -1043,7 +1048,12 @@ fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
                 .then_some(())
         });
     }
-    println!("state converged {:?} after healing", healed.elapsed());
+    let converged = healed.elapsed();
+    println!("state converged {converged:?} after healing");
+    assert!(
+        converged <= Duration::from_secs(3),
+        "converged within 3 s, not {converged:?}"
+    );
 }
 
 /// Measurement, not a check (run by `cluster/measure.sh`): how long a change takes to reach

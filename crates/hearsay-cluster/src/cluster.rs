@@ -353,10 +353,6 @@ impl Cluster {
         })
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// The address other nodes gossip with; `None` when the node runs alone.
     pub fn gossip_address(&self) -> Option<SocketAddr> {
         self.gossip
@@ -647,6 +643,8 @@ impl Cluster {
         let live: HashSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
 
         // Replicated entries from every node's state (dead ones too: entries outlive writers).
+        // Once converged every node holds the same text, so only a differing one is parsed.
+        let own = chitchat.node_state(&self_id);
         let mut offered: Vec<(String, Entry)> = Vec::new();
         for (id, state) in chitchat.node_states() {
             if *id == self_id {
@@ -654,6 +652,9 @@ impl Cluster {
             }
             for prefix in [LISTENER_PREFIX, BACKEND_PREFIX] {
                 for (key, value) in state.iter_prefix(prefix) {
+                    if own.and_then(|own| own.get(key)) == Some(value.value.as_str()) {
+                        continue;
+                    }
                     match Entry::parse(key, &value.value, now_ms) {
                         Ok(entry) => offered.push((key.to_owned(), entry)),
                         Err(error) => {
@@ -747,8 +748,8 @@ impl Cluster {
         // Peers' client counts, verdicts and ejections.
         let mut clients: HashMap<String, HashMap<ClientKey, Vec<(String, u32)>>> = HashMap::new();
         let mut verdicts: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-        let mut ejections: HashMap<String, u64> = HashMap::new();
-        let mut peer_ejected: HashMap<String, HashSet<String>> = HashMap::new();
+        // Per backend: the latest end of a peer's ejection, and the peers ejecting it.
+        let mut ejections: HashMap<String, (u64, Vec<String>)> = HashMap::new();
         for id in &counting {
             let Some(state) = chitchat.node_state(id) else {
                 continue;
@@ -789,14 +790,12 @@ impl Cluster {
                     continue;
                 };
                 if until > now_ms {
-                    let id = key[EJECTION_PREFIX.len()..].to_owned();
-                    peer_ejected
-                        .entry(id.clone())
-                        .or_default()
-                        .insert(node.clone());
                     let until = until.min(now_ms + MAX_PEER_EJECTION.as_millis() as u64);
-                    let current = ejections.entry(id).or_insert(0);
-                    *current = (*current).max(until);
+                    let (latest, nodes) = ejections
+                        .entry(key[EJECTION_PREFIX.len()..].to_owned())
+                        .or_insert((0, Vec::new()));
+                    *latest = (*latest).max(until);
+                    nodes.push(node.clone());
                 }
             }
         }
@@ -833,12 +832,12 @@ impl Cluster {
             let probers_per_backend = gossip.config.probers_per_backend;
             for backend in pool.backends().iter() {
                 let id = pool_backend(&pool.name, &backend.address);
-                let remaining = ejections
-                    .get(&id)
-                    .map(|until| Duration::from_millis(until.saturating_sub(now_ms)));
-                backend.set_remote_ejection(remaining);
+                let ejection = ejections.get(&id);
+                backend.set_remote_ejection(
+                    ejection.map(|(until, _)| Duration::from_millis(until.saturating_sub(now_ms))),
+                );
                 let probers = shared_health::probers(&live_ids, &id, probers_per_backend);
-                let peer_verdicts = verdicts.get(&id).cloned().unwrap_or_default();
+                let peer_verdicts = verdicts.get(&id).map_or(&[][..], Vec::as_slice);
                 let mut views: Vec<BackendView> = counting
                     .iter()
                     .map(|peer| {
@@ -849,9 +848,7 @@ impl Cluster {
                                 .iter()
                                 .find(|(n, _)| *n == node)
                                 .map(|(_, healthy)| *healthy),
-                            ejected: peer_ejected
-                                .get(&id)
-                                .is_some_and(|nodes| nodes.contains(&node)),
+                            ejected: ejection.is_some_and(|(_, nodes)| nodes.contains(&node)),
                             node_id: node,
                         }
                     })
@@ -1034,7 +1031,7 @@ impl Cluster {
                 })
                 .collect();
             // Idle ones first, then the newest.
-            mine.sort_by_key(|connection| {
+            mine.sort_by_cached_key(|connection| {
                 let info = connection.info();
                 (
                     info.state != hearsay_proxy::ConnectionState::Idle,

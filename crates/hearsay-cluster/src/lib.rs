@@ -12,3 +12,14 @@ pub use cluster::{
     BackendView, ClientView, Cluster, ClusterError, ClusterOptions, Member, MemberState, NodeCount,
 };
 pub use transport::TransportStats;
+
+/// A deterministic xorshift generator for the tests that throw random input at parsers.
+#[cfg(test)]
+fn test_rng(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}

@@ -412,13 +412,7 @@ mod tests {
             value: Value::Listener(ListenerValue::of(&ListenerSettings::default())),
         }
         .to_json();
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_rng(0x2545_F491_4F6C_DD1D);
         for round in 0..20_000 {
             let mut bytes = valid.clone().into_bytes();
             for _ in 0..=(next() % 3) {

@@ -110,27 +110,6 @@ pub struct TransportStats {
     pub send_errors: AtomicU64,
 }
 
-impl TransportStats {
-    fn add(counter: &AtomicU64, value: u64) {
-        counter.fetch_add(value, Ordering::Relaxed);
-    }
-
-    /// Every datagram dropped on receipt, whatever the reason.
-    pub fn dropped(&self) -> u64 {
-        [
-            &self.dropped_forged,
-            &self.dropped_replayed,
-            &self.dropped_stale,
-            &self.dropped_malformed,
-            &self.dropped_oversized,
-            &self.dropped_local,
-        ]
-        .iter()
-        .map(|counter| counter.load(Ordering::Relaxed))
-        .sum()
-    }
-}
-
 /// How gossip travels: sealed under a [`Keyring`], or plain (loopback-only clusters).
 #[derive(Debug, Clone)]
 pub struct GossipTransport {
@@ -265,18 +244,18 @@ impl Socket for SealedSocket {
             if from == inner_address {
                 break &self.buffer[..length];
             }
-            TransportStats::add(&self.stats.dropped_local, 1);
+            add_to(&self.stats.dropped_local, 1);
         };
         let mut sent = 0;
         for datagram in self.sealer.seal(plain) {
             match self.outer.send_to(&datagram, to).await {
                 Ok(length) => {
                     sent += length;
-                    TransportStats::add(&self.stats.datagrams_sent, 1);
-                    TransportStats::add(&self.stats.bytes_sent, length as u64);
+                    add_to(&self.stats.datagrams_sent, 1);
+                    add_to(&self.stats.bytes_sent, length as u64);
                 }
                 Err(error) => {
-                    TransportStats::add(&self.stats.send_errors, 1);
+                    add_to(&self.stats.send_errors, 1);
                     return Err(error).with_context(|| format!("cannot send gossip to {to}"));
                 }
             }
@@ -296,7 +275,7 @@ impl Socket for SealedSocket {
                             outcome.from_addr = *peer;
                             return Ok(outcome);
                         }
-                        None => TransportStats::add(&self.stats.dropped_local, 1),
+                        None => add_to(&self.stats.dropped_local, 1),
                     }
                 }
                 received = self.outer.recv_from(&mut self.buffer) => {
@@ -306,8 +285,8 @@ impl Socket for SealedSocket {
                         Err(error) if matches!(error.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::OutOfMemory) => continue,
                         Err(error) => return Err(error).context("gossip socket failed"),
                     };
-                    TransportStats::add(&self.stats.datagrams_received, 1);
-                    TransportStats::add(&self.stats.bytes_received, length as u64);
+                    add_to(&self.stats.datagrams_received, 1);
+                    add_to(&self.stats.bytes_received, length as u64);
                     let datagram = self.buffer[..length].to_vec();
                     match self.opener.open(&datagram, unix_millis(), Instant::now()) {
                         Ok(Some(message)) => self.deliver(from, &message).await,
@@ -320,7 +299,7 @@ impl Socket for SealedSocket {
                                 Drop::Malformed => &self.stats.dropped_malformed,
                                 Drop::Oversized => &self.stats.dropped_oversized,
                             };
-                            TransportStats::add(counter, 1);
+                            add_to(counter, 1);
                             tracing::debug!(%from, reason = ?drop, length, "gossip datagram dropped");
                         }
                     }
@@ -328,6 +307,10 @@ impl Socket for SealedSocket {
             }
         }
     }
+}
+
+fn add_to(counter: &AtomicU64, value: u64) {
+    counter.fetch_add(value, Ordering::Relaxed);
 }
 
 fn unix_millis() -> u64 {
@@ -707,13 +690,7 @@ mod tests {
         let mut opener = opener(&[[1; 32]]);
         let now = Instant::now();
         let genuine = sealer.seal_at(&[7u8; 300], NOW).remove(0);
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..20_000 {
             let datagram: Vec<u8> = if round % 2 == 0 {
                 let length = (next() % 400) as usize;

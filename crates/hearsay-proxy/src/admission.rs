@@ -107,8 +107,15 @@ impl ClientTable {
                     .collect::<Vec<_>>()
             })
             .collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        all.truncate(limit);
+        let busiest_first =
+            |a: &(ClientKey, u32), b: &(ClientKey, u32)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        // The cluster asks for the top few of possibly many clients every gossip round: select
+        // them, then sort only those.
+        if limit < all.len() {
+            all.select_nth_unstable_by(limit, busiest_first);
+            all.truncate(limit);
+        }
+        all.sort_by(busiest_first);
         all
     }
 

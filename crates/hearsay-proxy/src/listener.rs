@@ -139,16 +139,6 @@ impl Listener {
         Some(SettingsUpdate { old, new, version })
     }
 
-    /// Runs `change` with the current settings and version while no other update can run; the
-    /// cluster uses it to check `expected_version` and replicate the result atomically.
-    pub fn with_update_lock<T>(&self, change: impl FnOnce(&ListenerSettings, u64) -> T) -> T {
-        let _serialised = self
-            .update_lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        change(&self.settings(), self.version())
-    }
-
     /// Connections `key` holds on other live nodes.
     pub fn remote_count(&self, key: &ClientKey) -> u32 {
         let remote = self.remote_clients.load();
@@ -156,11 +146,6 @@ impl Listener {
             return 0;
         }
         remote.get(key).copied().unwrap_or(0)
-    }
-
-    /// Every client key's connections on other live nodes.
-    pub fn remote_clients(&self) -> Arc<RemoteClients> {
-        self.remote_clients.load_full()
     }
 
     /// Replaces what other nodes hold (the cluster calls it once per gossip round).

@@ -241,12 +241,6 @@ impl Backend {
         }
     }
 
-    /// Whether another node's ejection is in force.
-    pub fn is_remotely_ejected(&self) -> bool {
-        let remote = self.remote_ejected_until.load(Ordering::Relaxed);
-        remote != 0 && pool_clock() < remote
-    }
-
     /// Whether this node runs the backend's active checks.
     pub fn probes_here(&self) -> bool {
         self.probes_here.load(Ordering::Relaxed)
