@@ -18,13 +18,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::body::{InFlight, RequestBody, ResponseBody};
 use crate::headers;
-use crate::io::TrackedIo;
+use crate::io::{ClientStream, TrackedIo};
 use crate::listener::Listener;
 use crate::registry::{instant_of, now_nanos, CloseReason, Connection, Registration};
 
@@ -140,7 +139,7 @@ pub(crate) struct Context {
 }
 
 /// Serves one client connection until it ends, then counts why it ended.
-pub(crate) async fn serve(stream: TcpStream, context: Context) {
+pub(crate) async fn serve(stream: ClientStream, context: Context) {
     let connection = Arc::clone(&context.registration.connection);
     let listener = Arc::clone(&context.listener);
     let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&connection)));
@@ -159,8 +158,14 @@ pub(crate) async fn serve(stream: TcpStream, context: Context) {
     };
     // Flattened writes (head and body copied into one buffer, one write call) measured faster
     // than vectored writes for typical small responses on loopback (tests/bench).
+    // Half-close: a request in flight does not make hyper read the client socket to look for an
+    // early EOF (a client may shut its write side and still want the answer, as HAProxy allows),
+    // so a short connection whose request arrived whole never has to wait on its client and
+    // never joins the reactor (see `ClientStream`). A client gone for good shows when its
+    // response is written.
     let http = http1::Builder::new()
         .keep_alive(true)
+        .half_close(true)
         .writev(false)
         .serve_connection(io, service);
     tokio::pin!(http);

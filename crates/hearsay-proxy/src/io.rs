@@ -1,10 +1,14 @@
-//! A client socket that records when bytes last moved, so the connection task can tell an idle
+//! Client sockets: [`ClientStream`] joins the reactor only when it first has to wait, and
+//! [`TrackedIo`] records when bytes last moved, so the connection task can tell an idle
 //! connection from a slow one without waking on every read.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -77,5 +81,143 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// An accepted client socket that joins the reactor (epoll) only when it first has to wait.
+///
+/// A short connection rarely waits on its client: the request is already in the socket buffer
+/// when it is accepted and the response fits the send buffer. Served directly with non-blocking
+/// calls it never costs the two `epoll_ctl` calls of a registration, and the client's packets
+/// wake nobody (HAProxy does the same). The first `WouldBlock` registers the socket with tokio
+/// and everything after goes through it.
+pub(crate) enum ClientStream {
+    /// Not registered yet (non-blocking). `None` only if registering failed half-way.
+    Direct(Option<std::net::TcpStream>),
+    Registered(tokio::net::TcpStream),
+}
+
+impl ClientStream {
+    /// `stream` must be in non-blocking mode.
+    pub(crate) fn new(stream: std::net::TcpStream) -> Self {
+        ClientStream::Direct(Some(stream))
+    }
+
+    /// Hands the socket to the reactor; from now on readiness comes from epoll.
+    fn register(&mut self) -> io::Result<&mut tokio::net::TcpStream> {
+        if let ClientStream::Direct(direct) = self {
+            let stream = direct.take().ok_or_else(gone)?;
+            *self = ClientStream::Registered(tokio::net::TcpStream::from_std(stream)?);
+        }
+        match self {
+            ClientStream::Registered(stream) => Ok(stream),
+            ClientStream::Direct(_) => Err(gone()),
+        }
+    }
+
+    /// Runs `op` on the unregistered socket; `None` means it would block (and the socket is
+    /// now registered, so the caller polls it through tokio).
+    fn direct<R>(
+        &mut self,
+        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<R>,
+    ) -> Option<io::Result<R>> {
+        let ClientStream::Direct(direct) = self else {
+            return None;
+        };
+        let Some(stream) = direct.as_ref() else {
+            return Some(Err(gone()));
+        };
+        loop {
+            match op(stream) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return self.register().err().map(Err);
+                }
+                result => return Some(result),
+            }
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "client socket lost while registering",
+    )
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let ClientStream::Direct(_) = this {
+            // Zeroing the buffer once or twice per connection is far cheaper than a registration
+            // (and keeps this crate free of unsafe code).
+            let unfilled = buf.initialize_unfilled();
+            match this.direct(|mut stream| stream.read(unfilled)) {
+                Some(Ok(read)) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(error)) => return Poll::Ready(Err(error)),
+                None => {}
+            }
+        }
+        match this {
+            ClientStream::Registered(stream) => Pin::new(stream).poll_read(cx, buf),
+            ClientStream::Direct(_) => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(result) = this.direct(|mut stream| stream.write(buf)) {
+            return Poll::Ready(result);
+        }
+        match this {
+            ClientStream::Registered(stream) => Pin::new(stream).poll_write(cx, buf),
+            ClientStream::Direct(_) => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(result) = this.direct(|mut stream| stream.write_vectored(bufs)) {
+            return Poll::Ready(result);
+        }
+        match this {
+            ClientStream::Registered(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            ClientStream::Direct(_) => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Nothing is buffered here: writes go straight to the socket.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Direct(Some(stream)) => Poll::Ready(stream.shutdown(Shutdown::Write)),
+            ClientStream::Direct(None) => Poll::Ready(Err(gone())),
+            ClientStream::Registered(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use hearsay_config::{Config, OverLimitAction};
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::ClientKey;
 use crate::connection::{self, Context};
 use crate::error::ProxyError;
+use crate::io::ClientStream;
 use crate::listener::Listener;
 use crate::registry::{CloseReason, Registry};
 use crate::upstream::Pool;
@@ -136,17 +139,29 @@ impl Proxy {
 
     async fn accept_loop(self: Arc<Self>, listener: Arc<Listener>, socket: TcpListener) {
         let address = socket.local_addr().unwrap_or(listener.bind);
+        // Accepted sockets are not registered with the reactor until they first have to wait
+        // (`ClientStream`), so accepting goes around tokio's `TcpListener`, which registers each.
+        let socket = match socket
+            .into_std()
+            .and_then(|socket| readiness_source(socket2::Socket::from(socket)))
+        {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::error!(listener = %listener.name, %address, %error, "cannot accept on the listening socket");
+                return;
+            }
+        };
         tracing::info!(listener = %listener.name, %address, pool = %listener.pool.name, "listening");
         // Accepted sockets inherit TCP_NODELAY and the keepalive options from the listening
         // socket (Linux), which spares five setsockopt calls per connection; they are set again
         // only when the listener's settings change.
         let mut inherited = listener.settings().tcp_keepalive;
-        configure_socket(SockRef::from(&socket), &inherited);
+        configure_socket(SockRef::from(socket.get_ref()), &inherited);
         loop {
             let accepted = tokio::select! {
                 biased;
                 _ = self.drain.cancelled() => break,
-                accepted = socket.accept() => accepted,
+                accepted = accept(&socket) => accepted,
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -160,7 +175,7 @@ impl Proxy {
             };
             let wanted = listener.settings().tcp_keepalive;
             if wanted != inherited {
-                configure_socket(SockRef::from(&socket), &wanted);
+                configure_socket(SockRef::from(socket.get_ref()), &wanted);
                 inherited = wanted;
             }
             self.admit(&listener, stream, peer);
@@ -168,7 +183,12 @@ impl Proxy {
         tracing::info!(listener = %listener.name, "stopped accepting");
     }
 
-    fn admit(self: &Arc<Self>, listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+    fn admit(
+        self: &Arc<Self>,
+        listener: &Arc<Listener>,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) {
         listener.stats.on_accept();
         let settings = listener.settings();
         let key = ClientKey::new(peer.ip(), settings.client_ipv6_prefix);
@@ -187,7 +207,9 @@ impl Proxy {
                 let refusing = Arc::clone(&self.refusing);
                 if refusing.fetch_add(1, Ordering::Relaxed) < MAX_LINGERING_REFUSALS {
                     self.tasks.spawn(async move {
-                        refuse(stream).await;
+                        if let Ok(stream) = TcpStream::from_std(stream) {
+                            refuse(stream).await;
+                        }
                         refusing.fetch_sub(1, Ordering::Relaxed);
                     });
                 } else {
@@ -208,7 +230,8 @@ impl Proxy {
             drain: self.drain.clone(),
             abort: self.abort.clone(),
         };
-        self.tasks.spawn(connection::serve(stream, context));
+        self.tasks
+            .spawn(connection::serve(ClientStream::new(stream), context));
     }
 
     /// Ordered shutdown of the data plane: stop accepting, close idle connections at once, let
@@ -234,6 +257,36 @@ impl Proxy {
     }
 }
 
+/// The listening socket registered for read readiness only.
+#[allow(unsafe_code)]
+fn readiness_source(socket: socket2::Socket) -> std::io::Result<AsyncFd<socket2::Socket>> {
+    // SAFETY: the `AsyncFd` takes ownership of `socket`, whose descriptor stays open and refers
+    // to the same socket until the `AsyncFd` (and with it the socket) is dropped.
+    Ok(unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?)
+}
+
+/// Accepts one connection: a non-blocking socket that is not registered with the reactor.
+async fn accept(
+    socket: &AsyncFd<socket2::Socket>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = socket.readable().await?;
+        let accepted = ready.try_io(|socket| {
+            socket
+                .get_ref()
+                .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        });
+        let Ok(accepted) = accepted else {
+            continue; // would block: readiness cleared, wait for the next connection
+        };
+        let (stream, peer) = accepted?;
+        let peer = peer.as_socket().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "accepted a non-IP socket")
+        })?;
+        return Ok((stream.into(), peer));
+    }
+}
+
 fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
@@ -247,6 +300,12 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    // Accepted connections inherit delayed-ACK ("pingpong") mode: the request is acknowledged
+    // with the response instead of by a packet of its own, which saves the client and the
+    // kernel one packet per short connection (HAProxy's tcp-smart-accept does the same).
+    if let Err(error) = socket.set_tcp_quickack(false) {
+        tracing::debug!(%address, %error, "cannot turn off quick ACKs");
+    }
     TcpListener::from_std(socket.into())
 }
 
@@ -314,6 +373,17 @@ mod tests {
         );
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
         assert!(accepted.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_acknowledge_the_request_with_the_response() {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // Quick-ACK mode off (inherited from the listening socket): no ACK packet of its own.
+        assert!(!SockRef::from(&accepted).tcp_quickack().unwrap());
     }
 
     #[test]

@@ -116,6 +116,21 @@ async fn an_unreachable_backend_gives_502_and_the_connection_stays_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_shuts_its_write_side_after_the_request_still_gets_the_response() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    client
+        .send(b"GET /slow?ms=200 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await;
+    client.stream.shutdown().await.unwrap();
+    let response = bounded(client.read_response()).await.expect("a response");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slow 200");
+    assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_does_not_answer_in_time_gives_504() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("", &[backend.address], "response_timeout = \"300ms\"").await;
