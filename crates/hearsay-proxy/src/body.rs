@@ -11,7 +11,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::registry::Connection;
-use crate::upstream::Checkout;
+use crate::upstream::{Checkout, DirectBody};
+
+/// A backend's response body.
+pub(crate) type Upstream = Either<Incoming, DirectBody>;
 
 /// Ends the connection's in-flight request when dropped, that is when hyper is done with the
 /// response body (written out, or abandoned).
@@ -35,11 +38,10 @@ impl Drop for BodyReading {
 }
 
 pin_project_lite::pin_project! {
-    /// The client's request body on its way to a backend (`None`: an empty body, for a request
-    /// re-sent on a fresh connection).
+    /// The client's request body on its way to a backend.
     pub struct RequestBody {
         #[pin]
-        inner: Option<Incoming>,
+        inner: Incoming,
         reading: Option<BodyReading>,
     }
 }
@@ -47,16 +49,8 @@ pin_project_lite::pin_project! {
 impl RequestBody {
     pub(crate) fn new(inner: Incoming, connection: Arc<Connection>) -> Self {
         RequestBody {
-            inner: Some(inner),
+            inner,
             reading: Some(BodyReading(connection)),
-        }
-    }
-
-    /// An empty body.
-    pub(crate) fn empty() -> Self {
-        RequestBody {
-            inner: None,
-            reading: None,
         }
     }
 }
@@ -69,14 +63,11 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let Some(mut inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        let result = inner.as_mut().poll_frame(cx);
+        let mut this = self.project();
+        let result = this.inner.as_mut().poll_frame(cx);
         let finished = match &result {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             Poll::Pending => false,
         };
         if finished {
@@ -86,21 +77,20 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner.size_hint()
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response on its way to the client: a backend's streamed body or one the proxy made.
+    /// A response on its way to the client: a backend's streamed body (through hyper's client
+    /// or the in-task one) or one the proxy made.
     pub struct ResponseBody {
         #[pin]
-        inner: Either<Incoming, Full<Bytes>>,
+        inner: Either<Upstream, Full<Bytes>>,
         in_flight: Option<InFlight>,
         // The upstream connection, given back to its pool once the body has been read to its end.
         upstream: Option<Checkout>,
@@ -109,7 +99,7 @@ pin_project_lite::pin_project! {
 
 impl ResponseBody {
     pub(crate) fn new(
-        inner: Either<Incoming, Full<Bytes>>,
+        inner: Either<Upstream, Full<Bytes>>,
         in_flight: InFlight,
         mut upstream: Option<Checkout>,
     ) -> Self {

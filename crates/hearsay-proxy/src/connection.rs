@@ -26,6 +26,7 @@ use crate::headers;
 use crate::io::{ClientStream, TrackedIo};
 use crate::listener::Listener;
 use crate::registry::{instant_of, now_nanos, CloseReason, Connection, Registration};
+use crate::upstream::Forwarded;
 
 /// What the connection state looks like at one moment, in nanoseconds of [`now_nanos`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,7 +286,13 @@ async fn handle(
         &connection.client_header,
     ));
     let (response, upstream) = match forwarded.await {
-        Ok((response, checkout)) => (response.map(Either::Left), Some(checkout)),
+        Ok(Forwarded::Pooled(response, checkout)) => (
+            response.map(|body| Either::Left(Either::Left(body))),
+            Some(checkout),
+        ),
+        Ok(Forwarded::Direct(response)) => {
+            (response.map(|body| Either::Left(Either::Right(body))), None)
+        }
         Err(error) => {
             tracing::warn!(
                 listener = %listener.name,

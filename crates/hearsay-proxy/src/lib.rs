@@ -6,6 +6,7 @@
 
 pub mod admission;
 mod body;
+mod client;
 mod connection;
 pub mod error;
 pub mod headers;

@@ -1,12 +1,16 @@
 //! Upstream pools: the backends of a pool, how one is picked (balancing, health, outlier
 //! ejection, fail-open, retries), and the keep-alive connections to each backend.
 //!
-//! Connections to backends are hyper HTTP/1 client connections kept per backend in a LIFO stack of
-//! idle senders. A sender goes back on the stack when the response body it carried has been read
-//! to its end (so the connection is reusable), and is taken off for the next request. A pooled
-//! connection that the backend closed in the meantime is detected before use (`ready()` fails) or
-//! when the request could not be written (hyper hands the request back), and the request then goes
-//! out on a fresh connection: a stale pooled connection never surfaces as a client error.
+//! Connections to backends are kept per backend in LIFO stacks of idle connections, one for each
+//! way of talking to a backend: requests without a body use the in-task client of `client.rs`
+//! (the common case, no task or channel per request), requests with a body a hyper HTTP/1 client
+//! connection (which sends the body while the response may already arrive). A connection goes
+//! back on its stack when the response body it carried has been read to its end (so it is
+//! reusable), and is taken off for the next request. A pooled connection that the backend closed
+//! in the meantime is detected before use (readiness, or `ready()` failing) or when the request
+//! could not be written, and the request then goes out on a fresh connection; an idempotent
+//! request whose reused connection closed before any response byte is re-sent on a fresh one. A
+//! stale pooled connection never surfaces as a client error.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -26,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::RequestBody;
+use crate::client::{ExchangeError, Release, UpstreamBody, UpstreamConn};
 use crate::error::{ForwardError, ProxyError};
 use crate::headers;
 
@@ -101,13 +106,26 @@ pub struct Backend {
     failure_streak: AtomicU32,
     outlier: Mutex<OutlierState>,
     reason: Mutex<String>,
-    idle: Mutex<Vec<IdleConnection>>,
+    idle: Mutex<Idle>,
+}
+
+/// A backend's idle keep-alive connections, most recently used last.
+#[derive(Debug, Default)]
+struct Idle {
+    hyper: Vec<IdleConnection>,
+    direct: Vec<IdleDirect>,
 }
 
 #[derive(Debug)]
 struct IdleConnection {
     since: Instant,
     sender: SendRequest<RequestBody>,
+}
+
+#[derive(Debug)]
+struct IdleDirect {
+    since: Instant,
+    conn: UpstreamConn,
 }
 
 /// Why a change to a pool's backends was refused.
@@ -199,7 +217,7 @@ impl Backend {
             failure_streak: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
             reason: Mutex::new(String::new()),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
         }
     }
 
@@ -308,13 +326,16 @@ impl Backend {
         }
     }
 
-    fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self
-            .idle
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle();
         let now = Instant::now();
-        while let Some(connection) = idle.pop() {
+        while let Some(connection) = idle.hyper.pop() {
             if now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
             {
                 return Some(connection.sender);
@@ -327,46 +348,81 @@ impl Backend {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if idle.len() < max_idle {
-            idle.push(IdleConnection {
+        let mut idle = self.idle();
+        if idle.hyper.len() + idle.direct.len() < max_idle {
+            idle.hyper.push(IdleConnection {
                 since: Instant::now(),
                 sender,
             });
         }
     }
 
+    fn take_idle_direct(&self, idle_timeout: Duration) -> Option<UpstreamConn> {
+        let mut idle = self.idle();
+        let now = Instant::now();
+        while let Some(connection) = idle.direct.pop() {
+            if now.duration_since(connection.since) < idle_timeout && !connection.conn.is_stale() {
+                return Some(connection.conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle_direct(&self, conn: UpstreamConn, max_idle: usize) {
+        let mut idle = self.idle();
+        if idle.hyper.len() + idle.direct.len() < max_idle {
+            idle.direct.push(IdleDirect {
+                since: Instant::now(),
+                conn,
+            });
+        }
+    }
+
     /// Drops idle connections that are closed or idle too long (oldest are at the bottom).
     fn prune_idle(&self, idle_timeout: Duration) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut idle = self.idle();
         let now = Instant::now();
-        idle.retain(|connection| {
+        idle.hyper.retain(|connection| {
             now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
+        });
+        idle.direct.retain(|connection| {
+            now.duration_since(connection.since) < idle_timeout && !connection.conn.is_stale()
         });
     }
 
     fn close_idle(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clear();
+        let mut idle = self.idle();
+        idle.hyper.clear();
+        idle.direct.clear();
     }
 
     /// Idle keep-alive connections to this backend.
     pub fn idle_connections(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .len()
+        let idle = self.idle();
+        idle.hyper.len() + idle.direct.len()
     }
 
     async fn connect(&self, timeout: Duration) -> Result<SendRequest<RequestBody>, ForwardError> {
+        let stream = self.connect_stream(timeout).await?;
+        // One write call per request (see the server side in connection.rs).
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| ForwardError::BackendUnreachable {
+                backend: self.address.clone(),
+                reason: error.to_string(),
+            })?;
+        let address = self.address.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(backend = %address, %error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_stream(&self, timeout: Duration) -> Result<TcpStream, ForwardError> {
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect(self.address.as_str())).await {
                 Err(_) => {
@@ -388,22 +444,45 @@ impl Backend {
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
-        // One write call per request (see the server side in connection.rs).
-        let (sender, connection) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| ForwardError::BackendUnreachable {
-                backend: self.address.clone(),
-                reason: error.to_string(),
-            })?;
-        let address = self.address.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(backend = %address, %error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
+    }
+}
+
+/// Where a direct (in-task) connection goes once its response has been read: back to its
+/// backend's idle stack. Until then the backend counts the request as in flight.
+#[derive(Debug)]
+pub(crate) struct DirectHome {
+    load: BackendLoad,
+    max_idle: usize,
+}
+
+impl Release for DirectHome {
+    fn release(self, conn: UpstreamConn) {
+        let backend = &self.load.0;
+        // A draining or unhealthy backend's connections are closed, not kept.
+        if backend.state() == BackendState::Enabled {
+            backend.put_idle_direct(conn, self.max_idle);
+        }
+    }
+}
+
+/// A response body streamed by the in-task client.
+pub(crate) type DirectBody = UpstreamBody<DirectHome>;
+
+/// A backend's response on its way back, with the connection it came on.
+pub(crate) enum Forwarded {
+    /// Through a hyper client connection, given back with the checkout.
+    Pooled(Response<Incoming>, Checkout),
+    /// Through the in-task client; the body gives its connection back itself.
+    Direct(Response<DirectBody>),
+}
+
+impl Forwarded {
+    fn status(&self) -> http::StatusCode {
+        match self {
+            Forwarded::Pooled(response, _) => response.status(),
+            Forwarded::Direct(response) => response.status(),
+        }
     }
 }
 
@@ -774,7 +853,7 @@ impl Pool {
         request: Request<RequestBody>,
         client: IpAddr,
         client_header: &http::HeaderValue,
-    ) -> Result<(Response<Incoming>, Checkout), ForwardError> {
+    ) -> Result<Forwarded, ForwardError> {
         let (mut parts, body) = request.into_parts();
         headers::rewrite_request(&mut parts.headers, client_header, "http");
         // HTTP/1 upstream requests use origin form; the Host header is the client's.
@@ -826,9 +905,9 @@ impl Pool {
                 })),
             };
             match result {
-                Ok((response, checkout)) => {
-                    self.record_outcome(&backend, response.status().is_server_error());
-                    return Ok((response, checkout));
+                Ok(forwarded) => {
+                    self.record_outcome(&backend, forwarded.status().is_server_error());
+                    return Ok(forwarded);
                 }
                 Err(Attempt::NotConnected(error, unsent)) => {
                     self.record_outcome(&backend, true);
@@ -848,6 +927,76 @@ impl Pool {
     }
 
     async fn send(
+        &self,
+        load: BackendLoad,
+        request: Request<RequestBody>,
+    ) -> Result<Forwarded, Attempt> {
+        if request.body().is_end_stream() {
+            self.send_direct(load, request).await.map(Forwarded::Direct)
+        } else {
+            self.send_pooled(load, request)
+                .await
+                .map(|(response, checkout)| Forwarded::Pooled(response, checkout))
+        }
+    }
+
+    /// A body-less request through the in-task client (`client.rs`).
+    async fn send_direct(
+        &self,
+        load: BackendLoad,
+        request: Request<RequestBody>,
+    ) -> Result<Response<DirectBody>, Attempt> {
+        let (parts, body) = request.into_parts();
+        let mut home = DirectHome {
+            load,
+            max_idle: self.max_idle_per_backend,
+        };
+        loop {
+            let backend = &home.load.0;
+            let (conn, reused) = match backend.take_idle_direct(self.idle_timeout) {
+                Some(conn) => (conn, true),
+                None => match backend.connect_stream(self.connect_timeout).await {
+                    Ok(stream) => (UpstreamConn::new(stream), false),
+                    Err(error) => {
+                        let request = Request::from_parts(parts, body);
+                        return Err(Attempt::NotConnected(error, Box::new(request)));
+                    }
+                },
+            };
+            let (error, back) = match conn.exchange(&parts, home).await {
+                Ok(response) => return Ok(response),
+                Err(failed) => failed,
+            };
+            home = back;
+            let backend = &home.load.0;
+            match error {
+                // The backend closed the pooled connection before it got the request: nothing
+                // reached it, so any request may go out again on a fresh connection.
+                ExchangeError::NotSent(_) if reused => continue,
+                ExchangeError::ClosedEarly(_) if reused && is_idempotent(&parts.method) => {
+                    tracing::debug!(backend = %backend.address, "reused connection closed under the request: re-sending on a fresh one");
+                    continue;
+                }
+                ExchangeError::NotSent(error) => {
+                    let error = ForwardError::BackendUnreachable {
+                        backend: backend.address.clone(),
+                        reason: format!("connection closed before the request was sent: {error}"),
+                    };
+                    let request = Request::from_parts(parts, body);
+                    return Err(Attempt::NotConnected(error, Box::new(request)));
+                }
+                error => {
+                    return Err(Attempt::Failed(ForwardError::BackendFailed {
+                        backend: backend.address.clone(),
+                        reason: error.to_string(),
+                    }))
+                }
+            }
+        }
+    }
+
+    /// A request with a body through a hyper client connection.
+    async fn send_pooled(
         &self,
         load: BackendLoad,
         mut request: Request<RequestBody>,
@@ -874,19 +1023,7 @@ impl Pool {
                 return Err(Attempt::NotConnected(error, Box::new(request)));
             }
             // A reused connection the backend is closing right now fails the request after it
-            // was written. An idempotent request without a body can safely go again on a fresh
-            // connection, so keep what is needed to re-send it.
-            let resend = (reused
-                && is_idempotent(request.method())
-                && request.body().is_end_stream())
-            .then(|| {
-                let mut copy = Request::new(RequestBody::empty());
-                *copy.method_mut() = request.method().clone();
-                *copy.uri_mut() = request.uri().clone();
-                *copy.version_mut() = request.version();
-                *copy.headers_mut() = request.headers().clone();
-                copy
-            });
+            // was written; its body is gone, so it cannot go again (a 502, as in NGINX).
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     return Ok((
@@ -898,12 +1035,8 @@ impl Pool {
                         },
                     ))
                 }
-                Err(mut error) => match (error.take_message(), resend) {
-                    (Some(unsent), _) if reused => request = unsent,
-                    (None, Some(copy)) if error.error().is_incomplete_message() => {
-                        tracing::debug!(backend = %backend.address, "reused connection closed under the request: re-sending on a fresh one");
-                        request = copy;
-                    }
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if reused => request = unsent,
                     _ => {
                         return Err(Attempt::Failed(ForwardError::BackendFailed {
                             backend: backend.address.clone(),

@@ -430,9 +430,12 @@ async fn an_idempotent_request_is_resent_when_a_reused_connection_closes_under_i
         let response = client.get("/").await;
         assert_eq!((response.status, response.text().as_str()), (200, "ok"));
     }
-    // A request with a body is not re-sent: its bytes went to the closed connection.
-    client
-        .send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
-        .await;
-    assert_eq!(client.read_response().await.unwrap().status, 502);
+    // A request with a body is not re-sent: its bytes went to the closed connection. (Requests
+    // with a body have their own upstream connections: the first opens one, the second reuses it.)
+    for expected in [200, 502] {
+        client
+            .send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            .await;
+        assert_eq!(client.read_response().await.unwrap().status, expected);
+    }
 }

@@ -1,0 +1,734 @@
+//! A small HTTP/1.1 client for requests without a body, run inside the client connection's task.
+//!
+//! Most proxied requests carry no body (GET, HEAD, DELETE, ...). For them the whole exchange with
+//! the backend is a head written out, then a response head and body read back; hyper's client
+//! would run it on a task of its own per upstream connection, with a channel hop to that task and
+//! back for every request. Here the client connection's task writes the request and reads the
+//! response itself, and the response body streams straight from the backend socket into hyper's
+//! server side. Requests with a body keep going through hyper's client (`upstream.rs`), which
+//! handles a body being sent while the response arrives.
+//!
+//! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding` ending in
+//! `chunked` is decoded (chunk extensions and trailers are dropped); any other transfer coding or
+//! a response without a length is read to EOF; otherwise `Content-Length`, whose values must
+//! agree. A connection is reused only when the response was framed by its length or by chunks,
+//! the backend did not ask to close, and nothing was left over.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Longest response head accepted from a backend.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header lines accepted in a response head.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (with extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8 * 1024;
+
+/// An open connection to a backend, idle or carrying one exchange.
+#[derive(Debug)]
+pub(crate) struct UpstreamConn {
+    stream: TcpStream,
+    /// Bytes read from the backend and not consumed yet.
+    buf: BytesMut,
+}
+
+/// How an exchange failed.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// The request could not be written: the backend had closed (or reset) the connection, so
+    /// it never saw a complete request.
+    NotSent(io::Error),
+    /// The connection ended (or reset) before any byte of a response arrived: on a reused
+    /// connection, the backend closed it while the request was on its way.
+    ClosedEarly(io::Error),
+    /// Anything else: the request may have been processed.
+    Failed(String),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::NotSent(error) => write!(f, "writing the request: {error}"),
+            ExchangeError::ClosedEarly(error) => {
+                write!(f, "connection closed before the response: {error}")
+            }
+            ExchangeError::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl UpstreamConn {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        UpstreamConn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection must not be used: the backend closed it, or sent bytes nobody
+    /// asked for. Reads the readiness the reactor already recorded, so it costs no system call;
+    /// a close the reactor has not seen yet shows up as [`ExchangeError::ClosedEarly`].
+    pub(crate) fn is_stale(&self) -> bool {
+        let mut context = Context::from_waker(Waker::noop());
+        !self.buf.is_empty() || self.stream.poll_read_ready(&mut context).is_ready()
+    }
+
+    /// Writes a body-less request and reads the response head. The returned body streams the
+    /// rest of the response from this connection and hands the connection to `release` at its
+    /// end if it can be reused. On failure `release` comes back unused.
+    pub(crate) async fn exchange<R: Release>(
+        mut self,
+        request: &Parts,
+        release: R,
+    ) -> Result<Response<UpstreamBody<R>>, (ExchangeError, R)> {
+        let head = encode_request(request);
+        if let Err(error) = self.stream.write_all(&head).await {
+            return Err((ExchangeError::NotSent(error), release));
+        }
+        loop {
+            let parsed = match self.read_head().await {
+                Ok(parsed) => parsed,
+                Err(error) => return Err((error, release)),
+            };
+            let Parsed {
+                status,
+                version,
+                headers,
+            } = parsed;
+            // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
+            if status.is_informational() {
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    let reason = "backend switched protocols without being asked".to_owned();
+                    return Err((ExchangeError::Failed(reason), release));
+                }
+                continue;
+            }
+            let (framing, mut reusable) = match framing(&request.method, status, &headers) {
+                Ok(framing) => framing,
+                Err(reason) => return Err((ExchangeError::Failed(reason.to_owned()), release)),
+            };
+            reusable &= keeps_alive(version, &headers);
+            let mut response = Response::new(UpstreamBody {
+                conn: Some(self),
+                framing,
+                reusable,
+                release: Some(release),
+            });
+            *response.status_mut() = status;
+            *response.version_mut() = version;
+            *response.headers_mut() = headers;
+            response.body_mut().finish_if_done();
+            return Ok(response);
+        }
+    }
+
+    async fn read_head(&mut self) -> Result<Parsed, ExchangeError> {
+        let mut received_any = !self.buf.is_empty();
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(parsed) = parse_head(&mut self.buf)? {
+                    return Ok(parsed);
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Err(ExchangeError::Failed(format!(
+                        "response head larger than {MAX_HEAD} bytes"
+                    )));
+                }
+            }
+            self.buf.reserve(READ_SIZE);
+            let read = match tokio_util::io::read_buf(&mut self.stream, &mut self.buf).await {
+                Ok(read) => read,
+                Err(error) if !received_any => return Err(ExchangeError::ClosedEarly(error)),
+                Err(error) => {
+                    return Err(ExchangeError::Failed(format!(
+                        "reading the response head: {error}"
+                    )))
+                }
+            };
+            if read == 0 {
+                return Err(if received_any {
+                    ExchangeError::Failed("connection closed in the response head".to_owned())
+                } else {
+                    ExchangeError::ClosedEarly(io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+            received_any = true;
+        }
+    }
+}
+
+/// The request head on the wire: origin-form target, HTTP/1.1, the headers as they are.
+fn encode_request(request: &Parts) -> Vec<u8> {
+    let target = request
+        .uri
+        .path_and_query()
+        .map_or("/", |path| path.as_str());
+    let headers = &request.headers;
+    let size = request.method.as_str().len()
+        + target.len()
+        + 16
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    let mut head = Vec::with_capacity(size);
+    head.extend_from_slice(request.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+#[derive(Debug)]
+struct Parsed {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parses a complete response head off the front of `buf`; `None` if more bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, ExchangeError> {
+    let invalid =
+        |reason: String| ExchangeError::Failed(format!("invalid response head: {reason}"));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let length = match response.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(invalid(error.to_string())),
+    };
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| invalid("bad status code".to_owned()))?;
+    // Header values become slices of the head's bytes (no copy); note where each one is.
+    let base = buf.as_ptr() as usize;
+    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(response.headers.len());
+    for line in response.headers.iter() {
+        let name = HeaderName::from_bytes(line.name.as_bytes())
+            .map_err(|_| invalid(format!("bad header name {:?}", line.name)))?;
+        let start = line.value.as_ptr() as usize - base;
+        spans.push((name, start, start + line.value.len()));
+    }
+    let head = buf.split_to(length).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| invalid(format!("bad value of header {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Parsed {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How the response body is delimited, and whether that allows reusing the connection.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), &'static str> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Done, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        // With a Content-Length too, the message is suspect (smuggling): decode by the transfer
+        // coding as the RFC says, but never reuse the connection.
+        let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::Size), reusable)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&byte| byte == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 18 {
+                return Err("bad Content-Length");
+            }
+            let parsed: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or("bad Content-Length")?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err("conflicting Content-Length values");
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, true),
+        Some(length) => (Framing::Length(length), true),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// Whether the backend lets the connection stay open after this response.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |wanted: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+/// Takes a connection back once a response has been read to its end.
+pub(crate) trait Release: Send + Unpin + 'static {
+    /// `conn` is reusable: the response was complete and nothing else was sent.
+    fn release(self, conn: UpstreamConn);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one (this many trailer bytes so far).
+    Trailers(usize),
+}
+
+/// A backend's response body, streamed from its connection.
+#[derive(Debug)]
+pub(crate) struct UpstreamBody<R> {
+    /// `None` once the body is complete (the connection went back or was closed).
+    conn: Option<UpstreamConn>,
+    framing: Framing,
+    reusable: bool,
+    release: Option<R>,
+}
+
+impl<R: Release> UpstreamBody<R> {
+    /// At the end of the body, gives the connection back (if reusable) or closes it.
+    fn finish_if_done(&mut self) {
+        if self.framing != Framing::Done {
+            return;
+        }
+        if let (Some(conn), Some(release)) = (self.conn.take(), self.release.take()) {
+            if self.reusable && conn.buf.is_empty() {
+                release.release(conn);
+            }
+        }
+    }
+
+    /// The next piece of body available in the buffer, if any; updates the framing state.
+    fn next_data(&mut self) -> Result<Option<Bytes>, String> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let buf = &mut conn.buf;
+        loop {
+            match self.framing {
+                Framing::Done => return Ok(None),
+                Framing::UntilClose => {
+                    return Ok((!buf.is_empty()).then(|| buf.split().freeze()));
+                }
+                Framing::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.framing = if left == 0 {
+                        Framing::Done
+                    } else {
+                        Framing::Length(left)
+                    };
+                    return Ok(Some(buf.split_to(take).freeze()));
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.framing = Framing::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(buf.split_to(take).freeze()));
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers(0)
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => return Ok(None),
+                    _ => return Err("invalid chunk size line".to_owned()),
+                },
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".to_owned());
+                    }
+                    buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers(seen)) => {
+                    let Some(end) = buf.windows(2).position(|pair| pair == b"\r\n") else {
+                        if seen + buf.len() > MAX_TRAILERS {
+                            return Err("trailer section too large".to_owned());
+                        }
+                        return Ok(None);
+                    };
+                    buf.advance(end + 2);
+                    self.framing = if end == 0 {
+                        Framing::Done
+                    } else if seen + end + 2 > MAX_TRAILERS {
+                        return Err("trailer section too large".to_owned());
+                    } else {
+                        Framing::Chunked(Chunk::Trailers(seen + end + 2))
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl<R: Release> Body for UpstreamBody<R> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.next_data() {
+                Ok(Some(data)) => {
+                    this.finish_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if this.framing == Framing::Done => {
+                    this.finish_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("backend response body: {reason}"),
+                    ))));
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            conn.buf.reserve(READ_SIZE);
+            let read = match tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut conn.buf,
+            ) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(read)) => read,
+                Poll::Ready(Err(error)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            };
+            if read == 0 {
+                if this.framing == Framing::UntilClose {
+                    this.framing = Framing::Done;
+                    this.reusable = false;
+                    this.finish_if_done();
+                    return Poll::Ready(None);
+                }
+                this.conn = None;
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "backend closed the connection before the end of the response body",
+                ))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    #[derive(Debug)]
+    struct Keep;
+    impl Release for Keep {
+        fn release(self, _conn: UpstreamConn) {}
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn framing_follows_the_rfc_order() {
+        let get = Method::GET;
+        let ok = StatusCode::OK;
+        let cases: &[(&Method, u16, &[(&str, &str)], Result<(Framing, bool), &str>)] = &[
+            (
+                &Method::HEAD,
+                200,
+                &[("content-length", "5")],
+                Ok((Framing::Done, true)),
+            ),
+            (&get, 204, &[], Ok((Framing::Done, true))),
+            (
+                &get,
+                304,
+                &[("content-length", "5")],
+                Ok((Framing::Done, true)),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "5")],
+                Ok((Framing::Length(5), true)),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "0")],
+                Ok((Framing::Done, true)),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "5, 5")],
+                Ok((Framing::Length(5), true)),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "5"), ("content-length", "6")],
+                Err("conflicting Content-Length values"),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "-1")],
+                Err("bad Content-Length"),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "")],
+                Err("bad Content-Length"),
+            ),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "chunked")],
+                Ok((Framing::Chunked(Chunk::Size), true)),
+            ),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "gzip, chunked")],
+                Ok((Framing::Chunked(Chunk::Size), true)),
+            ),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "chunked"), ("content-length", "5")],
+                Ok((Framing::Chunked(Chunk::Size), false)),
+            ),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "gzip")],
+                Ok((Framing::UntilClose, false)),
+            ),
+            (&get, 200, &[], Ok((Framing::UntilClose, false))),
+        ];
+        for (method, status, pairs, expected) in cases {
+            let status = StatusCode::from_u16(*status).unwrap();
+            assert_eq!(
+                framing(method, status, &headers(pairs)),
+                *expected,
+                "{method} {status} {pairs:?}"
+            );
+        }
+        let _ = ok;
+    }
+
+    #[test]
+    fn keep_alive_depends_on_version_and_connection_header() {
+        let close = headers(&[("connection", "close")]);
+        let keep = headers(&[("connection", "Keep-Alive")]);
+        let none = HeaderMap::new();
+        assert!(keeps_alive(Version::HTTP_11, &none));
+        assert!(!keeps_alive(Version::HTTP_11, &close));
+        assert!(!keeps_alive(Version::HTTP_10, &none));
+        assert!(keeps_alive(Version::HTTP_10, &keep));
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_when_complete_and_leaves_the_body() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n"[..]);
+        assert!(parse_head(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"X-A: 2\r\n\r\nhello");
+        let parsed = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(parsed.status, StatusCode::OK);
+        assert_eq!(parsed.version, Version::HTTP_11);
+        assert_eq!(parsed.headers["content-length"], "5");
+        let values: Vec<_> = parsed.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"hello");
+        let mut bad = BytesMut::from(&b"HTTP/1.1 abc OK\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut bad),
+            Err(ExchangeError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn the_request_head_is_origin_form_http_1_1_with_its_headers() {
+        let request = Request::builder()
+            .method(Method::DELETE)
+            .uri("/items/7?force=1")
+            .header("host", "shop.example")
+            .header("x-forwarded-for", "192.0.2.1")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encode_request(&request.into_parts().0),
+            b"DELETE /items/7?force=1 HTTP/1.1\r\nhost: shop.example\r\nx-forwarded-for: 192.0.2.1\r\n\r\n"
+        );
+    }
+
+    /// Feeds `wire` into a body with `framing`, in pieces of `step` bytes, and collects it.
+    fn decode(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8>, Framing), String> {
+        let (stream, _peer) = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| {
+                let address = listener.local_addr()?;
+                let client = std::net::TcpStream::connect(address)?;
+                Ok((client, listener.accept()?))
+            })
+            .unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let mut body = UpstreamBody {
+            conn: Some(UpstreamConn::new(TcpStream::from_std(stream).unwrap())),
+            framing,
+            reusable: true,
+            release: Some(Keep),
+        };
+        let mut out = Vec::new();
+        for piece in wire.chunks(step) {
+            body.conn.as_mut().unwrap().buf.extend_from_slice(piece);
+            while let Some(data) = body.next_data()? {
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok((out, body.framing))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (out, state) = decode(Framing::Chunked(Chunk::Size), wire, step).unwrap();
+            assert_eq!(out, b"hello, world", "step {step}");
+            assert_eq!(state, Framing::Done, "step {step}");
+        }
+        assert!(decode(Framing::Chunked(Chunk::Size), b"zz\r\n", 4).is_err());
+        assert!(decode(Framing::Chunked(Chunk::Size), b"2\r\nabXY", 8).is_err());
+        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(decode(Framing::Chunked(Chunk::Size), &long, long.len()).is_err());
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let (out, state) = decode(Framing::Length(5), b"hel", 3).unwrap();
+        assert_eq!((out.as_slice(), state), (&b"hel"[..], Framing::Length(2)));
+        let (out, state) = decode(Framing::Length(5), b"hello", 2).unwrap();
+        assert_eq!((out.as_slice(), state), (&b"hello"[..], Framing::Done));
+    }
+}
