@@ -209,9 +209,15 @@ struct Parsed {
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, ExchangeError> {
     let invalid =
         |reason: String| ExchangeError::Failed(format!("invalid response head: {reason}"));
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let length = match response.parse(buf) {
+    // Uninitialised slots: zeroing 128 of them for every response would cost more than parsing.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(invalid(error.to_string())),

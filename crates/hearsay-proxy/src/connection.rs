@@ -171,18 +171,28 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
         .serve_connection(io, service);
     tokio::pin!(http);
 
-    let mut settings = listener.subscribe();
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     let mut closing = false;
     // The deadline the timer is set to (u64::MAX: none, the far-off default).
     let mut armed: u64 = u64::MAX;
     let reason = loop {
+        // The grace period is over: drop the connection.
+        if context.abort.is_cancelled() {
+            connection.set_close_reason(CloseReason::Shutdown);
+            break CloseReason::Shutdown;
+        }
         if !closing {
-            let current = settings.borrow_and_update().clone();
-            let verdict = match connection.requested_close() {
+            let requested = connection.requested_close().or_else(|| {
+                // Shutdown began (the proxy also asks every connection it knows of).
+                context
+                    .drain
+                    .is_cancelled()
+                    .then_some(CloseReason::Shutdown)
+            });
+            let verdict = match requested {
                 Some(reason) => Verdict::Close(reason),
-                None => evaluate(&connection.state(), &current, now_nanos()),
+                None => evaluate(&connection.state(), &listener.settings(), now_nanos()),
             };
             match verdict {
                 // Re-arming the timer costs a timer-wheel update, so it is only moved earlier: a
@@ -209,7 +219,11 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
                 Verdict::Abort(reason) => break reason,
             }
         }
+        // Biased, the connection first: the wake-up and the timer only make the loop look again.
+        // Settings changes, shutdown and the end of the grace period all come as wake-ups
+        // (`Registry::wake_listener`, `Proxy::shutdown`), so the task waits on three things.
         tokio::select! {
+            biased;
             result = http.as_mut() => {
                 break match (connection.close_reason(), result) {
                     (Some(reason), _) => reason,
@@ -224,21 +238,8 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
                     }
                 };
             }
+            _ = connection.wake.notified() => {}
             _ = &mut sleep, if !closing => {}
-            _ = connection.wake.notified(), if !closing => {}
-            changed = settings.changed(), if !closing => {
-                if changed.is_err() {
-                    // The listener is gone: treat like shutdown.
-                    connection.request_close(CloseReason::Shutdown);
-                }
-            }
-            _ = context.drain.cancelled(), if !closing => {
-                connection.request_close(CloseReason::Shutdown);
-            }
-            _ = context.abort.cancelled() => {
-                connection.set_close_reason(CloseReason::Shutdown);
-                break CloseReason::Shutdown;
-            }
         }
     };
     listener.stats.on_close(reason);

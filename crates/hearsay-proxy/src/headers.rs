@@ -21,45 +21,52 @@ const HOP_BY_HOP: [&HeaderName; 6] = [
     &header::UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name) || name.as_str().starts_with("proxy-")
-}
-
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and every header the
 /// `Connection` header names. Returns whether anything was removed.
 ///
-/// Most messages carry none, so one pass over the names (cheap comparisons, no hashing) decides
-/// first; the removals, which hash, run only when there is something to remove.
+/// Most messages carry none or only `Connection`, so one pass over the names (cheap comparisons,
+/// no hashing) notes which are there; only those are removed (a removal hashes).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    if !headers.keys().any(is_hop_by_hop) {
+    let mut present = 0u8;
+    let mut proxy = false;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present |= 1 << index;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy = true;
+        }
+    }
+    if present == 0 && !proxy {
         return false;
     }
-    // The names `Connection` lists; its usual tokens are not header names to look up.
+    // The names `Connection` lists (index 0 of HOP_BY_HOP); its usual tokens are not header
+    // names to look up.
     let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
+    if present & 1 != 0 {
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("close")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
             }
         }
     }
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(*name);
+        }
     }
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with("proxy-"))
-    {
+    if proxy {
         let proxy_headers: Vec<HeaderName> = headers
             .keys()
             .filter(|name| name.as_str().starts_with("proxy-"))

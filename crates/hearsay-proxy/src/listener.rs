@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use arc_swap::ArcSwap;
 
 use crate::admission::{ClientKey, ClientTable};
-use crate::registry::ListenerStats;
+use crate::registry::{ListenerStats, Registry};
 use crate::upstream::Pool;
 
 /// One listener of the node. Open connections read [`Listener::settings`] on every decision and
@@ -30,6 +30,8 @@ pub struct Listener {
     update_lock: Mutex<()>,
     pub stats: Arc<ListenerStats>,
     pub clients: Arc<ClientTable>,
+    /// The node's open connections, to wake this listener's when its settings change.
+    registry: Arc<Registry>,
     /// Open connections per client key on the other live nodes of the cluster, as last
     /// published by gossip (empty on a single node).
     remote_clients: ArcSwap<RemoteClients>,
@@ -57,6 +59,7 @@ pub struct SettingsUpdate {
 
 impl Listener {
     pub(crate) fn new(
+        registry: &Arc<Registry>,
         name: &str,
         bind: SocketAddr,
         pool: Arc<Pool>,
@@ -71,6 +74,7 @@ impl Listener {
             update_lock: Mutex::new(()),
             stats: Arc::default(),
             clients: ClientTable::new(),
+            registry: Arc::clone(registry),
             remote_clients: ArcSwap::from_pointee(HashMap::new()),
         }
     }
@@ -115,6 +119,7 @@ impl Listener {
         self.settings.send_replace(Arc::clone(&new));
         let version = current + 1;
         self.version.store(version, Ordering::Release);
+        self.registry.wake_listener(&self.name);
         Ok(SettingsUpdate { old, new, version })
     }
 
@@ -136,6 +141,7 @@ impl Listener {
         let new = Arc::new(settings);
         self.settings.send_replace(Arc::clone(&new));
         self.version.store(version, Ordering::Release);
+        self.registry.wake_listener(&self.name);
         Some(SettingsUpdate { old, new, version })
     }
 
@@ -151,9 +157,5 @@ impl Listener {
     /// Replaces what other nodes hold (the cluster calls it once per gossip round).
     pub fn set_remote_clients(&self, remote: RemoteClients) {
         self.remote_clients.store(Arc::new(remote));
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<ListenerSettings>> {
-        self.settings.subscribe()
     }
 }

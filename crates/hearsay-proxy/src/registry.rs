@@ -404,6 +404,18 @@ impl Registry {
             .cloned()
     }
 
+    /// Wakes every open connection of `listener` (its settings changed: deadlines move).
+    pub(crate) fn wake_listener(&self, listener: &str) {
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|poison| poison.into_inner());
+            for connection in shard.values() {
+                if &*connection.listener == listener {
+                    connection.wake.notify_one();
+                }
+            }
+        }
+    }
+
     /// Every open connection, ordered by id.
     pub fn connections(&self) -> Vec<Arc<Connection>> {
         let mut all: Vec<Arc<Connection>> = self

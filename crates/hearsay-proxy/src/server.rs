@@ -64,6 +64,7 @@ impl Proxy {
                 Ok((pool.name.as_str(), pool_ref))
             })
             .collect::<Result<_, ProxyError>>()?;
+        let registry = Registry::new();
         let listeners = config
             .listeners
             .iter()
@@ -76,6 +77,7 @@ impl Proxy {
                             pool: listener.pool.clone(),
                         })?;
                 Ok(Arc::new(Listener::new(
+                    &registry,
                     &listener.name,
                     listener.bind,
                     Arc::clone(pool),
@@ -88,7 +90,7 @@ impl Proxy {
         Ok(Arc::new(Proxy {
             listeners,
             pools,
-            registry: Registry::new(),
+            registry,
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
             background,
@@ -239,6 +241,11 @@ impl Proxy {
     pub async fn shutdown(&self, grace: Duration) {
         tracing::info!(grace = ?grace, open = self.registry.connections().len(), "draining connections");
         self.drain.cancel();
+        // Connection tasks wait on their own wake-up only (not on shared tokens): tell each. One
+        // registered after this loop sees the cancelled token when its task first looks.
+        for connection in self.registry.connections() {
+            connection.request_close(CloseReason::Shutdown);
+        }
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
@@ -250,6 +257,9 @@ impl Proxy {
                 "grace period over: closing remaining connections"
             );
             self.abort.cancel();
+            for connection in self.registry.connections() {
+                connection.wake.notify_one();
+            }
             self.tasks.wait().await;
         }
         self.background.cancel();
