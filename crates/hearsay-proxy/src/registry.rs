@@ -355,10 +355,42 @@ impl Connection {
 }
 
 /// Every open connection of the node, by id.
+/// Hashes connection ids: they are handed out in sequence by the registry itself (no one else
+/// chooses them), so one multiplication spreads them well and SipHash's protection is not needed.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        // The high bits of the product depend on every bit of the id; fold them down, since the
+        // ids of one shard share their low bits.
+        let product = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = product ^ (product >> 32);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     next_id: AtomicU64,
-    shards: [Mutex<HashMap<u64, Arc<Connection>>>; SHARDS],
+    shards: [Mutex<HashMap<u64, Arc<Connection>, IdHash>>; SHARDS],
 }
 
 /// Keeps a connection in the registry and in its listener's gauges while alive.
@@ -373,7 +405,7 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<Connection>>> {
+    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<Connection>, IdHash>> {
         &self.shards[id as usize % SHARDS]
     }
 
