@@ -131,6 +131,28 @@ async fn a_client_that_shuts_its_write_side_after_the_request_still_gets_the_res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_head_and_pipelined_requests_arriving_at_once_are_all_served() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    // 20 KiB of head in one write (more than one read takes), then a second request right behind.
+    let big = "x".repeat(20 * 1024);
+    let bytes = format!(
+        "GET /headers HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\nGET /other HTTP/1.1\r\nHost: a\r\n\r\n"
+    );
+    client.send(bytes.as_bytes()).await;
+    let first = bounded(client.read_response())
+        .await
+        .expect("first response");
+    assert_eq!(first.status, 200);
+    assert!(first.text().contains(&format!("x-big: {big}")));
+    let second = bounded(client.read_response())
+        .await
+        .expect("second response");
+    assert_eq!(second.text(), "hello from b1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_does_not_answer_in_time_gives_504() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("", &[backend.address], "response_timeout = \"300ms\"").await;
