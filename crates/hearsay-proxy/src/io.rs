@@ -2,13 +2,11 @@
 //! [`TrackedIo`] records when bytes last moved, so the connection task can tell an idle
 //! connection from a slow one without waking on every read.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use std::io::{Read, Write};
-use std::net::Shutdown;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
