@@ -119,7 +119,7 @@ impl UpstreamConn {
                 Ok(framing) => framing,
                 Err(reason) => return Err((ExchangeError::Failed(reason.to_owned()), release)),
             };
-            reusable &= keeps_alive(version, &headers);
+            reusable &= !crate::headers::wants_close(version, &headers);
             let mut response = Response::new(UpstreamBody {
                 conn: Some(self),
                 framing,
@@ -304,23 +304,6 @@ fn framing(
         Some(length) => (Framing::Length(length), true),
         None => (Framing::UntilClose, false),
     })
-}
-
-/// Whether the backend lets the connection stay open after this response.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |wanted: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
-    }
 }
 
 /// Takes a connection back once a response has been read to its end.
@@ -638,17 +621,6 @@ mod tests {
             );
         }
         let _ = ok;
-    }
-
-    #[test]
-    fn keep_alive_depends_on_version_and_connection_header() {
-        let close = headers(&[("connection", "close")]);
-        let keep = headers(&[("connection", "Keep-Alive")]);
-        let none = HeaderMap::new();
-        assert!(keeps_alive(Version::HTTP_11, &none));
-        assert!(!keeps_alive(Version::HTTP_11, &close));
-        assert!(!keeps_alive(Version::HTTP_10, &none));
-        assert!(keeps_alive(Version::HTTP_10, &keep));
     }
 
     #[test]

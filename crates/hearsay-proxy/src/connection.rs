@@ -261,7 +261,7 @@ async fn handle(
         .idle_hint
         .store(nanos(settings.keepalive_timeout), Ordering::Relaxed);
     let version = request.version();
-    let client_wants_close = headers::client_wants_close(version, request.headers());
+    let client_wants_close = headers::wants_close(version, request.headers());
     let age = Duration::from_nanos(now_nanos().saturating_sub(connection.accepted_nanos));
     let server_close = if draining {
         Some(CloseReason::Shutdown)

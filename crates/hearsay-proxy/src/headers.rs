@@ -79,9 +79,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     true
 }
 
-/// Whether the client asked for this to be the last request on its connection: HTTP/1.0 unless it
-/// sent `Connection: keep-alive`, HTTP/1.1 when it sent `Connection: close`.
-pub fn client_wants_close(version: Version, headers: &HeaderMap) -> bool {
+/// Whether the sender of a message (a client's request, a backend's response) wants its connection
+/// closed after it: HTTP/1.0 unless it sent `Connection: keep-alive`, HTTP/1.1 when it sent
+/// `Connection: close`.
+pub fn wants_close(version: Version, headers: &HeaderMap) -> bool {
     let has_token = |wanted: &str| {
         headers
             .get_all(header::CONNECTION)
@@ -310,7 +311,7 @@ mod tests {
         ];
         for (version, pairs, expected) in cases {
             assert_eq!(
-                client_wants_close(*version, &headers(pairs)),
+                wants_close(*version, &headers(pairs)),
                 *expected,
                 "{version:?} {pairs:?}"
             );
