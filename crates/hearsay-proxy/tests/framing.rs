@@ -47,8 +47,18 @@ fn script(path: &str) -> (Vec<&'static [u8]>, bool) {
             ],
             false,
         ),
+        "/big" => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 8388608\r\n\r\n", big()],
+            false,
+        ),
         _ => (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"], false),
     }
+}
+
+/// 8 MiB of body: more than the socket buffers between proxy and client hold.
+fn big() -> &'static [u8] {
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| vec![b'a'; 8 << 20])
 }
 
 /// Starts the scripted backend; returns its address and how many connections it accepted.
@@ -215,4 +225,22 @@ async fn a_backend_asking_to_close_gets_a_fresh_connection_next_time() {
     );
     assert_eq!(get(&mut client, "/").await.text(), "ok");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_larger_than_the_socket_buffers_reaches_a_client_that_reads_late() {
+    let (backend, _) = scripted_backend().await;
+    let proxy = TestProxy::start("", &[backend], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // The proxy has to wait for the client to make room (its socket joins epoll for writing).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = tokio::time::timeout(Duration::from_secs(20), client.read_response())
+        .await
+        .expect("the whole body within 20 s")
+        .expect("a response");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 8 << 20);
+    assert!(response.body.iter().all(|&byte| byte == b'a'));
+    assert_eq!(get(&mut client, "/").await.text(), "ok");
 }
