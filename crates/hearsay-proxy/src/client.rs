@@ -368,30 +368,26 @@ impl<R: Release> UpstreamBody<R> {
                     return Ok((!buf.is_empty()).then(|| buf.split().freeze()));
                 }
                 Framing::Length(left) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_at_most(buf, left) else {
                         return Ok(None);
-                    }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let left = left - take as u64;
+                    };
                     self.framing = if left == 0 {
                         Framing::Done
                     } else {
                         Framing::Length(left)
                     };
-                    return Ok(Some(buf.split_to(take).freeze()));
+                    return Ok(Some(data));
                 }
                 Framing::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take_at_most(buf, left) else {
                         return Ok(None);
-                    }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let left = left - take as u64;
+                    };
                     self.framing = Framing::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
                         Chunk::Data(left)
                     });
-                    return Ok(Some(buf.split_to(take).freeze()));
+                    return Ok(Some(data));
                 }
                 Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
@@ -434,6 +430,16 @@ impl<R: Release> UpstreamBody<R> {
             }
         }
     }
+}
+
+/// Up to `left` buffered bytes, and how many are still to come after them; `None` if the buffer
+/// is empty.
+fn take_at_most(buf: &mut BytesMut, left: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+    Some((buf.split_to(take).freeze(), left - take as u64))
 }
 
 impl<R: Release> Body for UpstreamBody<R> {
@@ -482,8 +488,8 @@ impl<R: Release> Body for UpstreamBody<R> {
             };
             if read == 0 {
                 if this.framing == Framing::UntilClose {
+                    // (Such a body was never reusable; `framing` said so at the head.)
                     this.framing = Framing::Done;
-                    this.reusable = false;
                     this.finish_if_done();
                     return Poll::Ready(None);
                 }
@@ -535,7 +541,6 @@ mod tests {
     #[test]
     fn framing_follows_the_rfc_order() {
         let get = Method::GET;
-        let ok = StatusCode::OK;
         let cases: &[(&Method, u16, &[(&str, &str)], Result<(Framing, bool), &str>)] = &[
             (
                 &Method::HEAD,
@@ -620,7 +625,6 @@ mod tests {
                 "{method} {status} {pairs:?}"
             );
         }
-        let _ = ok;
     }
 
     #[test]

@@ -193,25 +193,6 @@ impl AsyncWrite for ClientStream {
         }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(result) = this.direct(|mut stream| stream.write_vectored(bufs)) {
-            return Poll::Ready(result);
-        }
-        match this {
-            ClientStream::Registered(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            ClientStream::Direct(_) => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Nothing is buffered here: writes go straight to the socket.
         Poll::Ready(Ok(()))

@@ -112,20 +112,57 @@ pub struct Backend {
 /// A backend's idle keep-alive connections, most recently used last.
 #[derive(Debug, Default)]
 struct Idle {
-    hyper: Vec<IdleConnection>,
-    direct: Vec<IdleDirect>,
+    hyper: Vec<Parked<SendRequest<RequestBody>>>,
+    direct: Vec<Parked<UpstreamConn>>,
 }
 
-#[derive(Debug)]
-struct IdleConnection {
-    since: Instant,
-    sender: SendRequest<RequestBody>,
+impl Idle {
+    fn len(&self) -> usize {
+        self.hyper.len() + self.direct.len()
+    }
 }
 
+/// An idle connection and since when.
 #[derive(Debug)]
-struct IdleDirect {
+struct Parked<C> {
     since: Instant,
-    conn: UpstreamConn,
+    conn: C,
+}
+
+/// A kind of upstream connection that can sit idle.
+trait Reusable {
+    /// Whether the backend closed it (or it cannot carry a request any more).
+    fn is_dead(&self) -> bool;
+}
+
+impl Reusable for SendRequest<RequestBody> {
+    fn is_dead(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+impl Reusable for UpstreamConn {
+    fn is_dead(&self) -> bool {
+        self.is_stale()
+    }
+}
+
+impl<C: Reusable> Parked<C> {
+    fn usable(&self, now: Instant, idle_timeout: Duration) -> bool {
+        now.duration_since(self.since) < idle_timeout && !self.conn.is_dead()
+    }
+}
+
+/// The most recently parked usable connection of `stack`; dead or expired ones on the way are
+/// dropped.
+fn pop_usable<C: Reusable>(stack: &mut Vec<Parked<C>>, idle_timeout: Duration) -> Option<C> {
+    let now = Instant::now();
+    while let Some(parked) = stack.pop() {
+        if parked.usable(now, idle_timeout) {
+            return Some(parked.conn);
+        }
+    }
+    None
 }
 
 /// Why a change to a pool's backends was refused.
@@ -333,61 +370,45 @@ impl Backend {
     }
 
     fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle();
-        let now = Instant::now();
-        while let Some(connection) = idle.hyper.pop() {
-            if now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
-            {
-                return Some(connection.sender);
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, sender: SendRequest<RequestBody>, max_idle: usize) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle();
-        if idle.hyper.len() + idle.direct.len() < max_idle {
-            idle.hyper.push(IdleConnection {
-                since: Instant::now(),
-                sender,
-            });
-        }
+        pop_usable(&mut self.idle().hyper, idle_timeout)
     }
 
     fn take_idle_direct(&self, idle_timeout: Duration) -> Option<UpstreamConn> {
-        let mut idle = self.idle();
-        let now = Instant::now();
-        while let Some(connection) = idle.direct.pop() {
-            if now.duration_since(connection.since) < idle_timeout && !connection.conn.is_stale() {
-                return Some(connection.conn);
-            }
-        }
-        None
+        pop_usable(&mut self.idle().direct, idle_timeout)
+    }
+
+    fn put_idle(&self, sender: SendRequest<RequestBody>, max_idle: usize) {
+        self.park(sender, max_idle, |idle| &mut idle.hyper);
     }
 
     fn put_idle_direct(&self, conn: UpstreamConn, max_idle: usize) {
+        self.park(conn, max_idle, |idle| &mut idle.direct);
+    }
+
+    /// Keeps `conn` for a later request, unless `max_idle` are kept already. (Whether it is
+    /// still alive is checked when it is taken, and by the pruning.)
+    fn park<C: Reusable>(
+        &self,
+        conn: C,
+        max_idle: usize,
+        stack: impl FnOnce(&mut Idle) -> &mut Vec<Parked<C>>,
+    ) {
         let mut idle = self.idle();
-        if idle.hyper.len() + idle.direct.len() < max_idle {
-            idle.direct.push(IdleDirect {
+        if idle.len() < max_idle {
+            stack(&mut idle).push(Parked {
                 since: Instant::now(),
                 conn,
             });
         }
     }
 
-    /// Drops idle connections that are closed or idle too long (oldest are at the bottom).
+    /// Drops idle connections that are closed or idle too long.
     fn prune_idle(&self, idle_timeout: Duration) {
         let mut idle = self.idle();
         let now = Instant::now();
-        idle.hyper.retain(|connection| {
-            now.duration_since(connection.since) < idle_timeout && !connection.sender.is_closed()
-        });
-        idle.direct.retain(|connection| {
-            now.duration_since(connection.since) < idle_timeout && !connection.conn.is_stale()
-        });
+        idle.hyper.retain(|parked| parked.usable(now, idle_timeout));
+        idle.direct
+            .retain(|parked| parked.usable(now, idle_timeout));
     }
 
     fn close_idle(&self) {
@@ -398,8 +419,7 @@ impl Backend {
 
     /// Idle keep-alive connections to this backend.
     pub fn idle_connections(&self) -> usize {
-        let idle = self.idle();
-        idle.hyper.len() + idle.direct.len()
+        self.idle().len()
     }
 
     async fn connect(&self, timeout: Duration) -> Result<SendRequest<RequestBody>, ForwardError> {
