@@ -106,6 +106,15 @@ async fn scripted_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (address, connections)
 }
 
+/// A client connected to a proxy in front of a fresh scripted backend, and the backend's
+/// connection count. Keep the proxy for as long as the test runs.
+async fn through_proxy() -> (Client, TestProxy, Arc<AtomicUsize>) {
+    let (backend, connections) = scripted_backend().await;
+    let proxy = TestProxy::start("", &[backend], "").await;
+    let client = Client::connect(proxy.address).await;
+    (client, proxy, connections)
+}
+
 async fn get(client: &mut Client, path: &str) -> support::RawResponse {
     tokio::time::timeout(Duration::from_secs(10), client.get(path))
         .await
@@ -114,9 +123,7 @@ async fn get(client: &mut Client, path: &str) -> support::RawResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_responses_are_decoded_and_the_connection_reused() {
-    let (backend, connections) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, connections) = through_proxy().await;
     let response = get(&mut client, "/chunked").await;
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "hello world");
@@ -130,9 +137,7 @@ async fn chunked_responses_are_decoded_and_the_connection_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_without_length_is_read_to_the_end_and_its_connection_not_reused() {
-    let (backend, connections) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, connections) = through_proxy().await;
     let response = get(&mut client, "/close-delimited").await;
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "until the end");
@@ -142,9 +147,7 @@ async fn a_response_without_length_is_read_to_the_end_and_its_connection_not_reu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_and_204_responses_have_no_body_and_keep_both_connections() {
-    let (backend, connections) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, connections) = through_proxy().await;
     client.send(b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -168,9 +171,7 @@ async fn head_and_204_responses_have_no_body_and_keep_both_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interim_responses_are_skipped_and_split_heads_reassembled() {
-    let (backend, _) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, _) = through_proxy().await;
     let response = get(&mut client, "/early-hints").await;
     assert_eq!((response.status, response.text().as_str()), (200, "final"));
     let response = get(&mut client, "/split").await;
@@ -179,9 +180,7 @@ async fn interim_responses_are_skipped_and_split_heads_reassembled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_response_head_gives_502_and_the_client_connection_stays_usable() {
-    let (backend, _) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, _) = through_proxy().await;
     let response = get(&mut client, "/garbage").await;
     assert_eq!(response.status, 502);
     assert_eq!(response.text(), "502 bad gateway: backend failed\n");
@@ -190,9 +189,7 @@ async fn a_broken_response_head_gives_502_and_the_client_connection_stays_usable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_closing_before_the_promised_length_cuts_the_client_connection() {
-    let (backend, _) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, _) = through_proxy().await;
     client
         .send(b"GET /short-body HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
@@ -213,9 +210,7 @@ async fn a_backend_closing_before_the_promised_length_cuts_the_client_connection
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_asking_to_close_gets_a_fresh_connection_next_time() {
-    let (backend, connections) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, connections) = through_proxy().await;
     let response = get(&mut client, "/closing").await;
     assert_eq!((response.status, response.text().as_str()), (200, "ok"));
     assert_eq!(
@@ -229,9 +224,7 @@ async fn a_backend_asking_to_close_gets_a_fresh_connection_next_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_larger_than_the_socket_buffers_reaches_a_client_that_reads_late() {
-    let (backend, _) = scripted_backend().await;
-    let proxy = TestProxy::start("", &[backend], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    let (mut client, _proxy, _) = through_proxy().await;
     client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
     // The proxy has to wait for the client to make room (its socket joins epoll for writing).
     tokio::time::sleep(Duration::from_millis(200)).await;
