@@ -766,6 +766,21 @@ fn a_node_with_another_key_never_joins_and_bad_datagrams_are_dropped_and_counted
         .and_then(|count| count.trim().parse().ok())
         .unwrap_or_else(|| panic!("no forged count in {status}"));
     assert!(forged >= 5, "{status}");
+    // The dropped total is the sum of its reasons.
+    let (total, reasons) = status
+        .split_once(" dropped (")
+        .and_then(|(head, tail)| Some((head.rsplit(' ').next()?, tail.split_once(')')?.0)))
+        .unwrap_or_else(|| panic!("no dropped counts in {status}"));
+    let sum: u64 = reasons
+        .split(", ")
+        .map(|reason| reason.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total.parse::<u64>().unwrap(), sum, "{status}");
+    assert_eq!(
+        reasons.split(", ").count(),
+        6,
+        "every reason listed: {status}"
+    );
     // Still a healthy cluster of two.
     assert_eq!(n1.alive(), ["n1", "n2"]);
     assert_eq!(n2.alive(), ["n1", "n2"]);

@@ -190,7 +190,7 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
             let gossip = match &node.gossip {
                 None => "gossip: off (single node)\n".to_owned(),
                 Some(gossip) => format!(
-                    "gossip: {} ({}), {} datagrams sent, {} received, {} dropped ({} forged, {} replayed, {} stale, {} malformed, {} oversized)\n",
+                    "gossip: {} ({}), {} datagrams sent, {} received, {} dropped ({} forged, {} replayed, {} stale, {} malformed, {} oversized, {} local)\n",
                     node.gossip_address,
                     if gossip.authenticated { "authenticated" } else { "UNAUTHENTICATED, loopback only" },
                     gossip.datagrams_sent,
@@ -206,6 +206,7 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                     gossip.dropped_stale,
                     gossip.dropped_malformed,
                     gossip.dropped_oversized,
+                    gossip.dropped_local,
                 ),
             };
             Ok(format!(
