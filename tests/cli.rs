@@ -8,7 +8,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{request, start_backend, temp_data_dir, write_temp, Node, HEARSAY};
+use support::{
+    request, send_signal, start_backend, temp_data_dir, wait_exit, write_temp, Node, HEARSAY,
+};
 
 #[test]
 fn help_documents_the_subcommands() {
@@ -147,13 +149,7 @@ fn a_node_that_cannot_bind_says_why() {
              [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n"
         ),
     );
-    let output = Command::new(HEARSAY)
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = run_failing(&path);
     assert!(
         text.contains(&format!("listener web: cannot bind {address}")),
         "{text}"
@@ -223,19 +219,8 @@ fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(members.contains("\"nodeId\": \"n3\""), "{members}");
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    send_signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
     assert!(status.success(), "{status}");
     for node in 0..3 {
         assert!(
@@ -260,16 +245,21 @@ fn a_node_refuses_to_start_when_its_data_dir_is_unusable() {
             blocker.display()
         ),
     );
-    let output = Command::new(HEARSAY)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = run_failing(&config);
     assert!(
         stderr.contains(&format!("{}/sub", blocker.display()))
             && stderr.contains("Not a directory"),
         "{stderr}"
     );
+}
+
+/// Runs a node that must refuse to start; returns what it printed on stderr.
+fn run_failing(config: &std::path::Path) -> String {
+    let output = Command::new(HEARSAY)
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
