@@ -16,11 +16,22 @@ use support::{request, start_backend, temp_data_dir, try_request, Node};
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const OTHER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A free UDP port on `ip` for a node's gossip socket. Taken below the kernel's ephemeral range
+/// (32768-60999 by default): a port the kernel handed out for port 0 and the test released could
+/// be handed to another test's node (its relay sockets bind port 0) before this test's node
+/// binds it. A per-process counter keeps this binary's tests apart; the bind checks the rest.
+fn free_udp_port(ip: [u8; 4]) -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..12_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (start.wrapping_add(offset) % 12_000) as u16;
+        let address = SocketAddr::from((ip, port));
+        if UdpSocket::bind(address).is_ok() {
+            return address;
+        }
+    }
+    panic!("no free UDP port in 20000-31999 on {ip:?}");
 }
 
 /// Polls `check` every 20 ms until it gives `Some`, or panics after `limit`.
@@ -211,7 +222,17 @@ fn cluster_configs(
     pool: &str,
     cluster_extra: &str,
 ) -> Vec<ClusterNode> {
-    let gossip: Vec<SocketAddr> = (0..count).map(|_| free_udp_port()).collect();
+    let gossip: Vec<SocketAddr> = (0..count).map(|_| free_udp_port([127, 0, 0, 1])).collect();
+    cluster_configs_at(&gossip, listener, pool, cluster_extra)
+}
+
+/// As [`cluster_configs`], one node per gossip address.
+fn cluster_configs_at(
+    gossip: &[SocketAddr],
+    listener: &str,
+    pool: &str,
+    cluster_extra: &str,
+) -> Vec<ClusterNode> {
     let seeds = gossip
         .iter()
         .map(|address| format!("\"{address}\""))
@@ -1002,27 +1023,16 @@ impl Drop for Partition {
 #[test]
 fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
     let (backend, _) = start_backend();
-    let mut nodes = cluster_configs(
-        3,
+    // Each node gossips from its own loopback address, so a partition can cut between them.
+    let addresses: Vec<SocketAddr> = (0..3)
+        .map(|index| free_udp_port([127, 0, 0, 31 + index]))
+        .collect();
+    let mut nodes = cluster_configs_at(
+        &addresses,
         "keepalive_timeout = \"60s\"",
         &format!("backends = [\"{backend}\"]"),
         "",
     );
-    // Each node gossips from its own loopback address, so a partition can cut between them.
-    let addresses: Vec<SocketAddr> = nodes
-        .iter()
-        .enumerate()
-        .map(|(index, node)| SocketAddr::from(([127, 0, 0, 31 + index as u8], node.gossip.port())))
-        .collect();
-    let old: Vec<SocketAddr> = nodes.iter().map(|node| node.gossip).collect();
-    for node in nodes.iter_mut() {
-        for (from, to) in old.iter().zip(&addresses) {
-            node.config = node.config.replace(&from.to_string(), &to.to_string());
-        }
-    }
-    for (node, address) in nodes.iter_mut().zip(&addresses) {
-        node.gossip = *address;
-    }
     start_cluster(&mut nodes);
     let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
 
@@ -1134,8 +1144,12 @@ fn measure_convergence_and_gossip_traffic() {
     for trial in 0..trials {
         // Writes at random moments of the gossip cycle (back-to-back trials would phase-lock
         // with it and always wait a whole round).
-        let pause = support::rand_suffix() % 250;
-        std::thread::sleep(Duration::from_millis(pause));
+        let pause = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 250;
+        std::thread::sleep(Duration::from_millis(pause.into()));
         let writer = trial % count;
         let timeout = Duration::from_secs(10 + (trial % 50) as u64);
         let started = Instant::now();

@@ -89,10 +89,21 @@ impl Node {
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         let (mut address, mut admin) = (None, None);
+        let mut seen = Vec::new();
         while address.is_none() || admin.is_none() {
-            let line = log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("node logged its listening addresses");
+            let line = match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => line,
+                Err(error) => {
+                    let status = child.try_wait();
+                    let _ = child.kill();
+                    panic!(
+                        "node did not log its listening addresses ({error}; exit status \
+                         {status:?}); config:\n{config}\nits output:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            };
+            seen.push(line.clone());
             let Some(rest) = line.split("address=").nth(1) else {
                 continue;
             };
@@ -160,11 +171,11 @@ pub fn temp_data_dir() -> String {
         .to_string()
 }
 
+/// A suffix no other call in this test process returns (tests run in parallel threads, so a
+/// clock reading alone can repeat).
 pub fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 pub fn request(stream: &mut TcpStream, path: &str) -> String {
