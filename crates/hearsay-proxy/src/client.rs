@@ -706,6 +706,95 @@ mod tests {
         assert!(decode(Framing::Chunked(Chunk::Size), &long, long.len()).is_err());
     }
 
+    /// A small deterministic generator (xorshift) for the mutation tests below.
+    fn mutations(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// Up to three random edits (replace, delete, insert) drawn from `alphabet`.
+    fn mutate(wire: &[u8], alphabet: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+        let mut wire = wire.to_vec();
+        for _ in 0..next() % 4 {
+            let at = next() as usize % wire.len();
+            let byte = alphabet[next() as usize % alphabet.len()];
+            match next() % 3 {
+                0 => wire[at] = byte,
+                1 => {
+                    wire.remove(at);
+                }
+                _ => wire.insert(at, byte),
+            }
+        }
+        wire
+    }
+
+    /// Whatever a backend sends — here, mutated chunked bodies — decoding never panics and the
+    /// read boundaries never change the outcome (bytes, end state or error).
+    #[test]
+    fn mutated_chunked_bodies_decode_the_same_whatever_the_read_boundaries() {
+        let valid = b"5;a=b\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nt: 1\r\n\r\n";
+        let mut next = mutations(0x9E37_79B9_7F4A_7C15);
+        let mut errors = 0;
+        for _ in 0..300 {
+            let wire = mutate(valid, b"0123456789afAF;= \t\r\nxz", &mut next);
+            let whole = decode(Framing::Chunked(Chunk::Size), &wire, wire.len());
+            let bytewise = decode(Framing::Chunked(Chunk::Size), &wire, 1);
+            assert_eq!(whole, bytewise, "{:?}", String::from_utf8_lossy(&wire));
+            errors += usize::from(whole.is_err());
+        }
+        // The mutations do reach the error paths (and not only them).
+        assert!((1..300).contains(&errors), "{errors} of 300 refused");
+    }
+
+    /// Mutated response heads: parsing never panics, and feeding the bytes one at a time gives
+    /// what parsing them at once gives (the same head or error, the same bytes left after it).
+    #[test]
+    fn mutated_response_heads_parse_the_same_whatever_the_read_boundaries() {
+        let valid = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello";
+        let mut next = mutations(0x2545_F491_4F6C_DD1D);
+        let (mut complete, mut refused) = (0, 0);
+        for _ in 0..2000 {
+            let wire = mutate(valid, b"HTP/1.0 2:\r\n\x00\x7f\xffa-", &mut next);
+            let mut whole = BytesMut::from(&wire[..]);
+            let whole = match parse_head(&mut whole) {
+                Ok(Some(parsed)) => Some(format!("{parsed:?}, then {whole:?}")),
+                Ok(None) => None,
+                Err(error) => Some(format!("{error}")),
+            };
+            let mut bytewise = None;
+            let mut buf = BytesMut::new();
+            for (at, byte) in wire.iter().enumerate() {
+                buf.extend_from_slice(&[*byte]);
+                match parse_head(&mut buf) {
+                    Ok(None) => continue,
+                    Ok(Some(parsed)) => {
+                        buf.extend_from_slice(&wire[at + 1..]);
+                        bytewise = Some(format!("{parsed:?}, then {buf:?}"));
+                    }
+                    Err(error) => bytewise = Some(format!("{error}")),
+                }
+                break;
+            }
+            assert_eq!(whole, bytewise, "{:?}", String::from_utf8_lossy(&wire));
+            match whole {
+                Some(text) if text.starts_with("invalid") => refused += 1,
+                Some(_) => complete += 1,
+                None => {}
+            }
+        }
+        // The mutations reach both outcomes.
+        assert!(
+            complete > 0 && refused > 0,
+            "{complete} complete, {refused} refused"
+        );
+    }
+
     #[test]
     fn a_length_body_stops_at_its_length() {
         let (out, state) = decode(Framing::Length(5), b"hel", 3).unwrap();
