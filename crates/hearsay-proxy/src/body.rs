@@ -2,6 +2,7 @@
 //! request body has been read and when a response has been written.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -71,7 +72,12 @@ impl Body for RequestBody {
             Poll::Pending => false,
         };
         if finished {
-            this.reading.take();
+            if let Some(reading) = this.reading.take() {
+                if !matches!(result, Poll::Ready(Some(Err(_)))) {
+                    // Read to its end: hyper is back at a message boundary.
+                    reading.0.body_unread.store(false, Ordering::Relaxed);
+                }
+            }
         }
         result
     }

@@ -6,6 +6,7 @@
 //! are in [`evaluate`], a pure function of the connection's state, the settings and the time.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,15 @@ pub(crate) enum Verdict {
     /// Drop the connection now.
     Abort(CloseReason),
 }
+
+/// How long a connection must be quiet, with hyper holding nothing for it, before it is parked
+/// (hyper's connection and its buffers dropped; see [`serve`]). Parking right away would rebuild
+/// hyper's connection for every request of a busy keep-alive client (measured: a fifth fewer
+/// requests per second); after this pause only connections that went quiet pay it.
+const PARK_AFTER_NANOS: u64 = 10_000_000;
+/// Each time the pause ends and finds the connection busy again, the next pause doubles, up to
+/// this: a busy connection is looked at about once a second, not a hundred times.
+const PARK_AFTER_MAX_NANOS: u64 = 1_000_000_000;
 
 /// Added to the idle deadline so that a client, which sees our last byte a little after we wrote
 /// it, never sees the close before its full `keepalive_timeout` (the timer has 1 ms resolution).
@@ -140,23 +150,17 @@ pub(crate) struct Context {
 }
 
 /// Serves one client connection until it ends, then counts why it ended.
+///
+/// The connection alternates between two phases. *Serving*: hyper reads requests and writes
+/// responses. *Parked*: once hyper has waited [`PARK_AFTER_NANOS`] for a next request with
+/// nothing received and nothing left to write, the task takes the socket back and drops hyper's
+/// connection with its buffers (two of 8 KiB), so an idle keep-alive connection costs little more
+/// than its socket and task; the first byte of the next request (or the client's close) starts a
+/// new hyper connection on the same socket. In both phases the same rules ([`evaluate`]) and the
+/// same timer govern the connection.
 pub(crate) async fn serve(stream: ClientStream, context: Context) {
     let connection = Arc::clone(&context.registration.connection);
     let listener = Arc::clone(&context.listener);
-    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&connection)));
-    let service = {
-        let connection = Arc::clone(&connection);
-        let listener = Arc::clone(&listener);
-        let drain = context.drain.clone();
-        service_fn(move |request| {
-            handle(
-                request,
-                Arc::clone(&connection),
-                Arc::clone(&listener),
-                drain.is_cancelled(),
-            )
-        })
-    };
     // Flattened writes (head and body copied into one buffer, one write call) measured faster
     // than vectored writes for typical small responses on loopback (tests/bench).
     // Half-close: a request in flight does not make hyper read the client socket to look for an
@@ -164,25 +168,24 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
     // so a short connection whose request arrived whole never has to wait on its client and
     // never joins the reactor (see `ClientStream`). A client gone for good shows when its
     // response is written.
-    let http = http1::Builder::new()
-        .keep_alive(true)
-        .half_close(true)
-        .writev(false)
-        .serve_connection(io, service);
-    tokio::pin!(http);
+    let mut builder = http1::Builder::new();
+    builder.keep_alive(true).half_close(true).writev(false);
+    let mut io = TrackedIo::new(stream, Arc::clone(&connection));
 
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
-    let mut closing = false;
     // The deadline the timer is set to (u64::MAX: none, the far-off default).
     let mut armed: u64 = u64::MAX;
-    let reason = loop {
-        // The grace period is over: drop the connection.
-        if context.abort.is_cancelled() {
-            connection.set_close_reason(CloseReason::Shutdown);
-            break CloseReason::Shutdown;
-        }
-        if !closing {
+    // Looks at the connection's state and settings: `Some` ends the connection (closing it at
+    // once when nothing is in flight, as every caller knows), `None` waits (the timer set, to
+    // `wake_at` too if that comes first).
+    let mut check =
+        |sleep: Pin<&mut tokio::time::Sleep>, wake_at: Option<u64>| -> Option<Verdict> {
+            // The grace period is over: drop the connection.
+            if context.abort.is_cancelled() {
+                connection.set_close_reason(CloseReason::Shutdown);
+                return Some(Verdict::Abort(CloseReason::Shutdown));
+            }
             let requested = connection.requested_close().or_else(|| {
                 // Shutdown began (the proxy also asks every connection it knows of).
                 context
@@ -192,7 +195,13 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
             });
             let verdict = match requested {
                 Some(reason) => Verdict::Close(reason),
-                None => evaluate(&connection.state(), &listener.settings(), now_nanos()),
+                None => match evaluate(&connection.state(), &listener.settings(), now_nanos()) {
+                    Verdict::WaitUntil(at) => Verdict::WaitUntil(match (at, wake_at) {
+                        (Some(at), Some(wake_at)) => Some(at.min(wake_at)),
+                        (at, wake_at) => at.or(wake_at),
+                    }),
+                    verdict => verdict,
+                },
             };
             match verdict {
                 // Re-arming the timer costs a timer-wheel update, so it is only moved earlier: a
@@ -201,45 +210,145 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
                 Verdict::WaitUntil(Some(at)) if at < armed || sleep.is_elapsed() => {
                     armed = at;
                     connection.armed.store(armed, Ordering::Release);
-                    sleep.as_mut().reset(instant_of(at));
+                    sleep.reset(instant_of(at));
+                    None
                 }
                 Verdict::WaitUntil(_) if sleep.is_elapsed() => {
                     armed = u64::MAX;
                     connection.armed.store(armed, Ordering::Release);
-                    sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+                    sleep.reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+                    None
                 }
-                Verdict::WaitUntil(_) => {}
+                Verdict::WaitUntil(_) => None,
                 Verdict::Close(reason) => {
                     connection.set_close_reason(reason);
-                    http.as_mut().graceful_shutdown();
-                    closing = true;
+                    Some(verdict)
                 }
-                Verdict::Abort(reason) => break reason,
+                Verdict::Abort(_) => Some(verdict),
             }
+        };
+
+    // The quiet time that parks the connection now, and the moment the last pause was to end.
+    let mut park_after = PARK_AFTER_NANOS;
+    let mut park_due: Option<u64> = None;
+    let reason = 'connection: loop {
+        // Serving.
+        let service = {
+            let connection = Arc::clone(&connection);
+            let listener = Arc::clone(&listener);
+            let drain = context.drain.clone();
+            service_fn(move |request| {
+                handle(
+                    request,
+                    Arc::clone(&connection),
+                    Arc::clone(&listener),
+                    drain.is_cancelled(),
+                )
+            })
+        };
+        let mut http = builder.serve_connection(TokioIo::new(io), service);
+        let mut closing = false;
+        let mut parking = false;
+        // hyper has looked at the socket (a new hyper connection must read what woke the task
+        // before it can be found idle).
+        let mut polled = false;
+        loop {
+            if !closing && !parking {
+                // Idle with nothing held by hyper: park once quiet for `park_after`.
+                let now = now_nanos();
+                let parkable = connection.parkable();
+                let mut park_at =
+                    parkable.then(|| connection.last_activity().saturating_add(park_after));
+                if polled
+                    && park_due.is_some_and(|due| now >= due)
+                    && park_at.is_none_or(|at| now < at)
+                {
+                    // The pause ended and the connection was busy: look less often.
+                    park_after = (park_after * 2).min(PARK_AFTER_MAX_NANOS);
+                    park_at =
+                        parkable.then(|| connection.last_activity().saturating_add(park_after));
+                }
+                park_due = park_at;
+                match check(sleep.as_mut(), park_at) {
+                    None if polled && park_at.is_some_and(|at| now >= at) => {
+                        park_after = PARK_AFTER_NANOS;
+                        park_due = None;
+                        // hyper closes an idle connection at once on a graceful shutdown; the
+                        // flag keeps it from shutting the socket down.
+                        connection.parking.store(true, Ordering::Relaxed);
+                        Pin::new(&mut http).graceful_shutdown();
+                        parking = true;
+                    }
+                    None => {}
+                    Some(Verdict::Close(_)) => {
+                        Pin::new(&mut http).graceful_shutdown();
+                        closing = true;
+                    }
+                    Some(Verdict::Abort(reason)) => break 'connection reason,
+                    Some(Verdict::WaitUntil(_)) => unreachable!("check never returns a wait"),
+                }
+            } else if context.abort.is_cancelled() {
+                connection.set_close_reason(CloseReason::Shutdown);
+                break 'connection CloseReason::Shutdown;
+            }
+            // Biased, the connection first: the wake-up and the timer only make the loop look
+            // again. Settings changes, shutdown and the end of the grace period all come as
+            // wake-ups (`Registry::wake_listener`, `Proxy::shutdown`), so the task waits on
+            // three things.
+            tokio::select! {
+                biased;
+                result = Pin::new(&mut http) => match result {
+                    Ok(()) if parking => break,
+                    result => break 'connection match (connection.close_reason(), result) {
+                        (Some(reason), _) => reason,
+                        (None, Ok(())) => CloseReason::ClientClosed,
+                        (None, Err(error)) if error.is_parse() || error.is_parse_too_large() => {
+                            tracing::debug!(connection = connection.id, client = %connection.client, %error, "bad request");
+                            CloseReason::Error
+                        }
+                        (None, Err(error)) => {
+                            tracing::debug!(connection = connection.id, client = %connection.client, %error, "connection ended");
+                            CloseReason::ClientClosed
+                        }
+                    },
+                },
+                _ = connection.wake.notified() => {}
+                _ = &mut sleep, if !closing && !parking => {}
+            }
+            polled = true;
         }
-        // Biased, the connection first: the wake-up and the timer only make the loop look again.
-        // Settings changes, shutdown and the end of the grace period all come as wake-ups
-        // (`Registry::wake_listener`, `Proxy::shutdown`), so the task waits on three things.
-        tokio::select! {
-            biased;
-            result = http.as_mut() => {
-                break match (connection.close_reason(), result) {
-                    (Some(reason), _) => reason,
-                    (None, Ok(())) => CloseReason::ClientClosed,
-                    (None, Err(error)) if error.is_parse() || error.is_parse_too_large() => {
-                        tracing::debug!(connection = connection.id, client = %connection.client, %error, "bad request");
-                        CloseReason::Error
-                    }
-                    (None, Err(error)) => {
-                        tracing::debug!(connection = connection.id, client = %connection.client, %error, "connection ended");
-                        CloseReason::ClientClosed
-                    }
-                };
+        // Parked: the socket alone until the client sends again (or closes).
+        connection.parking.store(false, Ordering::Relaxed);
+        let hyper::server::conn::http1::Parts {
+            io: tokio_io,
+            read_buf,
+            ..
+        } = http.into_parts();
+        io = tokio_io.into_inner();
+        if !read_buf.is_empty() {
+            // Bytes of a next request hyper had read without parsing them: served at once.
+            io.rewind(read_buf);
+            continue;
+        }
+        // (An empty `read_buf` still holds hyper's whole read buffer.)
+        drop(read_buf);
+        loop {
+            match check(sleep.as_mut(), None) {
+                None => {}
+                // Nothing in flight: close at once, as hyper does for an idle connection.
+                Some(Verdict::Close(reason) | Verdict::Abort(reason)) => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                    break 'connection reason;
+                }
+                Some(Verdict::WaitUntil(_)) => unreachable!("check never returns a wait"),
             }
-            _ = connection.wake.notified() => {}
-            _ = &mut sleep, if !closing => {}
+            tokio::select! {
+                biased;
+                // Readable: a request (or the client's close) arrived; hyper takes it from here.
+                _ = std::future::poll_fn(|cx| io.get_mut().poll_read_ready(cx)) => break,
+                _ = connection.wake.notified() => {}
+                _ = &mut sleep => {}
+            }
         }
     };
     listener.stats.on_close(reason);

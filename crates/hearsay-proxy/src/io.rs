@@ -5,8 +5,11 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use bytes::Bytes;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -17,12 +20,29 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: T,
         connection: Arc<Connection>,
+        // Bytes read off the socket by an earlier hyper connection and not parsed by it; read
+        // again before the socket.
+        unread: Bytes,
     }
 }
 
 impl<T> TrackedIo<T> {
     pub(crate) fn new(inner: T, connection: Arc<Connection>) -> Self {
-        TrackedIo { inner, connection }
+        TrackedIo {
+            inner,
+            connection,
+            unread: Bytes::new(),
+        }
+    }
+
+    /// Puts bytes back in front of what the socket gives next.
+    pub(crate) fn rewind(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
     }
 }
 
@@ -33,6 +53,12 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if !this.unread.is_empty() {
+            let take = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(take));
+            this.connection.on_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = this.inner.poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -50,9 +76,7 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            this.connection.on_write();
-        }
+        this.connection.on_write_result(&result);
         result
     }
 
@@ -63,9 +87,7 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            this.connection.on_write();
-        }
+        this.connection.on_write_result(&result);
         result
     }
 
@@ -78,7 +100,27 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        if this.connection.parking.load(Ordering::Relaxed) {
+            // hyper is done with the socket, the connection is not: it is being parked.
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_shutdown(cx)
+    }
+}
+
+impl Connection {
+    fn on_write_result(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(written)) => {
+                if *written > 0 {
+                    self.on_write();
+                }
+                self.write_blocked.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(Err(_)) => {}
+        }
     }
 }
 
@@ -111,6 +153,11 @@ impl ClientStream {
             ClientStream::Registered(stream) => Ok(stream),
             ClientStream::Direct(_) => Err(gone()),
         }
+    }
+
+    /// Ready when the client has sent something (or closed); registers the socket if needed.
+    pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.register()?.poll_read_ready(cx)
     }
 
     /// Runs `op` on the unregistered socket; `None` means it would block (and the socket is

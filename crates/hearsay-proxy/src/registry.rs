@@ -191,6 +191,13 @@ pub struct Connection {
     /// Wakes the connection task when its deadlines may have changed (request start and end) or
     /// when an operator asks it to close.
     pub(crate) wake: Notify,
+    /// The last write to the client would have blocked: hyper still holds response bytes.
+    pub(crate) write_blocked: AtomicBool,
+    /// The current request has a body that has not been read to its end.
+    pub(crate) body_unread: AtomicBool,
+    /// The connection task is taking the socket back from hyper to park it: hyper's shutdown of
+    /// the socket must not reach it.
+    pub(crate) parking: AtomicBool,
 }
 
 /// What a connection is doing, as the admin API shows it.
@@ -241,6 +248,9 @@ impl Connection {
             close_reason: std::sync::atomic::AtomicU8::new(u8::MAX),
             close_requested: std::sync::atomic::AtomicU8::new(u8::MAX),
             wake: Notify::new(),
+            write_blocked: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         }
     }
 
@@ -254,6 +264,23 @@ impl Connection {
         }
     }
 
+    /// hyper waits for the next request and holds nothing for this connection: no request in
+    /// flight, no byte of a next one received, no request body left unread, no response byte
+    /// left to write.
+    pub(crate) fn parkable(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+            && !self.body_unread.load(Ordering::Relaxed)
+            && !self.write_blocked.load(Ordering::Relaxed)
+    }
+
+    /// When bytes last moved either way.
+    pub(crate) fn last_activity(&self) -> u64 {
+        self.last_read
+            .load(Ordering::Relaxed)
+            .max(self.last_write.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn on_write(&self) {
         self.last_write.store(now_nanos(), Ordering::Relaxed);
     }
@@ -262,6 +289,7 @@ impl Connection {
     pub(crate) fn request_started(&self, has_body: bool) -> u64 {
         self.head_started.store(0, Ordering::Relaxed);
         self.body_reading.store(has_body, Ordering::Relaxed);
+        self.body_unread.store(has_body, Ordering::Relaxed);
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.stats.active.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,0 +1,145 @@
+//! Quiet keep-alive connections are parked: hyper's connection and its buffers are dropped and the
+//! next bytes from the client start a new one on the same socket. Seen from a client, nothing may
+//! change: every request is answered, whatever moment it arrives at, and the connection keeps its
+//! timeouts and its close accounting.
+
+mod support;
+
+use std::time::Duration;
+
+use hearsay_proxy::CloseReason;
+use support::{eventually, Backend, Client, TestProxy};
+
+/// Pauses on both sides of the parking delay (10 ms) and of its backed-off values.
+const PAUSES_MS: [u64; 6] = [0, 3, 12, 30, 80, 250];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_answers_its_next_request_whatever_the_pause() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    // The first request after a silent start, then requests after pauses of every length.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for pause in PAUSES_MS.iter().chain(PAUSES_MS.iter().rev()) {
+        let response = client.get("/").await;
+        assert_eq!(response.status, 200, "after a {pause} ms pause");
+        assert_eq!(response.text(), "hello from b1");
+        tokio::time::sleep(Duration::from_millis(*pause)).await;
+    }
+    let stats = proxy.stats();
+    assert_eq!(stats.accepted, 1, "every request on one connection");
+    assert_eq!(stats.requests, 2 * PAUSES_MS.len() as u64);
+    assert_eq!(stats.idle, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_split_by_a_pause_is_served() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    assert_eq!(client.get("/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.send(b"GET /headers HTTP/1.1\r\nHo").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.send(b"st: split.example\r\nX-Part: 2\r\n\r\n").await;
+    let response = client.read_response().await.expect("a response");
+    assert_eq!(response.status, 200);
+    let text = response.text();
+    assert!(text.contains("host: split.example"), "{text}");
+    assert!(text.contains("x-part: 2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_after_a_pause_are_all_answered_in_order() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    assert_eq!(client.get("/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client
+        .send(
+            b"GET /headers HTTP/1.1\r\nHost: x\r\nX-N: 1\r\n\r\n\
+              GET /headers HTTP/1.1\r\nHost: x\r\nX-N: 2\r\n\r\n\
+              GET /headers HTTP/1.1\r\nHost: x\r\nX-N: 3\r\n\r\n",
+        )
+        .await;
+    for n in 1..=3 {
+        let response = client.read_response().await.expect("a response");
+        assert_eq!(response.status, 200);
+        assert!(
+            response.text().contains(&format!("x-n: {n}")),
+            "request {n}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_sent_after_an_early_answer_is_not_taken_for_a_request() {
+    // The backend answers `/` without reading the body; the rest of the body arrives after a
+    // pause. Those bytes belong to the first request: they are never parsed as a new one.
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 38\r\n\r\nfirst part;")
+        .await;
+    let response = client.read_response().await.expect("the early answer");
+    assert_eq!(response.status, 200);
+    // Either the connection waits for the rest of the body and then answers the next request,
+    // or it closes (hyper does not wait for a body nobody reads): never a 400 for the body's
+    // bytes.
+    if client.still_open_after(Duration::from_millis(50)).await {
+        client.send(b"GET /not-a-request HTTP/1.1\r\n\r\n").await;
+        client
+            .send(b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        if let Some(response) = client.read_response().await {
+            assert_eq!(response.status, 200, "{}", response.text());
+            assert!(response.text().contains("host: x"), "{}", response.text());
+        }
+    }
+    assert_eq!(proxy.stats().closed(CloseReason::Error), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_closing_a_quiet_connection_is_counted_as_such() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    assert_eq!(client.get("/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(client);
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let stats = proxy.stats();
+            stats.open == 0 && stats.closed(CloseReason::ClientClosed) == 1
+        })
+        .await,
+        "{:?}",
+        proxy.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_new_connection_is_still_cut_at_the_header_timeout() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("header_timeout = \"300ms\"", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    let opened = std::time::Instant::now();
+    let closed = client
+        .wait_closed(Duration::from_secs(2))
+        .await
+        .expect("cut at the header timeout");
+    let after = closed - opened;
+    assert!(
+        after >= Duration::from_millis(300) && after <= Duration::from_millis(400),
+        "cut after {after:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || proxy
+            .stats()
+            .closed(CloseReason::HeaderTimeout)
+            == 1)
+        .await
+    );
+}
