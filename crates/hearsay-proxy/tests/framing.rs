@@ -223,6 +223,36 @@ async fn a_backend_asking_to_close_gets_a_fresh_connection_next_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_reaches_a_client_that_reads_it_in_slices_with_pauses() {
+    // Each pause is longer than the parking delay while the proxy still has bytes to write: the
+    // connection must not lose them to parking.
+    let (mut client, _proxy, _) = through_proxy().await;
+    client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let expected = b"HTTP/1.1 200 OK\r\n".len();
+    let mut received = Vec::new();
+    let mut slice = vec![0u8; 512 << 10];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let body_start = loop {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let read = tokio::time::timeout_at(deadline, client.stream.read(&mut slice))
+            .await
+            .expect("the whole response within 20 s")
+            .unwrap();
+        assert!(read > 0, "closed after {} bytes", received.len());
+        received.extend_from_slice(&slice[..read]);
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            if received.len() >= at + 4 + (8 << 20) {
+                break at + 4;
+            }
+        }
+    };
+    assert!(received.len() > expected && received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(received.len() - body_start, 8 << 20);
+    assert!(received[body_start..].iter().all(|&byte| byte == b'a'));
+    assert_eq!(get(&mut client, "/").await.text(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_larger_than_the_socket_buffers_reaches_a_client_that_reads_late() {
     let (mut client, _proxy, _) = through_proxy().await;
     client.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;

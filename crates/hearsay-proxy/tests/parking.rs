@@ -74,6 +74,31 @@ async fn pipelined_requests_after_a_pause_are_all_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_of_a_pipelined_request_read_before_a_pause_is_kept() {
+    // hyper reads the first request and the start of the second in one go; the connection goes
+    // quiet with those bytes read but not parsed, and is parked: they must not be lost.
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    client
+        .send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /headers HTTP/1.1\r\nX-Early: ")
+        .await;
+    assert_eq!(
+        client.read_response().await.expect("a response").status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.send(b"yes\r\nHost: x\r\n\r\n").await;
+    let response = client.read_response().await.expect("a response");
+    assert_eq!(response.status, 200);
+    assert!(
+        response.text().contains("x-early: yes"),
+        "{}",
+        response.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_sent_after_an_early_answer_is_not_taken_for_a_request() {
     // The backend answers `/` without reading the body; the rest of the body arrives after a
     // pause. Those bytes belong to the first request: they are never parsed as a new one.
