@@ -109,21 +109,6 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     }
 }
 
-impl Connection {
-    fn on_write_result(&self, result: &Poll<io::Result<usize>>) {
-        match result {
-            Poll::Ready(Ok(written)) => {
-                if *written > 0 {
-                    self.on_write();
-                }
-                self.write_blocked.store(false, Ordering::Relaxed);
-            }
-            Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
-            Poll::Ready(Err(_)) => {}
-        }
-    }
-}
-
 /// An accepted client socket that joins the reactor (epoll) only when it first has to wait.
 ///
 /// A short connection rarely waits on its client: the request is already in the socket buffer

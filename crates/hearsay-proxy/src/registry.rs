@@ -285,6 +285,20 @@ impl Connection {
         self.last_write.store(now_nanos(), Ordering::Relaxed);
     }
 
+    /// Notes the outcome of a write to the client: when bytes moved, and whether it would block.
+    pub(crate) fn on_write_result(&self, result: &std::task::Poll<std::io::Result<usize>>) {
+        match result {
+            std::task::Poll::Ready(Ok(written)) => {
+                if *written > 0 {
+                    self.on_write();
+                }
+                self.write_blocked.store(false, Ordering::Relaxed);
+            }
+            std::task::Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
+            std::task::Poll::Ready(Err(_)) => {}
+        }
+    }
+
     /// A request head has been parsed: the connection is active until its response is written.
     pub(crate) fn request_started(&self, has_body: bool) -> u64 {
         self.head_started.store(0, Ordering::Relaxed);
