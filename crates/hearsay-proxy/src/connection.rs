@@ -6,9 +6,11 @@
 //! are in [`evaluate`], a pure function of the connection's state, the settings and the time.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hearsay_config::ListenerSettings;
@@ -294,12 +296,25 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
             // Biased, the connection first: the wake-up and the timer only make the loop look
             // again. Settings changes, shutdown and the end of the grace period all come as
             // wake-ups (`Registry::wake_listener`, `Proxy::shutdown`), so the task waits on
-            // three things.
+            // three things. A hyper connection that finds nothing to read on its first look
+            // (a client that connected and has not sent yet) is parked at once: it has nothing
+            // to lose, and many such connections opened together would otherwise hold hyper's
+            // buffers all at the same time.
+            let silent = !polled && !closing && !parking;
             tokio::select! {
                 biased;
-                result = Pin::new(&mut http) => match result {
-                    Ok(()) if parking => break,
-                    result => break 'connection match (connection.close_reason(), result) {
+                result = std::future::poll_fn(|cx| match Pin::new(&mut http).poll(cx) {
+                    Poll::Ready(result) => Poll::Ready(Some(result)),
+                    Poll::Pending if silent && connection.silent() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }) => match result {
+                    None => {
+                        connection.parking.store(true, Ordering::Relaxed);
+                        Pin::new(&mut http).graceful_shutdown();
+                        parking = true;
+                    }
+                    Some(Ok(())) if parking => break,
+                    Some(result) => break 'connection match (connection.close_reason(), result) {
                         (Some(reason), _) => reason,
                         (None, Ok(())) => CloseReason::ClientClosed,
                         (None, Err(error)) if error.is_parse() || error.is_parse_too_large() => {

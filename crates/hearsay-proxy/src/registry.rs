@@ -274,6 +274,13 @@ impl Connection {
             && !self.write_blocked.load(Ordering::Relaxed)
     }
 
+    /// Nothing received yet: a new connection whose client has not sent a byte.
+    pub(crate) fn silent(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+            && self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
     /// When bytes last moved either way.
     pub(crate) fn last_activity(&self) -> u64 {
         self.last_read
