@@ -449,7 +449,10 @@ async fn handle(
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         }
-        if settings.keepalive_header {
+        // Answered before the request body was read to its end: hyper will most likely close
+        // the connection after this response (and say so), so promise no idle timeout.
+        let body_unread = connection.body_unread.load(Ordering::Relaxed);
+        if settings.keepalive_header && !body_unread {
             if let Some(value) = headers::keep_alive_value(settings.keepalive_timeout) {
                 parts
                     .headers
