@@ -155,7 +155,7 @@ pub(crate) struct Context {
 ///
 /// The connection alternates between two phases. *Serving*: hyper reads requests and writes
 /// responses. *Parked*: once hyper has waited [`PARK_AFTER_NANOS`] for a next request with
-/// nothing received and nothing left to write, the task takes the socket back and drops hyper's
+/// nothing of it received, the task takes the socket back (hyper flushes first) and drops hyper's
 /// connection with its buffers (two of 8 KiB), so an idle keep-alive connection costs little more
 /// than its socket and task; the first byte of the next request (or the client's close) starts a
 /// new hyper connection on the same socket. In both phases the same rules ([`evaluate`]) and the

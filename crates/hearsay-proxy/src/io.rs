@@ -76,7 +76,9 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, buf);
-        this.connection.on_write_result(&result);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            this.connection.on_write();
+        }
         result
     }
 
@@ -87,7 +89,9 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write_vectored(cx, bufs);
-        this.connection.on_write_result(&result);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            this.connection.on_write();
+        }
         result
     }
 
@@ -102,7 +106,8 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         if this.connection.parking.load(Ordering::Relaxed) {
-            // hyper is done with the socket, the connection is not: it is being parked.
+            // hyper is done with the socket (and has flushed what it had to write before it
+            // asks for the shutdown), the connection is not: it is being parked.
             return Poll::Ready(Ok(()));
         }
         this.inner.poll_shutdown(cx)

@@ -191,8 +191,6 @@ pub struct Connection {
     /// Wakes the connection task when its deadlines may have changed (request start and end) or
     /// when an operator asks it to close.
     pub(crate) wake: Notify,
-    /// The last write to the client would have blocked: hyper still holds response bytes.
-    pub(crate) write_blocked: AtomicBool,
     /// The current request has a body that has not been read to its end.
     pub(crate) body_unread: AtomicBool,
     /// The connection task is taking the socket back from hyper to park it: hyper's shutdown of
@@ -248,7 +246,6 @@ impl Connection {
             close_reason: std::sync::atomic::AtomicU8::new(u8::MAX),
             close_requested: std::sync::atomic::AtomicU8::new(u8::MAX),
             wake: Notify::new(),
-            write_blocked: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
             parking: AtomicBool::new(false),
         }
@@ -265,13 +262,13 @@ impl Connection {
     }
 
     /// hyper waits for the next request and holds nothing for this connection: no request in
-    /// flight, no byte of a next one received, no request body left unread, no response byte
-    /// left to write.
+    /// flight, no byte of a next one received, no request body left unread. (Response bytes it
+    /// could not write yet are no reason to wait: hyper flushes them before it lets go of the
+    /// socket.)
     pub(crate) fn parkable(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
             && !self.body_unread.load(Ordering::Relaxed)
-            && !self.write_blocked.load(Ordering::Relaxed)
     }
 
     /// Nothing received yet: a new connection whose client has not sent a byte.
@@ -290,20 +287,6 @@ impl Connection {
 
     pub(crate) fn on_write(&self) {
         self.last_write.store(now_nanos(), Ordering::Relaxed);
-    }
-
-    /// Notes the outcome of a write to the client: when bytes moved, and whether it would block.
-    pub(crate) fn on_write_result(&self, result: &std::task::Poll<std::io::Result<usize>>) {
-        match result {
-            std::task::Poll::Ready(Ok(written)) => {
-                if *written > 0 {
-                    self.on_write();
-                }
-                self.write_blocked.store(false, Ordering::Relaxed);
-            }
-            std::task::Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
-            std::task::Poll::Ready(Err(_)) => {}
-        }
     }
 
     /// A request head has been parsed: the connection is active until its response is written.
