@@ -13,6 +13,17 @@ use support::{eventually, Backend, Client, TestProxy};
 /// Pauses on both sides of the parking delay (10 ms) and of its backed-off values.
 const PAUSES_MS: [u64; 6] = [0, 3, 12, 30, 80, 250];
 
+/// A proxy in front of one backend, and a client connection that made one request and has been
+/// quiet since for 50 ms, long enough to be parked.
+async fn quiet_client() -> (Backend, TestProxy, Client) {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    assert_eq!(client.get("/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (backend, proxy, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_connection_answers_its_next_request_whatever_the_pause() {
     let backend = Backend::start("b1").await;
@@ -34,11 +45,7 @@ async fn a_quiet_connection_answers_its_next_request_whatever_the_pause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_split_by_a_pause_is_served() {
-    let backend = Backend::start("b1").await;
-    let proxy = TestProxy::start("", &[backend.address], "").await;
-    let mut client = Client::connect(proxy.address).await;
-    assert_eq!(client.get("/").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_backend, _proxy, mut client) = quiet_client().await;
     client.send(b"GET /headers HTTP/1.1\r\nHo").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     client.send(b"st: split.example\r\nX-Part: 2\r\n\r\n").await;
@@ -51,11 +58,7 @@ async fn a_request_head_split_by_a_pause_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_after_a_pause_are_all_answered_in_order() {
-    let backend = Backend::start("b1").await;
-    let proxy = TestProxy::start("", &[backend.address], "").await;
-    let mut client = Client::connect(proxy.address).await;
-    assert_eq!(client.get("/").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_backend, _proxy, mut client) = quiet_client().await;
     client
         .send(
             b"GET /headers HTTP/1.1\r\nHost: x\r\nX-N: 1\r\n\r\n\
@@ -136,11 +139,7 @@ async fn a_request_body_sent_after_an_early_answer_is_not_taken_for_a_request() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_closing_a_quiet_connection_is_counted_as_such() {
-    let backend = Backend::start("b1").await;
-    let proxy = TestProxy::start("", &[backend.address], "").await;
-    let mut client = Client::connect(proxy.address).await;
-    assert_eq!(client.get("/").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_backend, proxy, client) = quiet_client().await;
     drop(client);
     assert!(
         eventually(Duration::from_secs(2), || {
