@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::registry::Connection;
+use crate::registry::{BodyFailure, Connection};
 use crate::upstream::{Checkout, DirectBody};
 
 /// A backend's response body.
@@ -36,6 +36,24 @@ impl Drop for BodyReading {
     fn drop(&mut self) {
         self.0.body_finished();
     }
+}
+
+/// Tells a body that broke its framing (hyper's decoder says "invalid data" or "invalid input")
+/// from one the client did not finish (the connection ended or was cut).
+fn body_failure(error: &hyper::Error) -> BodyFailure {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            ) {
+                return BodyFailure::Malformed;
+            }
+        }
+        source = cause.source();
+    }
+    BodyFailure::Aborted
 }
 
 pin_project_lite::pin_project! {
@@ -67,7 +85,13 @@ impl Body for RequestBody {
         let mut this = self.project();
         let result = this.inner.as_mut().poll_frame(cx);
         let finished = match &result {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(reading) = this.reading.as_ref() {
+                    reading.0.set_body_failure(body_failure(error));
+                }
+                true
+            }
+            Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             Poll::Pending => false,
         };
@@ -100,6 +124,9 @@ pin_project_lite::pin_project! {
         in_flight: Option<InFlight>,
         // The upstream connection, given back to its pool once the body has been read to its end.
         upstream: Option<Checkout>,
+        // The backend's response was framed unambiguously (not both Content-Length and
+        // Transfer-Encoding), so its connection may carry another request.
+        reusable: bool,
     }
 }
 
@@ -108,18 +135,27 @@ impl ResponseBody {
         inner: Either<Upstream, Full<Bytes>>,
         in_flight: InFlight,
         mut upstream: Option<Checkout>,
+        reusable: bool,
     ) -> Self {
         if inner.is_end_stream() {
             if let Some(checkout) = upstream.take() {
-                checkout.give_back();
+                give_back(checkout, &in_flight, reusable);
             }
         }
         ResponseBody {
             inner,
             in_flight: Some(in_flight),
             upstream,
+            reusable,
         }
     }
+}
+
+/// The response has been read to its end: its upstream connection goes back to the pool if the
+/// request went out whole too (otherwise it is closed; see [`Checkout::give_back`]).
+fn give_back(checkout: Checkout, in_flight: &InFlight, reusable: bool) {
+    let request_sent = !in_flight.0.body_unread.load(Ordering::Relaxed);
+    checkout.give_back(reusable && request_sent);
 }
 
 impl Body for ResponseBody {
@@ -143,8 +179,8 @@ impl Body for ResponseBody {
             Poll::Pending => false,
         };
         if complete {
-            if let Some(checkout) = this.upstream.take() {
-                checkout.give_back();
+            if let (Some(checkout), Some(in_flight)) = (this.upstream.take(), this.in_flight) {
+                give_back(checkout, in_flight, *this.reusable);
             }
         }
         result

@@ -249,6 +249,9 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
             })
         };
         let mut http = builder.serve_connection(TokioIo::new(io), service);
+        // Requests begun before this hyper connection: while none begins on it, it has nothing
+        // of a response to write (earlier ones were flushed before the connection was parked).
+        let requests_before = connection.requests.load(Ordering::Relaxed);
         let mut closing = false;
         let mut parking = false;
         // hyper has looked at the socket (a new hyper connection must read what woke the task
@@ -285,6 +288,17 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
                     Some(Verdict::Close(_)) => {
                         Pin::new(&mut http).graceful_shutdown();
                         closing = true;
+                    }
+                    Some(Verdict::Abort(CloseReason::HeaderTimeout))
+                        if connection.head_started.load(Ordering::Relaxed) != 0
+                            && connection.requests.load(Ordering::Relaxed) == requests_before =>
+                    {
+                        // Part of a head arrived, too slowly, and nothing of a response is on
+                        // its way: tell the client why, as HAProxy and NGINX do. (A connection
+                        // that sent nothing is closed without a word: browsers open spare ones.)
+                        let mut io = http.into_parts().io.into_inner();
+                        answer_request_timeout(&mut io).await;
+                        break 'connection CloseReason::HeaderTimeout;
                     }
                     Some(Verdict::Abort(reason)) => break 'connection reason,
                     Some(Verdict::WaitUntil(_)) => unreachable!("check never returns a wait"),
@@ -371,6 +385,17 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
     drop(context.admission);
 }
 
+/// Writes the 408 answer to a request head that did not arrive in time, and closes. Bounded: a
+/// client that does not read gets nothing after a moment.
+async fn answer_request_timeout(io: &mut TrackedIo<ClientStream>) {
+    use tokio::io::AsyncWriteExt as _;
+    let write = async {
+        io.write_all(crate::error::REQUEST_TIMEOUT).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
 /// Handles one request: forwards it and decides whether the connection stays open after it.
 async fn handle(
     request: Request<Incoming>,
@@ -402,21 +427,34 @@ async fn handle(
         None
     };
 
-    let request = request.map(|body| RequestBody::new(body, Arc::clone(&connection)));
-    // Boxed: hyper keeps room for one request future per connection for the connection's whole
-    // life, so a large future inline would cost every idle connection its size.
-    let forwarded = Box::pin(listener.pool.forward(
-        request,
-        connection.client.ip(),
-        &connection.client_header,
-    ));
-    let (response, upstream) = match forwarded.await {
+    let (mut head, body) = request.into_parts();
+    let checked = headers::check_request(head.version, &head.uri, &mut head.headers);
+    let request = Request::from_parts(head, RequestBody::new(body, Arc::clone(&connection)));
+    let forwarded = match checked {
+        // Boxed: hyper keeps room for one request future per connection for the connection's
+        // whole life, so a large future inline would cost every idle connection its size.
+        Ok(()) => Box::pin(listener.pool.forward(request, &connection)).await,
+        Err(error) => Err(error),
+    };
+    let mut server_close = server_close;
+    let (response, upstream) = match forwarded {
         Ok(Forwarded::Pooled(response, checkout)) => (
             response.map(|body| Either::Left(Either::Left(body))),
             Some(checkout),
         ),
         Ok(Forwarded::Direct(response)) => {
             (response.map(|body| Either::Left(Either::Right(body))), None)
+        }
+        Err(error) if error.closes_connection() => {
+            // The client's fault: its framing can no longer be trusted.
+            tracing::debug!(
+                listener = %listener.name,
+                client = %connection.client,
+                %error,
+                "bad request"
+            );
+            server_close = Some(CloseReason::Error);
+            (error.to_response().map(Either::Right), None)
         }
         Err(error) => {
             tracing::warn!(
@@ -430,6 +468,13 @@ async fn handle(
         }
     };
     let (mut parts, body) = response.into_parts();
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): the body was decoded as
+    // chunked, so a length must not go on with it (it would cut the body); a backend that sent
+    // both framed its message ambiguously, so its connection is not used again.
+    let mut reusable = true;
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        reusable = parts.headers.remove(header::CONTENT_LENGTH).is_none();
+    }
     headers::remove_hop_by_hop(&mut parts.headers);
     // Answer in the client's version: hyper then frames the keep-alive decision for an HTTP/1.0
     // client from our `Connection` header alone.
@@ -462,7 +507,7 @@ async fn handle(
     }
     Ok(Response::from_parts(
         parts,
-        ResponseBody::new(body, in_flight, upstream),
+        ResponseBody::new(body, in_flight, upstream, reusable),
     ))
 }
 

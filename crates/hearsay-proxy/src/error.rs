@@ -5,7 +5,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 /// Why the proxy answered a request itself instead of relaying a backend's response.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ForwardError {
     #[error("no backend available in pool {pool}")]
     NoBackend { pool: String },
@@ -17,6 +17,18 @@ pub enum ForwardError {
     ResponseTimeout { backend: String, timeout_ms: u128 },
     #[error("backend {backend} failed: {reason}")]
     BackendFailed { backend: String, reason: String },
+    /// The client's request body broke its framing (a malformed chunk): the client's fault.
+    #[error("malformed request body: {reason}")]
+    MalformedBody { reason: String },
+    /// The client went away (or was cut at `body_timeout`) before its request body ended.
+    #[error("client left before its request body ended")]
+    ClientAborted,
+    /// The request head is unacceptable (several `Host` headers, none in HTTP/1.1, ...).
+    #[error("bad request: {reason}")]
+    BadRequest { reason: &'static str },
+    /// A `Transfer-Encoding` other than a single `chunked`.
+    #[error("transfer coding {coding:?} not implemented")]
+    UnsupportedTransferCoding { coding: String },
 }
 
 impl ForwardError {
@@ -29,7 +41,24 @@ impl ForwardError {
             ForwardError::ConnectTimeout { .. } | ForwardError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ForwardError::MalformedBody { .. }
+            | ForwardError::ClientAborted
+            | ForwardError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ForwardError::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
         }
+    }
+
+    /// The client sent something wrong (the backend is not to blame): the connection closes
+    /// after the answer (`Connection: close`), since the client's framing can no longer be
+    /// trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ForwardError::MalformedBody { .. }
+                | ForwardError::ClientAborted
+                | ForwardError::BadRequest { .. }
+                | ForwardError::UnsupportedTransferCoding { .. }
+        )
     }
 
     /// The short plain-text response the client gets. It does not name the backend: clients need
@@ -46,6 +75,17 @@ impl ForwardError {
             ForwardError::ResponseTimeout { .. } => {
                 "504 gateway timeout: backend did not answer in time\n"
             }
+            ForwardError::MalformedBody { .. } => "400 bad request: malformed request body\n",
+            ForwardError::ClientAborted => "400 bad request: request body incomplete\n",
+            ForwardError::BadRequest { reason } => match *reason {
+                MULTIPLE_HOST => "400 bad request: several Host headers\n",
+                MISSING_HOST => "400 bad request: missing Host header\n",
+                INVALID_HOST => "400 bad request: invalid Host header\n",
+                _ => "400 bad request: invalid Transfer-Encoding\n",
+            },
+            ForwardError::UnsupportedTransferCoding { .. } => {
+                "501 not implemented: transfer coding\n"
+            }
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;
@@ -56,6 +96,16 @@ impl ForwardError {
         response
     }
 }
+
+/// Reasons of [`ForwardError::BadRequest`].
+pub(crate) const MULTIPLE_HOST: &str = "several Host headers";
+pub(crate) const MISSING_HOST: &str = "no Host header in an HTTP/1.1 request";
+pub(crate) const INVALID_HOST: &str = "invalid Host header";
+pub(crate) const SEVERAL_TRANSFER_ENCODINGS: &str = "several Transfer-Encoding headers";
+
+/// What a client gets when its request head did not arrive whole within `header_timeout`
+/// (written straight to the socket: hyper has no request to answer).
+pub(crate) const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 45\r\n\r\n408 request timeout: request head incomplete\n";
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

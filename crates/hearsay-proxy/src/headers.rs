@@ -4,7 +4,11 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Version;
+use http::{Uri, Version};
+
+use crate::error::{
+    ForwardError, INVALID_HOST, MISSING_HOST, MULTIPLE_HOST, SEVERAL_TRANSFER_ENCODINGS,
+};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -77,6 +81,67 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
         }
     }
     true
+}
+
+/// Checks a client's request head as RFC 9112 asks of a server before any of it reaches a
+/// backend, as HAProxy and NGINX do: one `Host` (required in HTTP/1.1, a valid authority), a
+/// `Transfer-Encoding` that is exactly `chunked` (hyper already refuses one whose last coding is
+/// not chunked, and HTTP/1.0 with any). The target of an absolute-form request
+/// (`GET http://a.example/x`) wins over its `Host` header (§3.2.2): it becomes the `Host`.
+pub(crate) fn check_request(
+    version: Version,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+) -> Result<(), ForwardError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(coding) = codings.next() {
+        if codings.next().is_some() {
+            return Err(ForwardError::BadRequest {
+                reason: SEVERAL_TRANSFER_ENCODINGS,
+            });
+        }
+        let chunked = coding
+            .to_str()
+            .is_ok_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked {
+            return Err(ForwardError::UnsupportedTransferCoding {
+                coding: String::from_utf8_lossy(coding.as_bytes()).into_owned(),
+            });
+        }
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ForwardError::BadRequest {
+            reason: MULTIPLE_HOST,
+        });
+    }
+    if let Some(authority) = uri.authority() {
+        // Userinfo never travels in Host.
+        let target = authority.as_str().rsplit('@').next().unwrap_or_default();
+        let value = HeaderValue::from_str(target).map_err(|_| ForwardError::BadRequest {
+            reason: INVALID_HOST,
+        })?;
+        headers.insert(header::HOST, value);
+        return Ok(());
+    }
+    match host {
+        None if version == Version::HTTP_11 => Err(ForwardError::BadRequest {
+            reason: MISSING_HOST,
+        }),
+        None => Ok(()),
+        Some(host) if valid_host(host.as_bytes()) => Ok(()),
+        Some(_) => Err(ForwardError::BadRequest {
+            reason: INVALID_HOST,
+        }),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without userinfo, not empty.
+fn valid_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && !value.contains(&b'@')
+        && http::uri::Authority::try_from(value).is_ok_and(|authority| !authority.host().is_empty())
 }
 
 /// Whether the sender of a message (a client's request, a backend's response) wants its connection
@@ -192,6 +257,178 @@ pub(crate) fn keep_alive_name() -> &'static HeaderName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_heads_are_checked_as_rfc_9112_asks() {
+        // (name, version, target, headers, expected status or the Host forwarded)
+        let cases: &[(
+            &str,
+            Version,
+            &str,
+            &[(&str, &str)],
+            Result<Option<&str>, u16>,
+        )] = &[
+            (
+                "plain",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a.example")],
+                Ok(Some("a.example")),
+            ),
+            (
+                "host with port",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a.example:8080")],
+                Ok(Some("a.example:8080")),
+            ),
+            (
+                "ipv6 host",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "[::1]:80")],
+                Ok(Some("[::1]:80")),
+            ),
+            (
+                "two hosts",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a.example"), ("host", "b.example")],
+                Err(400),
+            ),
+            (
+                "two equal hosts",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a.example"), ("host", "a.example")],
+                Err(400),
+            ),
+            ("no host in 1.1", Version::HTTP_11, "/x", &[], Err(400)),
+            ("no host in 1.0", Version::HTTP_10, "/x", &[], Ok(None)),
+            (
+                "empty host",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "")],
+                Err(400),
+            ),
+            (
+                "host with userinfo",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "u@a.example")],
+                Err(400),
+            ),
+            (
+                "host with space",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a b")],
+                Err(400),
+            ),
+            (
+                "host with path",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a.example/x")],
+                Err(400),
+            ),
+            (
+                "absolute form wins",
+                Version::HTTP_11,
+                "http://a.example/x",
+                &[("host", "b.example")],
+                Ok(Some("a.example")),
+            ),
+            (
+                "absolute form without host",
+                Version::HTTP_11,
+                "http://a.example:81/x",
+                &[],
+                Ok(Some("a.example:81")),
+            ),
+            (
+                "absolute form drops userinfo",
+                Version::HTTP_11,
+                "http://u:p@a.example/x",
+                &[],
+                Ok(Some("a.example")),
+            ),
+            (
+                "absolute form with two hosts",
+                Version::HTTP_11,
+                "http://a.example/x",
+                &[("host", "a"), ("host", "b")],
+                Err(400),
+            ),
+            (
+                "chunked",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a"), ("transfer-encoding", "chunked")],
+                Ok(Some("a")),
+            ),
+            (
+                "chunked any case",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a"), ("transfer-encoding", " Chunked ")],
+                Ok(Some("a")),
+            ),
+            (
+                "gzip, chunked",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a"), ("transfer-encoding", "gzip, chunked")],
+                Err(501),
+            ),
+            (
+                "identity, chunked",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a"), ("transfer-encoding", "identity, chunked")],
+                Err(501),
+            ),
+            (
+                "chunked, chunked",
+                Version::HTTP_11,
+                "/x",
+                &[("host", "a"), ("transfer-encoding", "chunked, chunked")],
+                Err(501),
+            ),
+            (
+                "two TE lines",
+                Version::HTTP_11,
+                "/x",
+                &[
+                    ("host", "a"),
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Err(400),
+            ),
+        ];
+        for (name, version, target, pairs, expected) in cases {
+            let mut headers = HeaderMap::new();
+            for (header, value) in *pairs {
+                headers.append(
+                    HeaderName::from_static(header),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let uri: Uri = target.parse().unwrap();
+            let result = check_request(*version, &uri, &mut headers);
+            match (result, expected) {
+                (Ok(()), Ok(host)) => assert_eq!(
+                    headers.get(header::HOST).map(|h| h.to_str().unwrap()),
+                    *host,
+                    "{name}"
+                ),
+                (Err(error), Err(status)) => assert_eq!(error.status().as_u16(), *status, "{name}"),
+                (result, expected) => panic!("{name}: got {result:?}, expected {expected:?}"),
+            }
+        }
+    }
 
     #[test]
     fn client_addresses_become_header_values() {

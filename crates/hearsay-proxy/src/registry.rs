@@ -196,6 +196,19 @@ pub struct Connection {
     /// The connection task is taking the socket back from hyper to park it: hyper's shutdown of
     /// the socket must not reach it.
     pub(crate) parking: AtomicBool,
+    /// How reading the current request's body failed (`BodyFailure as u8`; 0 = it did not).
+    body_failure: std::sync::atomic::AtomicU8,
+}
+
+/// Why a client's request body could not be read to its end: the client's fault, never the
+/// backend's (it must not count toward outlier ejection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum BodyFailure {
+    /// The body broke its framing (a malformed chunk): the client gets a 400.
+    Malformed = 1,
+    /// The client went away (or was cut at `body_timeout`) before the body ended.
+    Aborted = 2,
 }
 
 /// What a connection is doing, as the admin API shows it.
@@ -248,6 +261,20 @@ impl Connection {
             wake: Notify::new(),
             body_unread: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            body_failure: std::sync::atomic::AtomicU8::new(0),
+        }
+    }
+
+    pub(crate) fn set_body_failure(&self, failure: BodyFailure) {
+        self.body_failure.store(failure as u8, Ordering::Relaxed);
+    }
+
+    /// How reading the current request's body failed, if it did.
+    pub(crate) fn body_failure(&self) -> Option<BodyFailure> {
+        match self.body_failure.load(Ordering::Relaxed) {
+            1 => Some(BodyFailure::Malformed),
+            2 => Some(BodyFailure::Aborted),
+            _ => None,
         }
     }
 
@@ -294,6 +321,7 @@ impl Connection {
         self.head_started.store(0, Ordering::Relaxed);
         self.body_reading.store(has_body, Ordering::Relaxed);
         self.body_unread.store(has_body, Ordering::Relaxed);
+        self.body_failure.store(0, Ordering::Relaxed);
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.stats.active.fetch_add(1, Ordering::Relaxed);
         }

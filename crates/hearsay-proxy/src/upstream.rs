@@ -33,6 +33,7 @@ use crate::body::RequestBody;
 use crate::client::{ExchangeError, Release, UpstreamBody, UpstreamConn};
 use crate::error::{ForwardError, ProxyError};
 use crate::headers;
+use crate::registry::{BodyFailure, Connection};
 
 /// An operator's say over a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +113,7 @@ pub struct Backend {
 /// A backend's idle keep-alive connections, most recently used last.
 #[derive(Debug, Default)]
 struct Idle {
-    hyper: Vec<Parked<SendRequest<RequestBody>>>,
+    hyper: Vec<Parked<HyperConn>>,
     direct: Vec<Parked<UpstreamConn>>,
 }
 
@@ -135,9 +136,16 @@ trait Reusable {
     fn is_dead(&self) -> bool;
 }
 
-impl Reusable for SendRequest<RequestBody> {
+/// A hyper client connection: the handle that sends requests, and its connection task.
+#[derive(Debug)]
+pub(crate) struct HyperConn {
+    sender: SendRequest<RequestBody>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Reusable for HyperConn {
     fn is_dead(&self) -> bool {
-        self.is_closed()
+        self.sender.is_closed()
     }
 }
 
@@ -192,11 +200,22 @@ impl Drop for BackendLoad {
 
 /// A connection lent to one request; [`Checkout::give_back`] returns it to its backend's stack.
 /// The backend counts the request as in flight until the checkout is given back or dropped.
+/// A checkout dropped without being given back (its response abandoned or broken, or answered
+/// before its request body was sent whole) closes the connection at once: it is in the middle of
+/// a message, so nothing else may ever be sent on it.
 #[derive(Debug)]
 pub(crate) struct Checkout {
     load: BackendLoad,
-    sender: SendRequest<RequestBody>,
+    conn: Option<HyperConn>,
     max_idle: usize,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.task.abort();
+        }
+    }
 }
 
 /// Counters of a pool.
@@ -369,7 +388,7 @@ impl Backend {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn take_idle(&self, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
+    fn take_idle(&self, idle_timeout: Duration) -> Option<HyperConn> {
         pop_usable(&mut self.idle().hyper, idle_timeout)
     }
 
@@ -377,8 +396,8 @@ impl Backend {
         pop_usable(&mut self.idle().direct, idle_timeout)
     }
 
-    fn put_idle(&self, sender: SendRequest<RequestBody>, max_idle: usize) {
-        self.park(sender, max_idle, |idle| &mut idle.hyper);
+    fn put_idle(&self, conn: HyperConn, max_idle: usize) {
+        self.park(conn, max_idle, |idle| &mut idle.hyper);
     }
 
     fn put_idle_direct(&self, conn: UpstreamConn, max_idle: usize) {
@@ -422,7 +441,7 @@ impl Backend {
         self.idle().len()
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest<RequestBody>, ForwardError> {
+    async fn connect(&self, timeout: Duration) -> Result<HyperConn, ForwardError> {
         let stream = self.connect_stream(timeout).await?;
         // One write call per request (see the server side in connection.rs).
         let (sender, connection) = http1::Builder::new()
@@ -434,12 +453,15 @@ impl Backend {
                 reason: error.to_string(),
             })?;
         let address = self.address.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(backend = %address, %error, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok(HyperConn {
+            sender,
+            task: task.abort_handle(),
+        })
     }
 
     async fn connect_stream(&self, timeout: Duration) -> Result<TcpStream, ForwardError> {
@@ -507,12 +529,19 @@ impl Forwarded {
 }
 
 impl Checkout {
-    /// Returns the connection to its backend for the next request.
-    pub(crate) fn give_back(self) {
+    /// Returns the connection to its backend for the next request, once its response has been
+    /// read to the end, if `reusable`; otherwise it is closed. Not reusable: a connection whose
+    /// request body did not go out whole (a backend may answer before it read the body, a 401 or
+    /// 413 to an upload: the connection is still in the middle of the request, and a request
+    /// queued behind it would wait for a body that may never come and never reach the backend),
+    /// or whose response was framed ambiguously.
+    pub(crate) fn give_back(mut self, reusable: bool) {
         let backend = &self.load.0;
         // A draining or unhealthy backend's connections are closed, not kept.
-        if backend.state() == BackendState::Enabled {
-            backend.put_idle(self.sender, self.max_idle);
+        if reusable && backend.state() == BackendState::Enabled {
+            if let Some(conn) = self.conn.take() {
+                backend.put_idle(conn, self.max_idle);
+            }
         }
     }
 }
@@ -871,11 +900,11 @@ impl Pool {
     pub(crate) async fn forward(
         &self,
         request: Request<RequestBody>,
-        client: IpAddr,
-        client_header: &http::HeaderValue,
+        connection: &Connection,
     ) -> Result<Forwarded, ForwardError> {
+        let client = connection.client.ip();
         let (mut parts, body) = request.into_parts();
-        headers::rewrite_request(&mut parts.headers, client_header, "http");
+        headers::rewrite_request(&mut parts.headers, &connection.client_header, "http");
         // HTTP/1 upstream requests use origin form; the Host header is the client's.
         parts.uri = match parts.uri.path_and_query() {
             Some(path) => Uri::from(path.clone()),
@@ -939,10 +968,39 @@ impl Pool {
                     last_error = Some(error);
                 }
                 Err(Attempt::Failed(error)) => {
+                    if let Some(error) = self.clients_fault(connection, &backend, &error) {
+                        return Err(error);
+                    }
                     self.record_outcome(&backend, true);
                     return Err(error);
                 }
             }
+        }
+    }
+
+    /// A request that failed while the client's body was broken, cut short or still arriving
+    /// (a response timeout during a slow upload) failed by the client's doing: it answers the client and counts for neither side (a
+    /// client must not be able to get a healthy backend ejected). `None`: the backend's failure.
+    fn clients_fault(
+        &self,
+        connection: &Connection,
+        backend: &Backend,
+        error: &ForwardError,
+    ) -> Option<ForwardError> {
+        match connection.body_failure() {
+            Some(BodyFailure::Malformed) => Some(ForwardError::MalformedBody {
+                reason: error.to_string(),
+            }),
+            Some(BodyFailure::Aborted) => Some(ForwardError::ClientAborted),
+            // The response timeout ran out while the client was still sending its body: a slow
+            // upload, not a slow backend.
+            None if matches!(error, ForwardError::ResponseTimeout { .. })
+                && connection.body_unread.load(Ordering::Relaxed) =>
+            {
+                tracing::debug!(pool = %self.name, backend = %backend.address, %error, "response timeout while the request body was still arriving: not counted against the backend");
+                Some(error.clone())
+            }
+            None => None,
         }
     }
 
@@ -1025,14 +1083,14 @@ impl Pool {
         // Pooled connections first; a stale one hands the request back and we try the next, then
         // a fresh connection.
         loop {
-            let (mut sender, reused) = match backend.take_idle(self.idle_timeout) {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match backend.take_idle(self.idle_timeout) {
+                Some(conn) => (conn, true),
                 None => match backend.connect(self.connect_timeout).await {
-                    Ok(sender) => (sender, false),
+                    Ok(conn) => (conn, false),
                     Err(error) => return Err(Attempt::NotConnected(error, Box::new(request))),
                 },
             };
-            if sender.ready().await.is_err() {
+            if conn.sender.ready().await.is_err() {
                 if reused {
                     continue;
                 }
@@ -1044,13 +1102,13 @@ impl Pool {
             }
             // A reused connection the backend is closing right now fails the request after it
             // was written; its body is gone, so it cannot go again (a 502, as in NGINX).
-            match sender.try_send_request(request).await {
+            match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     return Ok((
                         response,
                         Checkout {
                             load,
-                            sender,
+                            conn: Some(conn),
                             max_idle: self.max_idle_per_backend,
                         },
                     ))
