@@ -263,3 +263,111 @@ fn run_failing(config: &std::path::Path) -> String {
     assert!(!output.status.success());
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// A node config with one listener over an unreachable backend (every request logs a warning).
+fn node_config_over_a_closed_port() -> String {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!(
+        "[node]\nid = \"pipe\"\ndata_dir = \"{}\"\nshutdown_grace = \"2s\"\n[runtime]\nworker_threads = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"{closed}\"]\n",
+        temp_data_dir()
+    )
+}
+
+#[test]
+fn output_to_a_closed_pipe_does_not_kill_the_process() {
+    use std::io::BufRead as _;
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+
+    // check-config printing to a reader that is already gone.
+    let path = write_temp(
+        "pipe-check.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9001\"]\n",
+    );
+    let (gone, stdout) = UnixStream::pair().unwrap();
+    drop(gone);
+    let status = Command::new(HEARSAY)
+        .arg("check-config")
+        .arg(&path)
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(stdout)))
+        .status()
+        .unwrap();
+    assert!(status.success(), "check-config: {status:?}");
+
+    // A node whose log reader goes away after start-up keeps serving; the next log lines (a
+    // warning per failed request) are dropped.
+    let config = write_temp("pipe-node.toml", &node_config_over_a_closed_port());
+    let (reader, stderr) = UnixStream::pair().unwrap();
+    let child = Command::new(HEARSAY)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(std::os::fd::OwnedFd::from(stderr)))
+        .spawn()
+        .unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // Killed if the test fails half-way.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(child);
+    let (mut address, mut started) = (None, false);
+    let mut lines = std::io::BufReader::new(&reader).lines();
+    while address.is_none() || !started {
+        let line = lines
+            .next()
+            .expect("more log")
+            .expect("the node logs its start");
+        if let Some(rest) = line.split("address=").nth(1) {
+            if line.contains("listener=") {
+                address = Some(rest.split_whitespace().next().unwrap().to_owned());
+            }
+        }
+        started |= line.contains("node started");
+    }
+    drop(lines);
+    drop(reader);
+    let address = address.unwrap();
+    for _ in 0..5 {
+        let mut client = TcpStream::connect(&address).unwrap();
+        let response = request(&mut client, "/");
+        assert!(response.starts_with("HTTP/1.1 502"), "{response}");
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "the node died");
+    send_signal(&child.0, "-TERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn sighup_is_logged_and_does_not_stop_the_node() {
+    let mut node = Node::start(&node_config_over_a_closed_port());
+    node.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|line: &String| line.contains("SIGHUP")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match node.log.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no SIGHUP line in the log: {seen:#?}"),
+        }
+    }
+    assert!(node.child.try_wait().unwrap().is_none(), "the node stopped");
+    let mut client = TcpStream::connect(node.address).unwrap();
+    assert!(request(&mut client, "/").starts_with("HTTP/1.1 502"));
+    node.signal("-TERM");
+    assert!(node.wait_exit(Duration::from_secs(10)).success());
+}

@@ -98,17 +98,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?
         .join(", ");
     if args.backends_only {
-        println!("hearsay demo backends on {backend_list} (Ctrl-C stops)");
+        crate::output::stdout(&format!(
+            "hearsay demo backends on {backend_list} (Ctrl-C stops)\n"
+        ));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
         return runtime.block_on(async move {
+            let mut signals = crate::Signals::new()?;
             for (name, socket) in backends {
                 let socket = tokio::net::TcpListener::from_std(socket)?;
                 tokio::spawn(serve_backend(name, socket));
             }
-            crate::wait_for_signal().await
+            signals.stop().await;
+            Ok(())
         });
     }
     std::fs::create_dir_all(&args.data_dir)
@@ -186,6 +190,7 @@ interval = "1s"
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let mut signals = crate::Signals::new()?;
         for (name, socket) in backends {
             let socket = tokio::net::TcpListener::from_std(socket)?;
             tokio::spawn(serve_backend(name, socket));
@@ -201,8 +206,8 @@ interval = "1s"
                 .with_context(|| format!("cannot start node {id}"))?;
             children.push((id.clone(), child));
         }
-        println!(
-            "hearsay demo: a {}-node cluster (gossip on {}, sealed with {}) balancing over {backend_list}",
+        crate::output::stdout(&format!(
+            "hearsay demo: a {}-node cluster (gossip on {}, sealed with {}) balancing over {backend_list}\n",
             configs.len(),
             gossip
                 .iter()
@@ -210,15 +215,18 @@ interval = "1s"
                 .collect::<Vec<_>>()
                 .join(", "),
             key.display(),
-        );
+        ));
         for (id, listen, admin, path) in &configs {
-            println!("  {id}: http://{listen}  admin {admin}  config {}", path.display());
+            crate::output::stdout(&format!(
+                "  {id}: http://{listen}  admin {admin}  config {}\n",
+                path.display()
+            ));
         }
         let (_, first, first_admin, _) = &configs[0];
-        println!("try: curl -i http://{first}/hello");
-        println!("     grpcurl -plaintext {first_admin} hearsay.admin.v1.Admin/ListMembers");
-        println!("(Ctrl-C stops every node gracefully)");
-        let result = supervise(&mut children).await;
+        crate::output::stdout(&format!(
+            "try: curl -i http://{first}/hello\n     grpcurl -plaintext {first_admin} hearsay.admin.v1.Admin/ListMembers\n(Ctrl-C stops every node gracefully)\n"
+        ));
+        let result = supervise(&mut children, &mut signals).await;
         for (_, child) in &children {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -230,7 +238,9 @@ interval = "1s"
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if Instant::now() > deadline => {
-                        eprintln!("node {id} did not stop in time; killing it");
+                        crate::output::stderr(&format!(
+                            "node {id} did not stop in time; killing it\n"
+                        ));
                         let _ = child.kill();
                         let _ = child.wait();
                         break;
@@ -244,12 +254,15 @@ interval = "1s"
 }
 
 /// Waits for Ctrl-C / SIGTERM, or for a node to exit on its own (an error: the others stop).
-async fn supervise(children: &mut [(String, Child)]) -> anyhow::Result<()> {
-    let signal = crate::wait_for_signal();
+async fn supervise(
+    children: &mut [(String, Child)],
+    signals: &mut crate::Signals,
+) -> anyhow::Result<()> {
+    let signal = signals.stop();
     tokio::pin!(signal);
     loop {
         tokio::select! {
-            result = &mut signal => return result,
+            () = &mut signal => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 for (id, child) in children.iter_mut() {
                     if let Some(status) = child.try_wait()? {

@@ -1,6 +1,7 @@
 //! The `hearsay` binary: command line, logging, runtime, and the node's start and ordered stop.
 
 mod demo;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            output::stderr(&format!("error: {error:#}\n"));
             ExitCode::FAILURE
         }
     }
@@ -68,7 +69,9 @@ fn init_logging(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(level) => EnvFilter::try_new(level).unwrap_or_else(|error| {
-            eprintln!("warning: bad --log-level {level:?} ({error}); using \"info\"");
+            output::stderr(&format!(
+                "warning: bad --log-level {level:?} ({error}); using \"info\"\n"
+            ));
             EnvFilter::new("info")
         }),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -77,19 +80,20 @@ fn init_logging(level: Option<&str>) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogWriter)
+        .log_internal_errors(false)
         .init();
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     match Config::load(file) {
         Ok(config) => {
-            println!(
-                "{}: ok ({} listener(s), {} pool(s))",
+            output::stdout(&format!(
+                "{}: ok ({} listener(s), {} pool(s))\n",
                 file.display(),
                 config.listeners.len(),
                 config.pools.len()
-            );
+            ));
             Ok(())
         }
         Err(error) => Err(anyhow::anyhow!("{}: {error}", file.display())),
@@ -99,7 +103,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
 fn run_ctl(args: hearsay_admin::ctl::CtlArgs) -> anyhow::Result<()> {
     let runtime = build_runtime(1)?;
     let output = runtime.block_on(hearsay_admin::ctl::run(args))?;
-    print!("{output}");
+    output::stdout(&output);
     Ok(())
 }
 
@@ -122,6 +126,8 @@ fn build_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtim
 fn run_node(config: Config) -> anyhow::Result<()> {
     let runtime = build_runtime(config.runtime.worker_threads)?;
     runtime.block_on(async move {
+        // First, so that no signal that should not end the node (SIGHUP) ends it mid-start.
+        let mut signals = Signals::new()?;
         let proxy: Arc<Proxy> = Proxy::new(&config)?;
         let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -164,7 +170,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         tracing::info!(address = %admin_address, auth = config.admin.token.is_some(), "admin API listening");
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), "node started");
         tokio::select! {
-            signal = wait_for_signal() => signal?,
+            () = signals.stop() => {}
             result = &mut admin => {
                 // The admin server only returns early on failure.
                 return match result {
@@ -198,13 +204,42 @@ fn run_node(config: Config) -> anyhow::Result<()> {
 /// How long the admin API waits for its clients to hang up at shutdown.
 const ADMIN_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-        _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+/// The signals a running process answers. Installed before anything else starts: SIGHUP's
+/// default action would end the process at once, without the drain.
+pub(crate) struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
     }
-    Ok(())
+
+    /// Waits for SIGTERM or SIGINT. SIGHUP (what `systemctl reload` and log rotators send) does
+    /// not stop the process: there is nothing to reload yet (settings change through the admin
+    /// API, and the log goes to stderr, which needs no reopening), so it is logged and ignored.
+    pub(crate) async fn stop(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => {
+                    tracing::info!(signal = "SIGTERM", "shutting down");
+                    return;
+                }
+                _ = self.interrupt.recv() => {
+                    tracing::info!(signal = "SIGINT", "shutting down");
+                    return;
+                }
+                _ = self.hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "signal received: nothing to reload (change settings with the admin API, the config file with a restart); still running");
+                }
+            }
+        }
+    }
 }
