@@ -323,6 +323,7 @@ impl Cluster {
         let transport = GossipTransport {
             keyring,
             cluster_id: config.cluster_id.clone(),
+            advertise: config.advertise,
             max_clock_skew: config.max_clock_skew,
             stats: Arc::default(),
         };

@@ -14,19 +14,31 @@
 //! chitchat sees real peer addresses. Datagrams reaching chitchat's socket from anything other
 //! than a relay socket are dropped, as are datagrams on a relay socket not sent by chitchat.
 //!
-//! Sealed datagram: `"HS" | 1 (format) | nonce (24) | ciphertext | tag (16)`, with the cluster id
-//! as associated data. Plaintext: `sender instance (8) | sequence (8) | sent at, unix ms (8) |
-//! message id (8) | fragment index (2) | fragment count (2) | chitchat bytes`. A chitchat message
-//! that would not fit one UDP datagram once sealed travels in fragments.
+//! Sealed datagram: `"HS" | 2 (format) | nonce (24) | ciphertext | tag (16)`, with the cluster id
+//! and the recipient's gossip address as associated data. Plaintext: `sender instance (8) |
+//! sequence (8) | sent at, unix ms (8) | message id (8) | fragment index (2) | fragment count (2) |
+//! sender's gossip address (18) | chitchat bytes`. A chitchat message that would not fit one UDP
+//! datagram once sealed travels in fragments. Addresses are 16 bytes of IPv6 (IPv4 mapped) and a
+//! big-endian port.
+//!
+//! Recipient: a node opens only datagrams sealed for its own advertised gossip address
+//! (`cluster.advertise`), so a datagram captured on its way to one node does not open at another
+//! (the replay window is per receiver: without this, each other node would accept it once). Both
+//! sides agree on that address: chitchat sends to a peer's advertised address (its `ChitchatId`),
+//! and a datagram names its sender's, so a reply (chitchat answers the source address, which
+//! behind NAT or from a node listening on 0.0.0.0 need not be the advertised one) is sealed for
+//! the address the peer named. A seed is sealed for the address it is written as until it
+//! answers, so seeds should name nodes by their advertised addresses. Misdirected datagrams do not
+//! open and are counted as forged.
 //!
 //! Replay protection: a datagram is dropped unless its timestamp is within `max_clock_skew` of
 //! the receiver's clock, and its (instance, sequence) was not seen before (a 128-sequence sliding
 //! window per sender instance, like IPsec's). The window lives in memory: after a restart a node
-//! accepts one replay of datagrams younger than `max_clock_skew`, which cannot roll state back
-//! because chitchat only adopts newer versions.
+//! accepts one replay of datagrams sent to it younger than `max_clock_skew`, which cannot roll
+//! state back because chitchat only adopts newer versions.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,11 +56,14 @@ use tokio::time::Instant;
 /// The largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
 const MAGIC: &[u8; 2] = b"HS";
-const FORMAT: u8 = 1;
+/// 2: the recipient is bound in and the sender named (format 1 datagrams are malformed now).
+const FORMAT: u8 = 2;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const PREFIX_LEN: usize = MAGIC.len() + 1 + NONCE_LEN;
-const HEADER_LEN: usize = 8 + 8 + 8 + 8 + 2 + 2;
+/// A gossip address on the wire: IPv6 (IPv4 mapped), port.
+const ADDRESS_LEN: usize = 16 + 2;
+const HEADER_LEN: usize = 8 + 8 + 8 + 8 + 2 + 2 + ADDRESS_LEN;
 /// Smallest datagram that can be valid: prefix, header, tag (and at least nothing else).
 pub const MIN_SEALED: usize = PREFIX_LEN + HEADER_LEN + TAG_LEN;
 /// Chitchat bytes carried by one fragment.
@@ -94,7 +109,8 @@ pub struct TransportStats {
     pub bytes_sent: AtomicU64,
     pub datagrams_received: AtomicU64,
     pub bytes_received: AtomicU64,
-    /// Did not open under any cluster key (forged, corrupted, wrong key or cluster id).
+    /// Did not open under any cluster key (forged, corrupted, wrong key or cluster id, or sealed
+    /// for another node: captured on its way there and sent here).
     pub dropped_forged: AtomicU64,
     /// Opened, but its sequence number was seen before.
     pub dropped_replayed: AtomicU64,
@@ -115,6 +131,9 @@ pub struct TransportStats {
 pub struct GossipTransport {
     pub keyring: Option<Keyring>,
     pub cluster_id: String,
+    /// This node's advertised gossip address (`cluster.advertise`): what peers send to, so what
+    /// datagrams for this node are sealed for.
+    pub advertise: SocketAddr,
     pub max_clock_skew: Duration,
     pub stats: Arc<TransportStats>,
 }
@@ -131,20 +150,7 @@ impl Transport for GossipTransport {
         let outer = UdpSocket::bind(listen)
             .await
             .with_context(|| format!("cannot bind the gossip address {listen}/UDP"))?;
-        let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-        let inner = ChitchatSocket::open(loopback).await?;
-        let inner_address = inner.local_addr()?;
-        Ok(Box::new(SealedSocket {
-            inner,
-            inner_address,
-            outer,
-            relays: HashMap::new(),
-            relay_peers: HashMap::new(),
-            sealer: Sealer::new(keyring.clone(), self.cluster_id.clone()),
-            opener: Opener::new(keyring, self.cluster_id.clone(), self.max_clock_skew),
-            stats: Arc::clone(&self.stats),
-            buffer: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
-        }))
+        Ok(Box::new(SealedSocket::new(outer, keyring, self).await?))
     }
 }
 
@@ -152,6 +158,9 @@ struct Relay {
     socket: UdpSocket,
     address: SocketAddr,
     last_used: Instant,
+    /// The gossip address the peer at this address names itself with in its datagrams (once
+    /// one opened): what datagrams to it are sealed for.
+    recipient: Option<SocketAddr>,
 }
 
 struct SealedSocket {
@@ -170,7 +179,34 @@ struct SealedSocket {
 }
 
 impl SealedSocket {
-    async fn relay(&mut self, peer: SocketAddr) -> anyhow::Result<&Relay> {
+    async fn new(
+        outer: UdpSocket,
+        keyring: Keyring,
+        transport: &GossipTransport,
+    ) -> anyhow::Result<SealedSocket> {
+        let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let inner = ChitchatSocket::open(loopback).await?;
+        let inner_address = inner.local_addr()?;
+        let cluster_id = transport.cluster_id.clone();
+        Ok(SealedSocket {
+            inner,
+            inner_address,
+            outer,
+            relays: HashMap::new(),
+            relay_peers: HashMap::new(),
+            sealer: Sealer::new(keyring.clone(), cluster_id.clone(), transport.advertise),
+            opener: Opener::new(
+                keyring,
+                cluster_id,
+                transport.advertise,
+                transport.max_clock_skew,
+            ),
+            stats: Arc::clone(&transport.stats),
+            buffer: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
+        })
+    }
+
+    async fn relay(&mut self, peer: SocketAddr) -> anyhow::Result<&mut Relay> {
         if !self.relays.contains_key(&peer) {
             if self.relays.len() >= MAX_RELAYS {
                 if let Some(oldest) = self
@@ -195,6 +231,7 @@ impl SealedSocket {
                     socket,
                     address,
                     last_used: Instant::now(),
+                    recipient: None,
                 },
             );
         }
@@ -203,12 +240,20 @@ impl SealedSocket {
         Ok(relay)
     }
 
-    /// Hands an opened message from `peer` to chitchat through the peer's relay socket.
-    async fn deliver(&mut self, peer: SocketAddr, message: &[u8]) {
+    /// Hands an opened message from `peer` to chitchat through the peer's relay socket, and
+    /// remembers the gossip address the peer named itself with, for the replies.
+    async fn deliver(&mut self, peer: SocketAddr, opened: Opened) {
         let inner_address = self.inner_address;
         match self.relay(peer).await {
             Ok(relay) => {
-                if let Err(error) = relay.socket.try_send_to(message, inner_address) {
+                relay.recipient = Some(opened.sender);
+                // Sent on the (non-blocking) socket directly, not with tokio's `try_send_to`:
+                // tokio reports a socket bound a moment ago as not writable until its reactor has
+                // looked at it, which dropped the first message from every new peer. And no
+                // `.await` here: chitchat cancels `recv` whenever its gossip timer fires first.
+                let sent = socket2::SockRef::from(&relay.socket)
+                    .send_to(&opened.message, &inner_address.into());
+                if let Err(error) = sent {
                     tracing::debug!(%peer, %error, "gossip relay dropped a message");
                 }
             }
@@ -233,6 +278,7 @@ impl Socket for SealedSocket {
         let relay_address = relay.address;
         self.inner.send(relay_address, envelope).await?;
         let relay = self.relays.get(&to).expect("relay exists");
+        let recipient = relay.recipient.unwrap_or(to);
         // Loopback delivery is immediate; the bound only guards against a lost datagram.
         let plain = loop {
             let (length, from) = tokio::time::timeout(
@@ -247,7 +293,7 @@ impl Socket for SealedSocket {
             add_to(&self.stats.dropped_local, 1);
         };
         let mut sent = 0;
-        for datagram in self.sealer.seal(plain) {
+        for datagram in self.sealer.seal(plain, recipient) {
             match self.outer.send_to(&datagram, to).await {
                 Ok(length) => {
                     sent += length;
@@ -289,7 +335,7 @@ impl Socket for SealedSocket {
                     add_to(&self.stats.bytes_received, length as u64);
                     let datagram = self.buffer[..length].to_vec();
                     match self.opener.open(&datagram, unix_millis(), Instant::now()) {
-                        Ok(Some(message)) => self.deliver(from, &message).await,
+                        Ok(Some(opened)) => self.deliver(from, opened).await,
                         Ok(None) => {}
                         Err(drop) => {
                             let counter = match drop {
@@ -324,32 +370,66 @@ fn random_u64() -> u64 {
     OsRng.next_u64()
 }
 
+/// A gossip address as it travels: 16 bytes of IPv6 (an IPv4 address mapped, so both spellings
+/// of one address agree), then the port, big-endian.
+fn encode_address(address: SocketAddr) -> [u8; ADDRESS_LEN] {
+    let ip = match address.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let mut bytes = [0; ADDRESS_LEN];
+    bytes[..16].copy_from_slice(&ip.octets());
+    bytes[16..].copy_from_slice(&address.port().to_be_bytes());
+    bytes
+}
+
+fn decode_address(bytes: &[u8; ADDRESS_LEN]) -> SocketAddr {
+    let mut octets = [0; 16];
+    octets.copy_from_slice(&bytes[..16]);
+    let ip = Ipv6Addr::from(octets);
+    let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+    SocketAddr::new(ip, u16::from_be_bytes([bytes[16], bytes[17]]))
+}
+
+/// The associated data: the cluster id, then the recipient's gossip address (fixed length, so
+/// the two cannot run into each other).
+fn associated_data(cluster_id: &str, recipient: SocketAddr) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(cluster_id.len() + ADDRESS_LEN);
+    aad.extend_from_slice(cluster_id.as_bytes());
+    aad.extend_from_slice(&encode_address(recipient));
+    aad
+}
+
 /// Seals outgoing messages.
 pub struct Sealer {
     keyring: Keyring,
     cluster_id: String,
+    /// This node's advertised gossip address, named in every datagram.
+    sender: [u8; ADDRESS_LEN],
     instance: u64,
     sequence: u64,
     message: u64,
 }
 
 impl Sealer {
-    pub fn new(keyring: Keyring, cluster_id: String) -> Sealer {
+    pub fn new(keyring: Keyring, cluster_id: String, advertise: SocketAddr) -> Sealer {
         Sealer {
             keyring,
             cluster_id,
+            sender: encode_address(advertise),
             instance: random_u64(),
             sequence: 0,
             message: 0,
         }
     }
 
-    /// The sealed datagrams carrying `message` (one unless it is too large for one datagram).
-    pub fn seal(&mut self, message: &[u8]) -> Vec<Vec<u8>> {
-        self.seal_at(message, unix_millis())
+    /// The sealed datagrams carrying `message` to the node whose advertised gossip address is
+    /// `recipient` (one datagram unless the message is too large for one).
+    pub fn seal(&mut self, message: &[u8], recipient: SocketAddr) -> Vec<Vec<u8>> {
+        self.seal_at(message, recipient, unix_millis())
     }
 
-    fn seal_at(&mut self, message: &[u8], now_ms: u64) -> Vec<Vec<u8>> {
+    fn seal_at(&mut self, message: &[u8], recipient: SocketAddr, now_ms: u64) -> Vec<Vec<u8>> {
         self.message += 1;
         let chunks: Vec<&[u8]> = if message.is_empty() {
             vec![message]
@@ -358,6 +438,7 @@ impl Sealer {
         };
         let count = chunks.len() as u16;
         let cipher = &self.keyring.ciphers[0];
+        let aad = associated_data(&self.cluster_id, recipient);
         chunks
             .into_iter()
             .enumerate()
@@ -370,6 +451,7 @@ impl Sealer {
                 plain.extend_from_slice(&self.message.to_le_bytes());
                 plain.extend_from_slice(&(index as u16).to_le_bytes());
                 plain.extend_from_slice(&count.to_le_bytes());
+                plain.extend_from_slice(&self.sender);
                 plain.extend_from_slice(chunk);
                 let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
                 let sealed = cipher
@@ -377,7 +459,7 @@ impl Sealer {
                         &nonce,
                         Payload {
                             msg: &plain,
-                            aad: self.cluster_id.as_bytes(),
+                            aad: &aad,
                         },
                     )
                     .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory input");
@@ -414,20 +496,34 @@ struct PartialMessage {
     started: Instant,
 }
 
-/// Opens incoming datagrams: authenticity, freshness, replay window, reassembly.
+/// A chitchat message that opened, and the gossip address its sender names itself with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub message: Vec<u8>,
+    pub sender: SocketAddr,
+}
+
+/// Opens incoming datagrams: authenticity (for this node), freshness, replay window,
+/// reassembly.
 pub struct Opener {
     keyring: Keyring,
-    cluster_id: String,
+    /// Cluster id and this node's advertised gossip address: only datagrams sealed for them open.
+    aad: Vec<u8>,
     max_clock_skew: Duration,
     senders: HashMap<u64, SenderWindow>,
     partial: HashMap<(u64, u64), PartialMessage>,
 }
 
 impl Opener {
-    pub fn new(keyring: Keyring, cluster_id: String, max_clock_skew: Duration) -> Opener {
+    pub fn new(
+        keyring: Keyring,
+        cluster_id: String,
+        advertise: SocketAddr,
+        max_clock_skew: Duration,
+    ) -> Opener {
         Opener {
             keyring,
-            cluster_id,
+            aad: associated_data(&cluster_id, advertise),
             max_clock_skew,
             senders: HashMap::new(),
             partial: HashMap::new(),
@@ -435,13 +531,13 @@ impl Opener {
     }
 
     /// The chitchat message a datagram completes (`None` while fragments are missing), or why
-    /// it was dropped.
+    /// it was dropped. A datagram sealed for another node does not open: [`Drop::Forged`].
     pub fn open(
         &mut self,
         datagram: &[u8],
         now_ms: u64,
         now: Instant,
-    ) -> Result<Option<Vec<u8>>, Drop> {
+    ) -> Result<Option<Opened>, Drop> {
         if datagram.len() > MAX_DATAGRAM {
             return Err(Drop::Oversized);
         }
@@ -451,7 +547,7 @@ impl Opener {
         let nonce = XNonce::from_slice(&datagram[3..PREFIX_LEN]);
         let payload = || Payload {
             msg: &datagram[PREFIX_LEN..],
-            aad: self.cluster_id.as_bytes(),
+            aad: &self.aad,
         };
         let plain = self
             .keyring
@@ -466,6 +562,7 @@ impl Opener {
         let message_id = field(24);
         let index = u16::from_le_bytes([plain[32], plain[33]]);
         let count = u16::from_le_bytes([plain[34], plain[35]]);
+        let sender = decode_address(plain[36..HEADER_LEN].try_into().expect("address length"));
         if sent_ms.abs_diff(now_ms) > self.max_clock_skew.as_millis() as u64 {
             return Err(Drop::Stale);
         }
@@ -475,7 +572,10 @@ impl Opener {
         self.check_replay(instance, sequence, now)?;
         let body = plain[HEADER_LEN..].to_vec();
         if count == 1 {
-            return Ok(Some(body));
+            return Ok(Some(Opened {
+                message: body,
+                sender,
+            }));
         }
         self.partial
             .retain(|_, partial| now.duration_since(partial.started) < PARTIAL_MESSAGE_TTL);
@@ -507,9 +607,10 @@ impl Opener {
                 .partial
                 .remove(&(instance, message_id))
                 .expect("present");
-            return Ok(Some(
-                partial.fragments.into_iter().flatten().flatten().collect(),
-            ));
+            return Ok(Some(Opened {
+                message: partial.fragments.into_iter().flatten().flatten().collect(),
+                sender,
+            }));
         }
         Ok(None)
     }
@@ -563,37 +664,223 @@ mod tests {
         Keyring::new(&[[byte; 32]]).unwrap()
     }
 
+    /// The advertised gossip addresses of the nodes in these tests: A seals, B opens.
+    fn node(name: char) -> SocketAddr {
+        match name {
+            'A' => "10.0.0.1:7946",
+            'B' => "10.0.0.2:7946",
+            'C' => "10.0.0.3:7946",
+            _ => "[fd00::4]:7946",
+        }
+        .parse()
+        .unwrap()
+    }
+
+    fn new_sealer(key: u8, cluster_id: &str) -> Sealer {
+        Sealer::new(keyring(key), cluster_id.to_owned(), node('A'))
+    }
+
     fn opener(keys: &[[u8; 32]]) -> Opener {
+        opener_at(keys, node('B'))
+    }
+
+    fn opener_at(keys: &[[u8; 32]], advertise: SocketAddr) -> Opener {
         Opener::new(
             Keyring::new(keys).unwrap(),
             "test".to_owned(),
+            advertise,
             Duration::from_secs(60),
         )
+    }
+
+    /// What opening a whole message from A gives.
+    fn from_a(message: &[u8]) -> Result<Option<Opened>, Drop> {
+        Ok(Some(Opened {
+            message: message.to_vec(),
+            sender: node('A'),
+        }))
     }
 
     const NOW: u64 = 1_800_000_000_000;
 
     #[test]
     fn a_sealed_message_opens_once() {
-        let mut sealer = Sealer::new(keyring(1), "test".to_owned());
+        let mut sealer = new_sealer(1, "test");
         let mut opener = opener(&[[1; 32]]);
-        let datagrams = sealer.seal_at(b"hello chitchat", NOW);
+        let datagrams = sealer.seal_at(b"hello chitchat", node('B'), NOW);
         assert_eq!(datagrams.len(), 1);
         assert_ne!(&datagrams[0][PREFIX_LEN..], b"hello chitchat");
         let now = Instant::now();
         assert_eq!(
             opener.open(&datagrams[0], NOW, now),
-            Ok(Some(b"hello chitchat".to_vec()))
+            from_a(b"hello chitchat")
         );
         assert_eq!(opener.open(&datagrams[0], NOW, now), Err(Drop::Replayed));
     }
 
     #[test]
+    fn a_datagram_opens_only_at_the_node_it_was_sealed_for() {
+        let mut sealer = new_sealer(1, "test");
+        let now = Instant::now();
+        let for_b = sealer.seal_at(b"state", node('B'), NOW).remove(0);
+        // Captured on its way to B and sent to C (whose replay window has never seen it).
+        let mut at_c = opener_at(&[[1; 32]], node('C'));
+        assert_eq!(at_c.open(&for_b, NOW, now), Err(Drop::Forged));
+        let mut at_b = opener_at(&[[1; 32]], node('B'));
+        assert_eq!(at_b.open(&for_b, NOW, now), from_a(b"state"));
+        // Another port of the same host is another node.
+        let mut next_door = opener_at(&[[1; 32]], "10.0.0.2:7947".parse().unwrap());
+        let for_b = sealer.seal_at(b"state", node('B'), NOW).remove(0);
+        assert_eq!(next_door.open(&for_b, NOW, now), Err(Drop::Forged));
+        // Both spellings of an IPv4 address are one recipient.
+        let mapped: SocketAddr = "[::ffff:10.0.0.2]:7946".parse().unwrap();
+        let for_mapped = sealer.seal_at(b"mapped", mapped, NOW).remove(0);
+        assert_eq!(at_b.open(&for_mapped, NOW, now), from_a(b"mapped"));
+        // Every fragment is bound.
+        let large = vec![9u8; MAX_DATAGRAM];
+        let fragments = sealer.seal_at(&large, node('B'), NOW);
+        assert_eq!(fragments.len(), 2);
+        for fragment in &fragments {
+            assert_eq!(at_c.open(fragment, NOW, now), Err(Drop::Forged));
+        }
+        assert_eq!(at_b.open(&fragments[0], NOW, now), Ok(None));
+        assert_eq!(at_b.open(&fragments[1], NOW, now), from_a(&large));
+    }
+
+    #[test]
+    fn a_datagram_names_its_sender() {
+        let mut from_v6 = Sealer::new(keyring(1), "test".to_owned(), node('D'));
+        let mut opener = opener(&[[1; 32]]);
+        let datagram = from_v6.seal_at(b"hi", node('B'), NOW).remove(0);
+        assert_eq!(
+            opener.open(&datagram, NOW, Instant::now()),
+            Ok(Some(Opened {
+                message: b"hi".to_vec(),
+                sender: node('D'),
+            }))
+        );
+    }
+
+    /// A peer whose datagrams come from another address than the one it advertises (behind
+    /// NAT, or listening on 0.0.0.0 with several interfaces): chitchat replies to the source
+    /// address, and the reply must still be sealed for the address the peer opens.
+    #[tokio::test]
+    async fn a_reply_is_sealed_for_the_address_the_peer_names() {
+        use chitchat::{ChitchatMessage, ProtocolVersion};
+        let transport = |advertise| GossipTransport {
+            keyring: Some(keyring(1)),
+            cluster_id: "test".to_owned(),
+            advertise,
+            max_clock_skew: Duration::from_secs(60),
+            stats: Arc::default(),
+        };
+        let envelope = || ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: ChitchatMessage::BadCluster,
+        };
+        let within = |what| {
+            move |outcome: Result<anyhow::Result<RecvOutcome>, _>| {
+                outcome
+                    .unwrap_or_else(|_| panic!("{what} never arrived"))
+                    .unwrap()
+            }
+        };
+        let b_outer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b_address = b_outer.local_addr().unwrap();
+        let mut b = SealedSocket::new(b_outer, keyring(1), &transport(b_address))
+            .await
+            .unwrap();
+        let a_outer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a_source = a_outer.local_addr().unwrap();
+        let mut a = SealedSocket::new(a_outer, keyring(1), &transport(node('C')))
+            .await
+            .unwrap();
+
+        a.send(b_address, envelope()).await.unwrap();
+        let received =
+            within("the message")(tokio::time::timeout(Duration::from_secs(5), b.recv()).await);
+        assert_eq!(received.from_addr, a_source);
+        assert_eq!(received.envelope, envelope());
+
+        b.send(a_source, envelope()).await.unwrap();
+        let reply =
+            within("the reply")(tokio::time::timeout(Duration::from_secs(5), a.recv()).await);
+        assert_eq!(reply.from_addr, b_address);
+        assert_eq!(a.stats.dropped_forged.load(Ordering::Relaxed), 0);
+    }
+
+    /// Real chitchat over the sealed transport. Node A listens on 0.0.0.0 and advertises an
+    /// address its datagrams do not come from: B reaches it as a peer at the advertised address,
+    /// and answers its gossip at the source address; both must open.
+    #[tokio::test]
+    async fn chitchat_nodes_gossip_through_the_sealed_transport() {
+        use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatId, FailureDetectorConfig};
+        let free_port = |ip: Ipv4Addr| {
+            let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+            socket.local_addr().unwrap().port()
+        };
+        let a_port = free_port(Ipv4Addr::UNSPECIFIED);
+        let a_listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, a_port));
+        let a_advertise = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), a_port));
+        let b_address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+        let start = |name: &str, listen, advertise, seeds: Vec<String>| {
+            let config = ChitchatConfig {
+                chitchat_id: ChitchatId::new(name.to_owned(), 1, advertise),
+                cluster_id: "test".to_owned(),
+                gossip_interval: Duration::from_millis(50),
+                listen_addr: listen,
+                seed_nodes: seeds,
+                failure_detector_config: FailureDetectorConfig::default(),
+                marked_for_deletion_grace_period: Duration::from_secs(60),
+                catchup_callback: None,
+                extra_liveness_predicate: None,
+                protocol_version: chitchat::ProtocolVersion::V0,
+            };
+            let transport = GossipTransport {
+                keyring: Some(keyring(1)),
+                cluster_id: "test".to_owned(),
+                advertise,
+                max_clock_skew: Duration::from_secs(60),
+                stats: Arc::default(),
+            };
+            let initial = vec![("name".to_owned(), name.to_owned())];
+            async move {
+                let handle = spawn_chitchat(config, initial, &transport).await.unwrap();
+                (handle, transport.stats)
+            }
+        };
+        let (a, a_stats) = start("a", a_listen, a_advertise, vec![b_address.to_string()]).await;
+        let (b, b_stats) = start("b", b_address, b_address, Vec::new()).await;
+        let knows = |handle: &chitchat::ChitchatHandle, other: &'static str| {
+            let chitchat = handle.chitchat();
+            async move {
+                let chitchat = chitchat.lock().await;
+                chitchat
+                    .node_states()
+                    .values()
+                    .any(|state| state.get("name") == Some(other))
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(knows(&a, "b").await && knows(&b, "a").await) {
+            assert!(
+                Instant::now() < deadline,
+                "no exchange: a {a_stats:?}, b {b_stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(a_stats.dropped_forged.load(Ordering::Relaxed), 0);
+        assert_eq!(b_stats.dropped_forged.load(Ordering::Relaxed), 0);
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+
+    #[test]
     fn forged_truncated_stale_and_oversized_datagrams_are_dropped() {
-        let mut sealer = Sealer::new(keyring(1), "test".to_owned());
+        let mut sealer = new_sealer(1, "test");
         let mut opener = opener(&[[1; 32]]);
         let now = Instant::now();
-        let datagram = sealer.seal_at(b"state", NOW).remove(0);
+        let datagram = sealer.seal_at(b"state", node('B'), NOW).remove(0);
         for position in [3, PREFIX_LEN, datagram.len() - 1] {
             let mut flipped = datagram.clone();
             flipped[position] ^= 1;
@@ -610,31 +897,28 @@ mod tests {
             Err(Drop::Oversized)
         );
         // Another key, another cluster id.
-        let mut stranger = Sealer::new(keyring(2), "test".to_owned());
-        let foreign = stranger.seal_at(b"state", NOW).remove(0);
+        let mut stranger = new_sealer(2, "test");
+        let foreign = stranger.seal_at(b"state", node('B'), NOW).remove(0);
         assert_eq!(opener.open(&foreign, NOW, now), Err(Drop::Forged));
-        let mut other_cluster = Sealer::new(keyring(1), "other".to_owned());
-        let foreign = other_cluster.seal_at(b"state", NOW).remove(0);
+        let mut other_cluster = new_sealer(1, "other");
+        let foreign = other_cluster.seal_at(b"state", node('B'), NOW).remove(0);
         assert_eq!(opener.open(&foreign, NOW, now), Err(Drop::Forged));
         // Too old, too new.
-        let old = sealer.seal_at(b"state", NOW - 61_000).remove(0);
+        let old = sealer.seal_at(b"state", node('B'), NOW - 61_000).remove(0);
         assert_eq!(opener.open(&old, NOW, now), Err(Drop::Stale));
-        let future = sealer.seal_at(b"state", NOW + 61_000).remove(0);
+        let future = sealer.seal_at(b"state", node('B'), NOW + 61_000).remove(0);
         assert_eq!(opener.open(&future, NOW, now), Err(Drop::Stale));
         // The genuine one still opens.
-        assert_eq!(
-            opener.open(&datagram, NOW, now),
-            Ok(Some(b"state".to_vec()))
-        );
+        assert_eq!(opener.open(&datagram, NOW, now), from_a(b"state"));
     }
 
     #[test]
     fn the_replay_window_accepts_reordering_but_not_repeats() {
-        let mut sealer = Sealer::new(keyring(1), "test".to_owned());
+        let mut sealer = new_sealer(1, "test");
         let mut opener = opener(&[[1; 32]]);
         let now = Instant::now();
         let datagrams: Vec<Vec<u8>> = (0..200)
-            .map(|_| sealer.seal_at(b"x", NOW).remove(0))
+            .map(|_| sealer.seal_at(b"x", node('B'), NOW).remove(0))
             .collect();
         assert!(opener.open(&datagrams[10], NOW, now).unwrap().is_some());
         assert!(opener.open(&datagrams[5], NOW, now).unwrap().is_some());
@@ -648,48 +932,53 @@ mod tests {
 
     #[test]
     fn both_keys_of_a_rotation_open_and_the_first_seals() {
-        let mut old = Sealer::new(keyring(1), "test".to_owned());
-        let mut new = Sealer::new(keyring(2), "test".to_owned());
+        let mut old = new_sealer(1, "test");
+        let mut new = new_sealer(2, "test");
         let mut rotating = opener(&[[2; 32], [1; 32]]);
         let now = Instant::now();
         assert!(rotating
-            .open(&old.seal_at(b"a", NOW).remove(0), NOW, now)
+            .open(&old.seal_at(b"a", node('B'), NOW).remove(0), NOW, now)
             .unwrap()
             .is_some());
         assert!(rotating
-            .open(&new.seal_at(b"b", NOW).remove(0), NOW, now)
+            .open(&new.seal_at(b"b", node('B'), NOW).remove(0), NOW, now)
             .unwrap()
             .is_some());
         let mut rotating_sealer = Sealer::new(
             Keyring::new(&[[2; 32], [1; 32]]).unwrap(),
             "test".to_owned(),
+            node('A'),
         );
         let mut new_only = opener(&[[2; 32]]);
         assert!(new_only
-            .open(&rotating_sealer.seal_at(b"c", NOW).remove(0), NOW, now)
+            .open(
+                &rotating_sealer.seal_at(b"c", node('B'), NOW).remove(0),
+                NOW,
+                now
+            )
             .unwrap()
             .is_some());
     }
 
     #[test]
     fn a_large_message_travels_in_fragments_that_fit_a_datagram() {
-        let mut sealer = Sealer::new(keyring(1), "test".to_owned());
+        let mut sealer = new_sealer(1, "test");
         let mut opener = opener(&[[1; 32]]);
         let now = Instant::now();
         let message: Vec<u8> = (0..MAX_DATAGRAM).map(|i| i as u8).collect();
-        let datagrams = sealer.seal_at(&message, NOW);
+        let datagrams = sealer.seal_at(&message, node('B'), NOW);
         assert_eq!(datagrams.len(), 2);
         assert!(datagrams.iter().all(|d| d.len() <= MAX_DATAGRAM));
         assert_eq!(opener.open(&datagrams[1], NOW, now), Ok(None));
-        assert_eq!(opener.open(&datagrams[0], NOW, now), Ok(Some(message)));
+        assert_eq!(opener.open(&datagrams[0], NOW, now), from_a(&message));
     }
 
     #[test]
     fn random_and_mutated_datagrams_never_open_or_panic() {
-        let mut sealer = Sealer::new(keyring(1), "test".to_owned());
+        let mut sealer = new_sealer(1, "test");
         let mut opener = opener(&[[1; 32]]);
         let now = Instant::now();
-        let genuine = sealer.seal_at(&[7u8; 300], NOW).remove(0);
+        let genuine = sealer.seal_at(&[7u8; 300], node('B'), NOW).remove(0);
         let mut next = crate::test_rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..20_000 {
             let datagram: Vec<u8> = if round % 2 == 0 {
