@@ -6,6 +6,8 @@
 //! a file in one pass. Each `[[listener]]` / `[[pool]]` entry is decoded on its own, so a typo in
 //! one entry does not hide the problems of the others.
 
+mod excerpt;
+mod file;
 mod raw;
 mod validate;
 
@@ -27,6 +29,12 @@ pub const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default time to receive a whole request head, and longest gap inside a request body.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest request head (request line and headers) accepted, in bytes; a larger one gets 431.
+/// HAProxy's default buffer is 16 KiB; NGINX takes 1 KiB, then up to 4 × 8 KiB.
+pub const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 16 * 1024;
+/// Bounds of `max_request_header_size` (hyper's read buffer cannot be smaller than 8 KiB).
+pub const MIN_REQUEST_HEADER_SIZE: usize = 8 * 1024;
+pub const MAX_REQUEST_HEADER_SIZE: usize = 1024 * 1024;
 /// Default grace period for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -140,6 +148,8 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
     pub pool: String,
+    /// Largest request head accepted, in bytes (fixed at start; a larger head gets 431).
+    pub max_request_header_size: usize,
     pub settings: ListenerSettings,
 }
 
@@ -261,6 +271,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config file {path} is larger than {limit_mib} MiB")]
+    TooLarge { path: PathBuf, limit_mib: u64 },
     #[error("config is not valid TOML: {0}")]
     Syntax(String),
     #[error("config has {} problem(s):\n{}", .0.len(), ProblemList(.0))]
@@ -274,15 +286,22 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Problems listed in a [`ConfigError::Invalid`] message; the rest are counted. Each problem is
+/// bounded, and so is their number: a file with a million bad entries gets a readable answer.
+const LISTED_PROBLEMS: usize = 100;
+
 struct ProblemList<'a>(&'a [Problem]);
 
 impl fmt::Display for ProblemList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, problem) in self.0.iter().enumerate() {
+        for (index, problem) in self.0.iter().take(LISTED_PROBLEMS).enumerate() {
             if index > 0 {
                 writeln!(f)?;
             }
             write!(f, "  {problem}")?;
+        }
+        if self.0.len() > LISTED_PROBLEMS {
+            write!(f, "\n  … and {} more", self.0.len() - LISTED_PROBLEMS)?;
         }
         Ok(())
     }
@@ -301,18 +320,30 @@ impl fmt::Display for Problem {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            file::read_bounded(path, file::CONFIG_FILE_LIMIT).map_err(|error| match error {
+                file::FileError::Read { source, .. } => ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                },
+                file::FileError::TooLarge { .. } => ConfigError::TooLarge {
+                    path: path.to_owned(),
+                    limit_mib: file::CONFIG_FILE_LIMIT >> 20,
+                },
+                // `read_bounded` does not check the file type; kept total all the same.
+                error @ file::FileError::NotRegular { .. } => ConfigError::Read {
+                    path: path.to_owned(),
+                    source: std::io::Error::other(error.to_string()),
+                },
+            })?;
         Config::parse(&text)
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|error: toml::de::Error| ConfigError::Syntax(error.to_string()))?;
+        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+            ConfigError::Syntax(excerpt::syntax_message(text, &error))
+        })?;
         validate::validate(table)
     }
 

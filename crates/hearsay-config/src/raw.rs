@@ -34,6 +34,7 @@ pub(crate) struct RawListener {
     pub client_ipv6_prefix: Option<i64>,
     pub over_limit: Option<String>,
     pub limit_exempt: Option<Vec<String>>,
+    pub max_request_header_size: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -154,6 +154,7 @@ fn bad_values_are_reported_with_path_and_allowed_range() {
         ("limit_exempt = [\"10.0.0.0/33\"]", "listener[0].limit_exempt[0]: \"10.0.0.0/33\" is not a network"),
         ("tcp_keepalive = { idle = \"0s\" }", "listener[0].tcp_keepalive.idle: 0s is below the minimum 1s"),
         ("tcp_keepalive = { probes = 500 }", "listener[0].tcp_keepalive.probes: 500 is out of range; allowed 1..=127"),
+        ("max_request_header_size = 4096", "listener[0].max_request_header_size: 4096 is out of range; allowed 8192..=1048576"),
         ("keepalive_timout = \"5s\"", "listener[0]: unknown field `keepalive_timout`"),
         ("keepalive_timeout = 5", "listener[0]: invalid type: integer `5`, expected a string"),
     ];
@@ -526,4 +527,299 @@ fn bad_cluster_settings_are_reported() {
             "{body:?}: expected {expected:?} in {found:?}"
         );
     }
+}
+
+/// A scratch directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("hearsay-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `problems(text)`, failing instead of hanging when validation blocks (on a FIFO).
+fn problems_within_seconds(text: String, fifo: &std::path::Path) -> Vec<String> {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(problems(&text));
+    });
+    match finished.recv_timeout(Duration::from_secs(10)) {
+        Ok(found) => found,
+        Err(_) => {
+            // Let the blocked reader go before failing.
+            let _ = std::fs::OpenOptions::new().write(true).open(fifo);
+            panic!("validation blocked on the FIFO {}", fifo.display());
+        }
+    }
+}
+
+#[test]
+fn token_and_key_files_must_be_small_regular_files() {
+    let scratch = Scratch::new("secret-files");
+    let large = scratch.0.join("large");
+    std::fs::write(&large, "a".repeat(64 * 1024 + 1)).unwrap();
+    let large = large.to_str().unwrap().to_owned();
+    let fifo = scratch.0.join("fifo");
+    let made_fifo = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|status| status.success());
+
+    let token_file = |path: &str| format!("[admin]\ntoken_file = {path:?}\n{}", with_listener(""));
+    let secret_file = |path: &str| {
+        format!(
+            "[cluster]\nlisten = \"127.0.0.1:7946\"\nsecret_file = {path:?}\n{}",
+            with_listener("")
+        )
+    };
+    let mut cases = vec![
+        (
+            token_file("/dev/null"),
+            "admin.token_file: \"/dev/null\" is not a regular file".to_owned(),
+        ),
+        (
+            token_file(&large),
+            format!("admin.token_file: {large:?} is larger than 64 KiB"),
+        ),
+        (
+            secret_file("/dev/null"),
+            "cluster.secret_file: \"/dev/null\" is not a regular file".to_owned(),
+        ),
+        (
+            secret_file(&large),
+            format!("cluster.secret_file: {large:?} is larger than 64 KiB"),
+        ),
+        (
+            secret_file(scratch.0.to_str().unwrap()),
+            format!(
+                "cluster.secret_file: {:?} is not a regular file",
+                scratch.0.to_str().unwrap()
+            ),
+        ),
+    ];
+    if made_fifo {
+        let fifo = fifo.to_str().unwrap();
+        cases.push((
+            token_file(fifo),
+            format!("admin.token_file: {fifo:?} is not a regular file"),
+        ));
+        cases.push((
+            secret_file(fifo),
+            format!("cluster.secret_file: {fifo:?} is not a regular file"),
+        ));
+    }
+    for (text, expected) in cases {
+        let found = problems_within_seconds(text, &fifo);
+        assert!(
+            found.iter().any(|p| p == &expected),
+            "expected {expected:?} in {found:?}"
+        );
+    }
+}
+
+/// Bytes of an error message that quotes nothing long.
+const BOUNDED: usize = 4096;
+
+#[test]
+fn long_values_are_cut_in_problem_messages() {
+    let long = "x".repeat(1_000_000);
+    let cut = format!("\"{}\"… (1000000 bytes)", "x".repeat(80));
+    let cases: Vec<(String, String)> = vec![
+        (
+            with_listener(&format!("over_limit = \"{long}\"")),
+            format!("listener[0].over_limit: {cut} is not an over-limit action"),
+        ),
+        (
+            with_listener(&format!("keepalive_timeout = \"{long}\"")),
+            format!("listener[0].keepalive_timeout: {cut} is not a duration"),
+        ),
+        (
+            with_listener(&format!("limit_exempt = [\"{long}\"]")),
+            format!("listener[0].limit_exempt[0]: {cut} is not a network"),
+        ),
+        (
+            with_listener("").replace("pool = \"app\"", &format!("pool = \"{long}\"")),
+            format!("listener[0].pool: {cut} is not a defined pool; defined: [app]"),
+        ),
+        (
+            with_listener("").replace("name = \"web\"", &format!("name = \"{long}\"")),
+            format!("listener[0].name: {cut} is not a valid name"),
+        ),
+        (
+            with_listener("").replace("127.0.0.1:9001", &long),
+            format!("pool[0].backends[0]: {cut} is not a backend address"),
+        ),
+        // serde's own messages quote the value or key whole.
+        (
+            with_listener(&format!("keepalive_header = \"{long}\"")),
+            format!("listener[0]: invalid type: string {cut}, expected a boolean"),
+        ),
+        (
+            with_listener(&format!("{long} = 1")),
+            format!(
+                "listener[0]: unknown field `{}`… (1000000 bytes), expected one of",
+                "x".repeat(80)
+            ),
+        ),
+        (
+            format!("[{long}]\n{}", with_listener("")),
+            format!("{}… (1000000 bytes): unknown section", "x".repeat(80)),
+        ),
+        (
+            format!(
+                "[cluster]\nlisten = \"127.0.0.1:7946\"\nseeds = [\"{long}\"]\n{}",
+                with_listener("")
+            ),
+            format!("cluster.seeds[0]: {cut} is not host:port"),
+        ),
+        (
+            format!("[admin]\nlisten = \"{long}\"\n{}", with_listener("")),
+            format!("admin.listen: {cut} is not an address"),
+        ),
+        (
+            format!("[admin]\ntoken_file = \"/{long}\"\n{}", with_listener("")),
+            format!(
+                "admin.token_file: cannot read \"/{}\"… (1000001 bytes): ",
+                "x".repeat(79)
+            ),
+        ),
+    ];
+    for (text, expected) in cases {
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            error.len() < BOUNDED,
+            "{} bytes: {}",
+            error.len(),
+            &error[..BOUNDED]
+        );
+        assert!(
+            error.contains(&expected),
+            "expected {expected:?} in {error}"
+        );
+    }
+}
+
+#[test]
+fn a_syntax_error_on_a_huge_line_is_shown_around_the_error() {
+    let long = "x".repeat(1_000_000);
+    let text = format!("[node]\nid = \"{long}\" junk\n");
+    let error = Config::parse(&text).unwrap_err().to_string();
+    assert!(error.len() < BOUNDED, "{} bytes", error.len());
+    assert!(
+        error.starts_with(
+            "config is not valid TOML: TOML parse error at line 2, column 1000009 \
+             (a line of 1000012 bytes)\n"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("\n2 | …{}\" junk\n  | ", "x".repeat(38))),
+        "{error}"
+    );
+    assert!(error.ends_with("\nexpected newline, `#`"), "{error}");
+    // The caret stands under the error.
+    let excerpt = error.lines().nth(2).unwrap();
+    let caret = error.lines().nth(3).unwrap();
+    assert_eq!(
+        excerpt.chars().position(|c| c == 'j'),
+        caret.chars().position(|c| c == '^')
+    );
+    // A short line keeps toml's own message.
+    let error = Config::parse("[node]\nid = \"n1\" junk\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("\n2 | id = \"n1\" junk\n"), "{error}");
+}
+
+#[test]
+fn a_file_with_countless_problems_gets_a_bounded_answer() {
+    let bad: Vec<String> = (0..10_000).map(|i| format!("\"bad{i}\"")).collect();
+    let text = with_listener(&format!("limit_exempt = [{}]", bad.join(", ")));
+    let error = Config::parse(&text).unwrap_err().to_string();
+    assert!(error.starts_with("config has 10000 problem(s):"), "{error}");
+    assert!(error.ends_with("\n  … and 9900 more"), "{error}");
+    assert!(error.len() < 100 * 200, "{} bytes", error.len());
+}
+
+#[test]
+fn problems_name_each_entry_by_its_place_in_the_file() {
+    let text = r#"
+[[listener]]
+name = "broken"
+bind = "127.0.0.1:8080"
+pool = "app"
+keepalive_timeout = 5
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8081"
+pool = "nope"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8081"
+pool = "app"
+
+[[listener]]
+name = "admin"
+bind = "127.0.0.1:8083"
+pool = "typo"
+
+[[pool]]
+name = "typo"
+retries = "three"
+
+[[pool]]
+name = "app"
+backends = ["127.0.0.1:9001"]
+
+[[pool]]
+name = "app"
+backends = ["127.0.0.1:9002"]
+"#;
+    let found = problems(text);
+    let expected = [
+        "listener[0]: invalid type: integer `5`, expected a string",
+        "pool[0]: invalid type: string \"three\", expected i64",
+        "pool[2].name: \"app\" is used by another pool",
+        "listener[1].pool: \"nope\" is not a defined pool; defined: [app, app]",
+        "listener[2].name: \"web\" is used by another listener",
+        "listener[2].bind: 127.0.0.1:8081 is used by another listener",
+    ];
+    for expected in expected {
+        assert!(
+            found.iter().any(|problem| problem.starts_with(expected)),
+            "expected {expected:?} in {found:#?}"
+        );
+    }
+    // listener[3] names the pool that did not decode: that pool's problem is reported, not a
+    // missing pool.
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn the_config_file_is_read_up_to_a_limit() {
+    // An endless stream (a device, a pipe) ends at the limit instead of filling the memory.
+    let error = Config::load(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "config file /dev/zero is larger than 64 MiB"
+    );
+    let error = Config::load(std::path::Path::new("/nonexistent/hearsay.toml")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot read config file /nonexistent/hearsay.toml: "),
+        "{error}"
+    );
 }

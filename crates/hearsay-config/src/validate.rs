@@ -1,12 +1,15 @@
 //! Raw file model → validated [`Config`], collecting every problem with its key path.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::excerpt::{bounded, excerpt, quote, MESSAGE_LIMIT, QUOTE_LIMIT};
+use crate::file::{read_regular_file, SECRET_FILE_LIMIT};
 use crate::raw::{
     RawAdmin, RawBackend, RawCluster, RawHealthCheck, RawListener, RawNode, RawOutlier, RawPool,
     RawRuntime, RawSecret, RawTcpKeepalive,
@@ -17,7 +20,8 @@ use crate::{
     ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction, PoolConfig, Problem,
     RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
     DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_SHUTDOWN_GRACE,
+    MAX_KEEPALIVE_TIMEOUT, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
 };
 
 const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "cluster", "listener", "pool"];
@@ -37,10 +41,19 @@ struct Checker {
 }
 
 impl Checker {
+    /// Records a problem. Values are quoted with [`quote`] where they are formatted; the bounds
+    /// here catch what others wrote (serde and humantime quote the offending value whole).
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let (path, message) = (path.into(), message.into());
         self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
+            path: match excerpt(&path, MESSAGE_LIMIT) {
+                Cow::Borrowed(_) => path,
+                Cow::Owned(short) => short,
+            },
+            message: match bounded(&message) {
+                Cow::Borrowed(_) => message,
+                Cow::Owned(short) => short,
+            },
         });
     }
 
@@ -75,7 +88,7 @@ impl Checker {
             Err(error) => {
                 self.problem(
                     path,
-                    format!("{text:?} is not a duration ({error}); write it like \"75s\", \"500ms\" or \"2h\""),
+                    format!("{} is not a duration ({error}); write it like \"75s\", \"500ms\" or \"2h\"", quote(text)),
                 );
                 return default;
             }
@@ -133,7 +146,8 @@ impl Checker {
                 self.problem(
                     path,
                     format!(
-                        "{name:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.'"
+                        "{} is not a valid name; use 1-64 letters, digits, '-', '_' or '.'",
+                        quote(&name)
                     ),
                 );
                 name
@@ -160,7 +174,7 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
     unknown.sort();
     for key in unknown {
         checker.problem(
-            key.clone(),
+            excerpt(key, QUOTE_LIMIT),
             format!(
                 "unknown section; expected one of: {}",
                 KNOWN_SECTIONS.join(", ")
@@ -191,11 +205,23 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
         .and_then(|value| checker.decode::<RawCluster>("cluster", value))
         .map(|raw| cluster(&mut checker, raw));
 
-    let pools: Vec<PoolConfig> = entries(&mut checker, &mut table, "pool")
+    // Entries keep the path of their place in the file: an entry that does not decode is left
+    // out, and the problems of the ones after it must still name them by their own index.
+    let mut undecoded_pools = Vec::new();
+    let pools: Vec<(String, PoolConfig)> = entries(&mut checker, &mut table, "pool")
         .into_iter()
         .filter_map(|(path, value)| {
-            let raw: RawPool = checker.decode(&path, value)?;
-            Some(pool(&mut checker, &path, raw))
+            let name = value
+                .get("name")
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned);
+            match checker.decode::<RawPool>(&path, value) {
+                Some(raw) => Some((path.clone(), pool(&mut checker, &path, raw))),
+                None => {
+                    undecoded_pools.extend(name);
+                    None
+                }
+            }
         })
         .collect();
 
@@ -203,23 +229,26 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
     if listener_entries.is_empty() {
         checker.problem("listener", "at least one [[listener]] is required");
     }
-    let listeners: Vec<ListenerConfig> = listener_entries
+    let listeners: Vec<(String, ListenerConfig)> = listener_entries
         .into_iter()
         .filter_map(|(path, value)| {
             let raw: RawListener = checker.decode(&path, value)?;
-            Some(listener(&mut checker, &path, raw))
+            Some((path.clone(), listener(&mut checker, &path, raw)))
         })
         .collect();
 
-    cross_check(&mut checker, &listeners, &pools);
+    cross_check(&mut checker, &listeners, &pools, &undecoded_pools);
 
     if checker.problems.is_empty() {
         Ok(Config {
             node,
             runtime,
             admin,
-            listeners,
-            pools,
+            listeners: listeners
+                .into_iter()
+                .map(|(_, listener)| listener)
+                .collect(),
+            pools: pools.into_iter().map(|(_, pool)| pool).collect(),
             cluster,
         })
     } else {
@@ -284,7 +313,10 @@ fn admin(checker: &mut Checker, raw: RawAdmin) -> AdminConfig {
         Some(text) => text.trim().parse().unwrap_or_else(|_| {
             checker.problem(
                 "admin.listen",
-                format!("{text:?} is not an address; write it as IP:port, e.g. \"{DEFAULT_ADMIN_LISTEN}\""),
+                format!(
+                    "{} is not an address; write it as IP:port, e.g. \"{DEFAULT_ADMIN_LISTEN}\"",
+                    quote(&text)
+                ),
             );
             default_listen
         }),
@@ -298,10 +330,10 @@ fn admin(checker: &mut Checker, raw: RawAdmin) -> AdminConfig {
             None
         }
         (Some(token), None) => Some(token),
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
+        (None, Some(path)) => match read_regular_file(Path::new(&path), SECRET_FILE_LIMIT) {
             Ok(token) => Some(token.trim().to_owned()),
             Err(error) => {
-                checker.problem("admin.token_file", format!("cannot read {path:?}: {error}"));
+                checker.problem("admin.token_file", error.to_string());
                 None
             }
         },
@@ -338,7 +370,10 @@ fn socket_address(checker: &mut Checker, path: &str, text: &str) -> Option<Socke
         Err(_) => {
             checker.problem(
                 path,
-                format!("{text:?} is not an address; write it as IP:port, e.g. \"10.0.0.1:7946\""),
+                format!(
+                    "{} is not an address; write it as IP:port, e.g. \"10.0.0.1:7946\"",
+                    quote(text)
+                ),
             );
             None
         }
@@ -395,7 +430,7 @@ fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
         if !valid {
             checker.problem(
                 format!("cluster.seeds[{index}]"),
-                format!("{seed:?} is not host:port, e.g. \"10.0.0.2:7946\""),
+                format!("{} is not host:port, e.g. \"10.0.0.2:7946\"", quote(seed)),
             );
         }
     }
@@ -422,7 +457,7 @@ fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
                 key_texts.push((format!("cluster.secret[{index}]"), key));
             }
         }
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
+        (None, Some(path)) => match read_regular_file(Path::new(&path), SECRET_FILE_LIMIT) {
             Ok(text) => {
                 for (index, line) in text
                     .lines()
@@ -431,18 +466,22 @@ fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
                     .enumerate()
                 {
                     key_texts.push((
-                        format!("cluster.secret_file ({path}) key {}", index + 1),
+                        format!(
+                            "cluster.secret_file ({}) key {}",
+                            excerpt(&path, QUOTE_LIMIT),
+                            index + 1
+                        ),
                         line.to_owned(),
                     ));
                 }
                 if key_texts.is_empty() {
-                    checker.problem("cluster.secret_file", format!("{path:?} holds no key"));
+                    checker.problem(
+                        "cluster.secret_file",
+                        format!("{} holds no key", quote(&path)),
+                    );
                 }
             }
-            Err(error) => checker.problem(
-                "cluster.secret_file",
-                format!("cannot read {path:?}: {error}"),
-            ),
+            Err(error) => checker.problem("cluster.secret_file", error.to_string()),
         },
         (None, None) => {}
     }
@@ -596,7 +635,7 @@ fn listener(checker: &mut Checker, path: &str, raw: RawListener) -> ListenerConf
         Some(text) => text.trim().parse().unwrap_or_else(|_| {
             checker.problem(
                 format!("{path}.bind"),
-                format!("{text:?} is not an address; write it as IP:port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+                format!("{} is not an address; write it as IP:port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\"", quote(&text)),
             );
             SocketAddr::from(([0, 0, 0, 0], 0))
         }),
@@ -668,11 +707,21 @@ fn listener(checker: &mut Checker, path: &str, raw: RawListener) -> ListenerConf
         Some(other) => {
             checker.problem(
                 format!("{path}.over_limit"),
-                format!("{other:?} is not an over-limit action; allowed: {OVER_LIMIT_ACTIONS}"),
+                format!(
+                    "{} is not an over-limit action; allowed: {OVER_LIMIT_ACTIONS}",
+                    quote(other)
+                ),
             );
             OverLimitAction::Http429
         }
     };
+    let max_request_header_size = checker.integer(
+        &format!("{path}.max_request_header_size"),
+        raw.max_request_header_size,
+        DEFAULT_MAX_REQUEST_HEADER_SIZE as i64,
+        MIN_REQUEST_HEADER_SIZE as i64,
+        MAX_REQUEST_HEADER_SIZE as i64,
+    ) as usize;
     let limit_exempt = raw
         .limit_exempt
         .unwrap_or_default()
@@ -683,7 +732,7 @@ fn listener(checker: &mut Checker, path: &str, raw: RawListener) -> ListenerConf
             if parsed.is_none() {
                 checker.problem(
                     format!("{path}.limit_exempt[{index}]"),
-                    format!("{text:?} is not a network; write it as CIDR (\"10.0.0.0/8\", \"fd00::/8\") or a single IP"),
+                    format!("{} is not a network; write it as CIDR (\"10.0.0.0/8\", \"fd00::/8\") or a single IP", quote(&text)),
                 );
             }
             parsed
@@ -694,6 +743,7 @@ fn listener(checker: &mut Checker, path: &str, raw: RawListener) -> ListenerConf
         name,
         bind,
         pool,
+        max_request_header_size,
         settings: ListenerSettings {
             keepalive_timeout,
             header_timeout,
@@ -759,7 +809,8 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
                 checker.problem(
                     format!("{path}.algorithm"),
                     format!(
-                        "{text:?} is not a balancing algorithm; allowed: {}",
+                        "{} is not a balancing algorithm; allowed: {}",
+                        quote(text),
                         allowed.join(", ")
                     ),
                 );
@@ -792,7 +843,7 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
                 Some(other) => {
                     checker.problem(
                         format!("{backend_path}.state"),
-                        format!("{other:?} is not a backend state; allowed: enabled, draining, disabled"),
+                        format!("{} is not a backend state; allowed: enabled, draining, disabled", quote(other)),
                     );
                     BackendStateConfig::Enabled
                 }
@@ -800,12 +851,12 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
             if !valid_authority(&address) {
                 checker.problem(
                     backend_path,
-                    format!("{address:?} is not a backend address; write it as host:port, e.g. \"127.0.0.1:9001\""),
+                    format!("{} is not a backend address; write it as host:port, e.g. \"127.0.0.1:9001\"", quote(&address)),
                 );
                 return None;
             }
             if !seen.insert(address.clone()) {
-                checker.problem(backend_path, format!("{address:?} is listed twice"));
+                checker.problem(backend_path, format!("{} is listed twice", quote(&address)));
                 return None;
             }
             Some(BackendConfig {
@@ -874,7 +925,10 @@ fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> Healt
             {
                 checker.problem(
                     format!("{path}.path"),
-                    format!("{check_path:?} is not a request path; it starts with '/'"),
+                    format!(
+                        "{} is not a request path; it starts with '/'",
+                        quote(&check_path)
+                    ),
                 );
             }
             let expected_status = match raw.expected_status.as_deref() {
@@ -882,7 +936,10 @@ fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> Healt
                 Some(text) => parse_status_range(text).unwrap_or_else(|| {
                     checker.problem(
                         format!("{path}.expected_status"),
-                        format!("{text:?} is not a status or range; write \"200\" or \"200-399\" (100..=599)"),
+                        format!(
+                            "{} is not a status or range; write \"200\" or \"200-399\" (100..=599)",
+                            quote(text)
+                        ),
                     );
                     (200, 399)
                 }),
@@ -908,7 +965,10 @@ fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> Healt
         Some(other) => {
             checker.problem(
                 format!("{path}.kind"),
-                format!("{other:?} is not a health check kind; allowed: http, tcp"),
+                format!(
+                    "{} is not a health check kind; allowed: http, tcp",
+                    quote(other)
+                ),
             );
             HealthCheckKind::Tcp
         }
@@ -1022,38 +1082,52 @@ pub fn valid_authority(address: &str) -> bool {
     port_ok && host_ok
 }
 
-fn cross_check(checker: &mut Checker, listeners: &[ListenerConfig], pools: &[PoolConfig]) {
+/// Checks across entries. Each entry comes with its path in the file (`listener[2]`);
+/// `undecoded_pools` names the pools whose entry had a structural problem of its own, so a
+/// listener naming one is not reported a second time.
+fn cross_check(
+    checker: &mut Checker,
+    listeners: &[(String, ListenerConfig)],
+    pools: &[(String, PoolConfig)],
+    undecoded_pools: &[String],
+) {
     let mut pool_names = HashSet::new();
-    for (index, pool) in pools.iter().enumerate() {
+    for (path, pool) in pools {
         if !pool.name.is_empty() && !pool_names.insert(pool.name.as_str()) {
             checker.problem(
-                format!("pool[{index}].name"),
-                format!("{:?} is used by another pool", pool.name),
+                format!("{path}.name"),
+                format!("{} is used by another pool", quote(&pool.name)),
             );
         }
     }
     let mut listener_names = HashSet::new();
     let mut binds = HashSet::new();
-    for (index, listener) in listeners.iter().enumerate() {
+    for (path, listener) in listeners {
         if !listener.name.is_empty() && !listener_names.insert(listener.name.as_str()) {
             checker.problem(
-                format!("listener[{index}].name"),
-                format!("{:?} is used by another listener", listener.name),
+                format!("{path}.name"),
+                format!("{} is used by another listener", quote(&listener.name)),
             );
         }
         if listener.bind.port() != 0 && !binds.insert(listener.bind) {
             checker.problem(
-                format!("listener[{index}].bind"),
+                format!("{path}.bind"),
                 format!("{} is used by another listener", listener.bind),
             );
         }
-        if !listener.pool.is_empty() && !pool_names.contains(listener.pool.as_str()) {
-            let known: Vec<&str> = pools.iter().map(|pool| pool.name.as_str()).collect();
+        if !listener.pool.is_empty()
+            && !pool_names.contains(listener.pool.as_str())
+            && !undecoded_pools.contains(&listener.pool)
+        {
+            let known: Vec<Cow<'_, str>> = pools
+                .iter()
+                .map(|(_, pool)| excerpt(&pool.name, QUOTE_LIMIT))
+                .collect();
             checker.problem(
-                format!("listener[{index}].pool"),
+                format!("{path}.pool"),
                 format!(
-                    "{:?} is not a defined pool; defined: [{}]",
-                    listener.pool,
+                    "{} is not a defined pool; defined: [{}]",
+                    quote(&listener.pool),
                     known.join(", ")
                 ),
             );

@@ -171,7 +171,11 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
     // never joins the reactor (see `ClientStream`). A client gone for good shows when its
     // response is written.
     let mut builder = http1::Builder::new();
-    builder.keep_alive(true).half_close(true).writev(false);
+    builder
+        .keep_alive(true)
+        .half_close(true)
+        .writev(false)
+        .max_buf_size(listener.max_request_header_size);
     let mut io = TrackedIo::new(stream, Arc::clone(&connection));
 
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -428,7 +432,7 @@ async fn handle(
     };
 
     let (mut head, body) = request.into_parts();
-    let checked = headers::check_request(head.version, &head.uri, &mut head.headers);
+    let checked = headers::check_request(&head.method, head.version, &head.uri, &mut head.headers);
     let request = Request::from_parts(head, RequestBody::new(body, Arc::clone(&connection)));
     let forwarded = match checked {
         // Boxed: hyper keeps room for one request future per connection for the connection's

@@ -26,6 +26,9 @@ pub enum ForwardError {
     /// The request head is unacceptable (several `Host` headers, none in HTTP/1.1, ...).
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
+    /// A method a reverse proxy does not serve (CONNECT: hearsay is no forward proxy).
+    #[error("method {method} not allowed")]
+    MethodNotAllowed { method: String },
     /// A `Transfer-Encoding` other than a single `chunked`.
     #[error("transfer coding {coding:?} not implemented")]
     UnsupportedTransferCoding { coding: String },
@@ -45,6 +48,7 @@ impl ForwardError {
             | ForwardError::ClientAborted
             | ForwardError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ForwardError::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
+            ForwardError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -58,6 +62,7 @@ impl ForwardError {
                 | ForwardError::ClientAborted
                 | ForwardError::BadRequest { .. }
                 | ForwardError::UnsupportedTransferCoding { .. }
+                | ForwardError::MethodNotAllowed { .. }
         )
     }
 
@@ -86,6 +91,7 @@ impl ForwardError {
             ForwardError::UnsupportedTransferCoding { .. } => {
                 "501 not implemented: transfer coding\n"
             }
+            ForwardError::MethodNotAllowed { .. } => "405 method not allowed\n",
         };
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Uri, Version};
+use http::{Method, Uri, Version};
 
 use crate::error::{
     ForwardError, INVALID_HOST, MISSING_HOST, MULTIPLE_HOST, SEVERAL_TRANSFER_ENCODINGS,
@@ -86,13 +86,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
 /// Checks a client's request head as RFC 9112 asks of a server before any of it reaches a
 /// backend, as HAProxy and NGINX do: one `Host` (required in HTTP/1.1, a valid authority), a
 /// `Transfer-Encoding` that is exactly `chunked` (hyper already refuses one whose last coding is
-/// not chunked, and HTTP/1.0 with any). The target of an absolute-form request
+/// not chunked, and HTTP/1.0 with any); no CONNECT (405, as NGINX: this is no forward proxy).
+/// The target of an absolute-form request
 /// (`GET http://a.example/x`) wins over its `Host` header (§3.2.2): it becomes the `Host`.
 pub(crate) fn check_request(
+    method: &Method,
     version: Version,
     uri: &Uri,
     headers: &mut HeaderMap,
 ) -> Result<(), ForwardError> {
+    if *method == Method::CONNECT {
+        return Err(ForwardError::MethodNotAllowed {
+            method: method.to_string(),
+        });
+    }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(coding) = codings.next() {
         if codings.next().is_some() {
@@ -408,6 +415,13 @@ mod tests {
                 Err(400),
             ),
         ];
+        let connect = check_request(
+            &Method::CONNECT,
+            Version::HTTP_11,
+            &"a.example:443".parse().unwrap(),
+            &mut HeaderMap::new(),
+        );
+        assert_eq!(connect.unwrap_err().status().as_u16(), 405);
         for (name, version, target, pairs, expected) in cases {
             let mut headers = HeaderMap::new();
             for (header, value) in *pairs {
@@ -417,7 +431,7 @@ mod tests {
                 );
             }
             let uri: Uri = target.parse().unwrap();
-            let result = check_request(*version, &uri, &mut headers);
+            let result = check_request(&Method::GET, *version, &uri, &mut headers);
             match (result, expected) {
                 (Ok(()), Ok(host)) => assert_eq!(
                     headers.get(header::HOST).map(|h| h.to_str().unwrap()),

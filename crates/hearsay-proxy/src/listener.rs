@@ -22,6 +22,8 @@ use crate::upstream::Pool;
 pub struct Listener {
     pub name: Arc<str>,
     pub bind: SocketAddr,
+    /// Largest request head accepted, in bytes; hyper answers a larger one with 431.
+    pub max_request_header_size: usize,
     pub pool: Arc<Pool>,
     settings: watch::Sender<Arc<ListenerSettings>>,
     /// Grows by one with every settings change; starts at 1.
@@ -62,12 +64,14 @@ impl Listener {
         registry: &Arc<Registry>,
         name: &str,
         bind: SocketAddr,
+        max_request_header_size: usize,
         pool: Arc<Pool>,
         settings: ListenerSettings,
     ) -> Listener {
         Listener {
             name: Arc::from(name),
             bind,
+            max_request_header_size,
             pool,
             settings: watch::Sender::new(Arc::new(settings)),
             version: AtomicU64::new(1),

@@ -80,6 +80,7 @@ impl Proxy {
                     &registry,
                     &listener.name,
                     listener.bind,
+                    listener.max_request_header_size,
                     Arc::clone(pool),
                     listener.settings.clone(),
                 )))

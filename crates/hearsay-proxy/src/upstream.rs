@@ -911,6 +911,17 @@ impl Pool {
             None => Uri::from_static("/"),
         };
         parts.version = Version::HTTP_11;
+        // A body of unknown length goes out chunked. Said explicitly: hyper's client would send
+        // a GET or HEAD body of unknown length as no body at all (and drop it).
+        if !body.is_end_stream()
+            && body.size_hint().exact().is_none()
+            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            parts.headers.insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
+        }
         let retries = if is_idempotent(&parts.method) {
             self.retries
         } else {

@@ -133,7 +133,7 @@ async fn a_client_that_shuts_its_write_side_after_the_request_still_gets_the_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_request_head_and_pipelined_requests_arriving_at_once_are_all_served() {
     let backend = Backend::start("b1").await;
-    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let proxy = TestProxy::start("max_request_header_size = 32768", &[backend.address], "").await;
     let mut client = Client::connect(proxy.address).await;
     // 20 KiB of head in one write (more than one read takes), then a second request right behind.
     let big = "x".repeat(20 * 1024);

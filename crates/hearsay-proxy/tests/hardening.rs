@@ -255,3 +255,29 @@ async fn a_request_head_cut_at_header_timeout_gets_408_and_a_silent_connection_n
     let read = bounded("the close", silent.stream.read_to_end(&mut bytes)).await;
     assert!(read.is_ok() && bytes.is_empty(), "{read:?} {bytes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_max_request_header_size_gets_431() {
+    let backend = Backend::start("a").await;
+    // The default, 16 KiB.
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(15 * 1024)
+    );
+    let mut client = Client::connect(proxy.address).await;
+    client.send(fits.as_bytes()).await;
+    let answer = bounded("the answer", client.read_response()).await.unwrap();
+    assert_eq!(answer.status, 200);
+
+    let too_big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(17 * 1024)
+    );
+    let mut client = Client::connect(proxy.address).await;
+    client.send(too_big.as_bytes()).await;
+    let answer = bounded("the answer", client.read_response()).await.unwrap();
+    assert_eq!(answer.status, 431);
+    assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+}
