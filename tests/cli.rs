@@ -371,3 +371,73 @@ fn sighup_is_logged_and_does_not_stop_the_node() {
     node.signal("-TERM");
     assert!(node.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn at_its_file_descriptor_budget_a_node_queues_connections_and_its_admin_api_still_answers() {
+    use std::process::Stdio;
+    let (backend, _) = start_backend();
+    let config = write_temp(
+        "fd-budget.toml",
+        &format!(
+            "[node]\nid = \"fds\"\ndata_dir = \"{}\"\nshutdown_grace = \"2s\"\n[runtime]\nworker_threads = 1\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+             [[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+            temp_data_dir()
+        ),
+    );
+    // 64 descriptors: a budget of (64 - 32) / 2 = 16 client connections.
+    let script = format!(
+        "ulimit -n 64 && exec {HEARSAY} run --config {}",
+        config.display()
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut node = Node::from_child(child);
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(node.address).unwrap())
+        .collect();
+    // The first ones are served.
+    let mut first = held[0].try_clone().unwrap();
+    assert!(request(&mut first, "/a").starts_with("HTTP/1.1 200"));
+    // The admin API still answers.
+    let status = Command::new(HEARSAY)
+        .args(["ctl", "--admin", &node.admin.to_string(), "status"])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    // The last one waits in the backlog until others close, then is served.
+    let mut last = held[39].try_clone().unwrap();
+    drop(held);
+    assert!(request(&mut last, "/b").starts_with("HTTP/1.1 200"));
+    node.signal("-TERM");
+    assert!(node.wait_exit(Duration::from_secs(10)).success());
+    let log: Vec<String> = node.log.try_iter().collect();
+    let budget_lines = log
+        .iter()
+        .filter(|line| line.contains("connection budget reached"))
+        .count();
+    // Once per burst (reaching it, then the backlog refilling it after the drop), not per
+    // accept.
+    assert!((1..=3).contains(&budget_lines), "{log:#?}");
+    assert!(
+        log.iter().any(|line| line.contains("accepting again")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|line| line.contains("budget=16")),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|line| line.contains("accept failed")),
+        "{log:#?}"
+    );
+}

@@ -73,13 +73,19 @@ pub struct Node {
 impl Node {
     pub fn start(config: &str) -> Node {
         let path = write_temp(&format!("node-{}.toml", rand_suffix()), config);
-        let mut child = Command::new(HEARSAY)
+        let child = Command::new(HEARSAY)
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        Node::from_child(child)
+    }
+
+    /// Follows a node started some other way (its stderr piped), until it listens.
+    pub fn from_child(mut child: Child) -> Node {
+        let config = "(started by the test)";
         let (sender, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {

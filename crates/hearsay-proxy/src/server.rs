@@ -49,6 +49,9 @@ pub struct Proxy {
     /// Refused connections still lingering for their 429.
     refusing: Arc<std::sync::atomic::AtomicUsize>,
     tasks: TaskTracker,
+    /// Client connections this node holds at most (all listeners together): what its file
+    /// descriptors allow once upstream connections and a reserve are set aside.
+    connection_budget: u64,
 }
 
 impl Proxy {
@@ -97,6 +100,7 @@ impl Proxy {
             background,
             refusing: Arc::default(),
             tasks: TaskTracker::new(),
+            connection_budget: connection_budget(open_files_limit()),
         }))
     }
 
@@ -160,19 +164,40 @@ impl Proxy {
         // only when the listener's settings change.
         let mut inherited = listener.settings().tcp_keepalive;
         configure_socket(SockRef::from(socket.get_ref()), &inherited);
+        let mut pressure = AcceptPressure::default();
         loop {
+            // At the connection budget: new connections wait in the backlog (as HAProxy's
+            // maxconn) so the admin API and upstream connections keep their descriptors.
+            if self.open_connections() >= self.connection_budget {
+                pressure.at_budget(&listener, self.connection_budget);
+                tokio::select! {
+                    biased;
+                    _ = self.drain.cancelled() => break,
+                    _ = tokio::time::sleep(BUDGET_RECHECK) => continue,
+                }
+            }
             let accepted = tokio::select! {
                 biased;
                 _ = self.drain.cancelled() => break,
                 accepted = accept(&socket) => accepted,
             };
             let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    pressure.accepted(&listener);
+                    accepted
+                }
+                Err(error) if is_resource_exhaustion(&error) => {
+                    // Out of file descriptors (or memory) anyway: back off, log once a burst.
+                    let pause = pressure.exhausted(&listener, &error);
+                    tokio::select! {
+                        biased;
+                        _ = self.drain.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
                 Err(error) => {
-                    // Out of file descriptors or a connection reset before accept: keep serving,
-                    // but do not spin while the condition lasts.
-                    tracing::warn!(listener = %listener.name, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // A connection reset before it was accepted: that client's problem only.
+                    tracing::debug!(listener = %listener.name, %error, "accept failed");
                     continue;
                 }
             };
@@ -237,6 +262,19 @@ impl Proxy {
             .spawn(connection::serve(ClientStream::new(stream), context));
     }
 
+    /// Client connections open on all listeners.
+    fn open_connections(&self) -> u64 {
+        self.listeners
+            .iter()
+            .map(|listener| listener.stats.snapshot().open)
+            .sum()
+    }
+
+    /// Client connections this node accepts at most at once (see [`connection_budget`]).
+    pub fn connection_budget(&self) -> u64 {
+        self.connection_budget
+    }
+
     /// Ordered shutdown of the data plane: stop accepting, close idle connections at once, let
     /// in-flight requests finish within `grace`, then drop what is left.
     pub async fn shutdown(&self, grace: Duration) {
@@ -266,6 +304,88 @@ impl Proxy {
         self.background.cancel();
         tracing::info!("data plane stopped");
     }
+}
+
+/// How often an accept loop at the connection budget looks whether a connection has closed.
+const BUDGET_RECHECK: Duration = Duration::from_millis(10);
+/// Back-off after an accept failed for want of file descriptors: doubles up to the maximum.
+const EXHAUSTED_PAUSE_MIN: Duration = Duration::from_millis(10);
+const EXHAUSTED_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// What an accept loop remembers of running short of descriptors, to log once per burst.
+#[derive(Debug, Default)]
+struct AcceptPressure {
+    /// Accepts that failed for want of descriptors since the last one that worked.
+    failed: u64,
+    pause: Duration,
+    /// Paused at the connection budget (and logged so).
+    at_budget: bool,
+}
+
+impl AcceptPressure {
+    fn at_budget(&mut self, listener: &Listener, budget: u64) {
+        if !self.at_budget {
+            self.at_budget = true;
+            tracing::warn!(listener = %listener.name, budget, "connection budget reached (file descriptors): new connections wait in the backlog");
+        }
+    }
+
+    fn exhausted(&mut self, listener: &Listener, error: &std::io::Error) -> Duration {
+        self.failed += 1;
+        if self.failed == 1 {
+            tracing::warn!(listener = %listener.name, %error, "accept failed: out of resources; backing off");
+        }
+        self.pause = (self.pause * 2).clamp(EXHAUSTED_PAUSE_MIN, EXHAUSTED_PAUSE_MAX);
+        self.pause
+    }
+
+    fn accepted(&mut self, listener: &Listener) {
+        if self.failed == 0 && !self.at_budget {
+            return;
+        }
+        if self.failed > 0 {
+            tracing::info!(listener = %listener.name, failed_accepts = self.failed, "accepting again after running out of resources");
+        }
+        if self.at_budget {
+            tracing::info!(listener = %listener.name, "below the connection budget: accepting again");
+        }
+        *self = AcceptPressure::default();
+    }
+}
+
+/// Accept errors that mean the process or system ran short, not that one client misbehaved.
+fn is_resource_exhaustion(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// The process's open-file limit (soft), from `/proc/self/limits`; 1024 if it cannot be read.
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| parse_open_files_limit(&limits))
+        .unwrap_or(1024)
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
+/// Client connections that fit in `open_files` descriptors: a reserve for everything else (the
+/// admin API and its clients, gossip, health probes, lingering refusals, files) is an eighth of
+/// the limit, between 32 and 1024; each client connection may need an upstream one too.
+fn connection_budget(open_files: u64) -> u64 {
+    let reserve = (open_files / 8).clamp(32, 1024);
+    (open_files.saturating_sub(reserve) / 2).max(1)
 }
 
 /// The listening socket registered for read readiness only.
@@ -355,6 +475,27 @@ async fn refuse(mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use super::{connection_budget, parse_open_files_limit};
+
+    #[test]
+    fn the_connection_budget_leaves_room_for_upstreams_and_a_reserve() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max processes             95578                95578                processes\n\
+                      Max open files            20000                524288               files\n";
+        assert_eq!(parse_open_files_limit(limits), Some(20_000));
+        assert_eq!(
+            parse_open_files_limit("Max open files  unlimited  unlimited  files"),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_open_files_limit("nothing here"), None);
+        // (limit - reserve) / 2, the reserve an eighth of the limit within 32..=1024.
+        assert_eq!(connection_budget(20_000), (20_000 - 1024) / 2);
+        assert_eq!(connection_budget(1024), (1024 - 128) / 2);
+        assert_eq!(connection_budget(64), (64 - 32) / 2);
+        assert_eq!(connection_budget(10), 1);
+        assert!(connection_budget(u64::MAX) > 1 << 60);
+    }
 
     use hearsay_config::TcpKeepalive;
     use socket2::SockRef;

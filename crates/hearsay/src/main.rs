@@ -168,7 +168,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             stop_admin.clone(),
         ));
         tracing::info!(address = %admin_address, auth = config.admin.token.is_some(), "admin API listening");
-        tracing::info!(node = %config.node.id, listeners = config.listeners.len(), "node started");
+        tracing::info!(node = %config.node.id, listeners = config.listeners.len(), connection_budget = proxy.connection_budget(), "node started");
         tokio::select! {
             () = signals.stop() => {}
             result = &mut admin => {
