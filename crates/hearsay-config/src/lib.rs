@@ -37,6 +37,9 @@ pub const MIN_REQUEST_HEADER_SIZE: usize = 8 * 1024;
 pub const MAX_REQUEST_HEADER_SIZE: usize = 1024 * 1024;
 /// Default grace period for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Idle connections are closed over this long when a drain begins (HAProxy's
+/// `close-spread-time`).
+pub const DEFAULT_CLOSE_SPREAD: Duration = Duration::from_secs(1);
 
 /// A validated hearsay configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// How long in-flight requests may run after SIGTERM / SIGINT.
     pub shutdown_grace: Duration,
+    /// Over how long idle keep-alive connections are closed when a drain begins (at most half
+    /// the grace), so their clients do not all reconnect elsewhere at once.
+    pub close_spread: Duration,
 }
 
 /// Where the gRPC admin API listens and who may use it.

@@ -9,6 +9,7 @@ pub(crate) struct RawNode {
     pub id: Option<String>,
     pub data_dir: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub close_spread: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

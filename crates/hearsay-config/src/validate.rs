@@ -18,7 +18,7 @@ use crate::{
     format_duration, host_name, AdminConfig, Algorithm, BackendConfig, BackendStateConfig,
     ClusterConfig, Config, ConfigError, HealthCheckConfig, HealthCheckKind, IpNet, ListenerConfig,
     ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction, PoolConfig, Problem,
-    RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
+    RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CLOSE_SPREAD,
     DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_SHUTDOWN_GRACE,
     MAX_KEEPALIVE_TIMEOUT, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
@@ -299,10 +299,18 @@ fn node(checker: &mut Checker, raw: RawNode) -> NodeConfig {
         Duration::ZERO,
         MAX_TIMEOUT,
     );
+    let close_spread = checker.duration(
+        "node.close_spread",
+        raw.close_spread.as_deref(),
+        DEFAULT_CLOSE_SPREAD,
+        Duration::ZERO,
+        MAX_TIMEOUT,
+    );
     NodeConfig {
         id,
         data_dir,
         shutdown_grace,
+        close_spread,
     }
 }
 

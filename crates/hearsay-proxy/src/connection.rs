@@ -199,9 +199,24 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
                     .is_cancelled()
                     .then_some(CloseReason::Shutdown)
             });
+            let now = now_nanos();
             let verdict = match requested {
+                // Idle while the node drains: closed at its moment of the spread (a request
+                // arriving first is served, with `Connection: close`).
+                Some(_)
+                    if connection.close_at() > now
+                        && connection.in_flight.load(Ordering::Acquire) == 0 =>
+                {
+                    let close_at = connection.close_at();
+                    match evaluate(&connection.state(), &listener.settings(), now) {
+                        Verdict::WaitUntil(at) => Verdict::WaitUntil(Some(
+                            [at, wake_at].into_iter().flatten().fold(close_at, u64::min),
+                        )),
+                        verdict => verdict,
+                    }
+                }
                 Some(reason) => Verdict::Close(reason),
-                None => match evaluate(&connection.state(), &listener.settings(), now_nanos()) {
+                None => match evaluate(&connection.state(), &listener.settings(), now) {
                     Verdict::WaitUntil(at) => Verdict::WaitUntil(match (at, wake_at) {
                         (Some(at), Some(wake_at)) => Some(at.min(wake_at)),
                         (at, wake_at) => at.or(wake_at),
@@ -237,6 +252,8 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
     // The quiet time that parks the connection now, and the moment the last pause was to end.
     let mut park_after = PARK_AFTER_NANOS;
     let mut park_due: Option<u64> = None;
+    // The socket of a connection the server closed gracefully, to linger on.
+    let mut linger: Option<TrackedIo<ClientStream>> = None;
     let reason = 'connection: loop {
         // Serving.
         let service = {
@@ -258,6 +275,7 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
         let requests_before = connection.requests.load(Ordering::Relaxed);
         let mut closing = false;
         let mut parking = false;
+        let mut lingering = false;
         // hyper has looked at the socket (a new hyper connection must read what woke the task
         // before it can be found idle).
         let mut polled = false;
@@ -332,6 +350,11 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
                         parking = true;
                     }
                     Some(Ok(())) if parking => break,
+                    // The server closed the connection gracefully (hyper has shut the write
+                    // side down): linger on what the client still sends.
+                    Some(Ok(())) if connection.close_reason().is_some() => {
+                        lingering = true;
+                    }
                     Some(result) => break 'connection match (connection.close_reason(), result) {
                         (Some(reason), _) => reason,
                         (None, Ok(())) => CloseReason::ClientClosed,
@@ -347,6 +370,13 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
                 },
                 _ = connection.wake.notified() => {}
                 _ = &mut sleep, if !closing && !parking => {}
+            }
+            if lingering {
+                let reason = connection
+                    .close_reason()
+                    .unwrap_or(CloseReason::ClientClosed);
+                linger = Some(http.into_parts().io.into_inner());
+                break 'connection reason;
             }
             polled = true;
         }
@@ -369,7 +399,12 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
             match check(sleep.as_mut(), None) {
                 None => {}
                 // Nothing in flight: close at once, as hyper does for an idle connection.
-                Some(Verdict::Close(reason) | Verdict::Abort(reason)) => {
+                Some(Verdict::Close(reason)) => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                    linger = Some(io);
+                    break 'connection reason;
+                }
+                Some(Verdict::Abort(reason)) => {
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
                     break 'connection reason;
                 }
@@ -386,7 +421,41 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
     };
     listener.stats.on_close(reason);
     tracing::trace!(connection = connection.id, client = %connection.client, reason = reason.as_str(), "connection closed");
+    // The connection no longer counts (for its client's cap, the open gauge, the drain) while
+    // it lingers.
     drop(context.admission);
+    drop(context.registration);
+    if let Some(io) = linger {
+        linger_close(io, &context.abort).await;
+    }
+}
+
+/// How long a gracefully closed connection keeps reading what its client still sends, at most,
+/// and how long it waits for a next byte (or the client's close).
+const LINGER_MAX: Duration = Duration::from_secs(2);
+const LINGER_QUIET: Duration = Duration::from_millis(500);
+
+/// Lingering close, as NGINX does: our side is shut down (the client has our FIN); what the
+/// client still sends — a request already on its way when we closed — is read and dropped until
+/// the client closes too, or goes quiet. Closing with unread bytes, or with bytes still to
+/// arrive, would answer them with a TCP reset, which can also destroy a response the client has
+/// not read yet; after a lingering close the client sees a clean end of stream and retries.
+async fn linger_close(mut io: TrackedIo<ClientStream>, abort: &CancellationToken) {
+    use tokio::io::AsyncReadExt as _;
+    let give_up = tokio::time::Instant::now() + LINGER_MAX;
+    let mut discard = [0u8; 1024];
+    loop {
+        let quiet_until = (tokio::time::Instant::now() + LINGER_QUIET).min(give_up);
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => return,
+            read = tokio::time::timeout_at(quiet_until, io.read(&mut discard)) => match read {
+                Ok(Ok(read)) if read > 0 => {}
+                // The client closed (or the socket failed), or it went quiet: done.
+                _ => return,
+            },
+        }
+    }
 }
 
 /// Writes the 408 answer to a request head that did not arrive in time, and closes. Bounded: a

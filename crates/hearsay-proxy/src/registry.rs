@@ -198,6 +198,9 @@ pub struct Connection {
     pub(crate) parking: AtomicBool,
     /// How reading the current request's body failed (`BodyFailure as u8`; 0 = it did not).
     body_failure: std::sync::atomic::AtomicU8,
+    /// When a requested close applies to the connection while it is idle (nanoseconds of
+    /// `now_nanos`; 0 = at once): a drain spreads the closes of idle connections.
+    close_at: AtomicU64,
 }
 
 /// Why a client's request body could not be read to its end: the client's fault, never the
@@ -262,6 +265,7 @@ impl Connection {
             body_unread: AtomicBool::new(false),
             parking: AtomicBool::new(false),
             body_failure: std::sync::atomic::AtomicU8::new(0),
+            close_at: AtomicU64::new(0),
         }
     }
 
@@ -381,6 +385,18 @@ impl Connection {
             Ordering::Acquire,
         );
         self.wake.notify_one();
+    }
+
+    /// Like [`Connection::request_close`], but an idle connection waits until `at` (nanoseconds
+    /// of `now_nanos`); a request arriving before then is served with `Connection: close`.
+    pub(crate) fn request_close_at(&self, reason: CloseReason, at: u64) {
+        self.close_at.store(at, Ordering::Relaxed);
+        self.request_close(reason);
+    }
+
+    /// When a requested close applies while the connection is idle (0 = at once).
+    pub(crate) fn close_at(&self) -> u64 {
+        self.close_at.load(Ordering::Relaxed)
     }
 
     pub(crate) fn requested_close(&self) -> Option<CloseReason> {

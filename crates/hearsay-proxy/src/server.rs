@@ -52,6 +52,8 @@ pub struct Proxy {
     /// Client connections this node holds at most (all listeners together): what its file
     /// descriptors allow once upstream connections and a reserve are set aside.
     connection_budget: u64,
+    /// Over how long a drain closes idle connections (`node.close_spread`).
+    close_spread: Duration,
 }
 
 impl Proxy {
@@ -101,6 +103,7 @@ impl Proxy {
             refusing: Arc::default(),
             tasks: TaskTracker::new(),
             connection_budget: connection_budget(open_files_limit()),
+            close_spread: config.node.close_spread,
         }))
     }
 
@@ -281,9 +284,16 @@ impl Proxy {
         tracing::info!(grace = ?grace, open = self.registry.connections().len(), "draining connections");
         self.drain.cancel();
         // Connection tasks wait on their own wake-up only (not on shared tokens): tell each. One
-        // registered after this loop sees the cancelled token when its task first looks.
-        for connection in self.registry.connections() {
-            connection.request_close(CloseReason::Shutdown);
+        // registered after this loop sees the cancelled token when its task first looks. Idle
+        // ones close at evenly spread moments of the close spread (at most half the grace), so
+        // their clients do not all reconnect elsewhere at once; busy ones after their request.
+        let connections = self.registry.connections();
+        let spread = u64::try_from(self.close_spread.min(grace / 2).as_nanos()).unwrap_or(u64::MAX);
+        let start = crate::registry::now_nanos();
+        let count = connections.len().max(1) as u64;
+        for (index, connection) in connections.iter().enumerate() {
+            let offset = spread / count * index as u64;
+            connection.request_close_at(CloseReason::Shutdown, start + offset);
         }
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
