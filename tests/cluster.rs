@@ -129,6 +129,26 @@ impl Admin {
             .map(tonic::Response::into_inner)
     }
 
+    /// Sets one duration setting of listener `web` to `seconds`, without an expected version.
+    fn set_timeout(&mut self, field: &str, seconds: u64) -> Result<pb::Listener, tonic::Status> {
+        let value = Some(prost_duration(Duration::from_secs(seconds)));
+        let mut settings = pb::ListenerSettings::default();
+        match field {
+            "keepalive_timeout" => settings.keepalive_timeout = value,
+            "header_timeout" => settings.header_timeout = value,
+            "body_timeout" => settings.body_timeout = value,
+            _ => panic!("not a timeout: {field}"),
+        }
+        self.runtime
+            .block_on(self.client.update_listener(pb::UpdateListenerRequest {
+                name: "web".into(),
+                settings: Some(settings),
+                update_mask: None,
+                expected_version: 0,
+            }))
+            .map(tonic::Response::into_inner)
+    }
+
     fn client(&mut self, address: &str) -> pb::ClientListenerCount {
         self.runtime
             .block_on(self.client.get_client(pb::GetClientRequest {
@@ -1030,9 +1050,82 @@ impl Drop for Partition {
     }
 }
 
+/// What the partition test compares on every node: the three timeouts and, per backend, its
+/// state and weight.
+fn partition_view(admin: &mut Admin) -> (Vec<u64>, Vec<(String, i32, u32)>) {
+    let settings = admin.listener().settings.unwrap();
+    let seconds = |duration: Option<prost_types::Duration>| duration.unwrap().seconds as u64;
+    let timeouts = vec![
+        seconds(settings.keepalive_timeout),
+        seconds(settings.header_timeout),
+        seconds(settings.body_timeout),
+    ];
+    let mut backends: Vec<(String, i32, u32)> = admin
+        .backends()
+        .into_iter()
+        .map(|b| (b.address, b.state, b.weight))
+        .collect();
+    backends.sort();
+    (timeouts, backends)
+}
+
+/// Cuts n1 off alone, lets `during` write on both sides, heals, and waits until every node shows
+/// `expected` (keepalive, header, body timeouts in seconds; backends) at the same version.
+fn partition_round(
+    nodes: &[ClusterNode],
+    addresses: &[SocketAddr],
+    admins: &mut [Admin],
+    during: impl FnOnce(&mut [Admin]),
+    expected: &(Vec<u64>, Vec<(String, i32, u32)>),
+) {
+    let mut partition = Partition::cut(&addresses[..1], &addresses[1..]);
+    let cut = Instant::now();
+    wait_for(
+        "each side to see the other dead",
+        Duration::from_secs(5),
+        || (admins[0].alive() == ["n1"] && admins[1].alive() == ["n2", "n3"]).then_some(()),
+    );
+    println!("partition detected after {:?}", cut.elapsed());
+    // Both sides keep serving.
+    for node in [&nodes[0], &nodes[2]] {
+        let mut stream = TcpStream::connect(node.node().address).unwrap();
+        assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+    }
+    during(admins);
+    // The cut held: n1's writes have not reached the majority.
+    assert_ne!(
+        partition_view(&mut admins[0]),
+        partition_view(&mut admins[1])
+    );
+
+    partition.heal();
+    let healed = Instant::now();
+    for admin in admins.iter_mut() {
+        wait_for("convergence after healing", Duration::from_secs(3), || {
+            (admin.alive() == ["n1", "n2", "n3"] && partition_view(admin) == *expected)
+                .then_some(())
+        });
+    }
+    let converged = healed.elapsed();
+    println!("state converged {converged:?} after healing");
+    assert!(
+        converged <= Duration::from_secs(3),
+        "converged within 3 s, not {converged:?}"
+    );
+    let versions: Vec<u64> = admins.iter_mut().map(|a| a.listener().version).collect();
+    assert!(
+        versions.iter().all(|version| *version == versions[0]),
+        "one version everywhere: {versions:?}"
+    );
+}
+
+/// Issue 11 §1: a write on each side of a partition to *different* settings both survive the
+/// healing, whichever side wrote last; a write to the *same* setting on both sides resolves to the
+/// later one. The same for a backend's state and its membership in the pool.
 #[test]
-fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
+fn a_partition_keeps_both_sides_serving_and_every_settings_write_survives_healing() {
     let (backend, _) = start_backend();
+    let (extra, _) = start_backend();
     // Each node gossips from its own loopback address, so a partition can cut between them.
     let addresses: Vec<SocketAddr> = (0..3)
         .map(|index| free_udp_port([127, 0, 0, 31 + index]))
@@ -1045,50 +1138,60 @@ fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
     );
     start_cluster(&mut nodes);
     let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
-
-    let mut partition = Partition::cut(&addresses[..2], &addresses[2..]);
-    let cut = Instant::now();
-    wait_for(
-        "each side to see the other dead",
-        Duration::from_secs(5),
-        || (admins[0].alive() == ["n1", "n2"] && admins[2].alive() == ["n3"]).then_some(()),
+    let pause = || std::thread::sleep(Duration::from_millis(5));
+    let (enabled, draining) = (
+        pb::BackendState::Enabled as i32,
+        pb::BackendState::Draining as i32,
     );
-    println!("partition detected after {:?}", cut.elapsed());
-    // Both sides keep serving.
-    for node in [&nodes[0], &nodes[2]] {
-        let mut stream = TcpStream::connect(node.node().address).unwrap();
-        assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
-    }
-    // Each side takes a change; the later one (on n3) wins everywhere after healing.
-    let (_, version) = admins[0].keepalive();
-    admins[0]
-        .set_keepalive(Duration::from_secs(5), version)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(5));
-    let winner = admins[2]
-        .set_keepalive(Duration::from_secs(7), version)
-        .unwrap()
-        .version;
-    wait_for("n2 to take n1's change", Duration::from_secs(2), || {
-        (admins[1].keepalive().0 == Duration::from_secs(5)).then_some(())
-    });
-    assert_eq!(admins[2].keepalive().0, Duration::from_secs(7));
 
-    partition.heal();
-    let healed = Instant::now();
-    for admin in admins.iter_mut() {
-        wait_for("convergence after healing", Duration::from_secs(3), || {
-            (admin.alive() == ["n1", "n2", "n3"]
-                && admin.keepalive() == (Duration::from_secs(7), winner))
-                .then_some(())
-        });
-    }
-    let converged = healed.elapsed();
-    println!("state converged {converged:?} after healing");
-    assert!(
-        converged <= Duration::from_secs(3),
-        "converged within 3 s, not {converged:?}"
+    // Round 1: the minority (n1) writes first, the majority last.
+    partition_round(
+        &nodes,
+        &addresses,
+        &mut admins,
+        |admins| {
+            admins[0].set_timeout("header_timeout", 5).unwrap();
+            admins[0].set_timeout("body_timeout", 11).unwrap();
+            admins[0]
+                .set_backend_state(&backend.to_string(), pb::BackendState::Draining)
+                .unwrap();
+            pause();
+            admins[1].set_timeout("keepalive_timeout", 7).unwrap();
+            admins[2].set_timeout("body_timeout", 22).unwrap();
+            admins[1].add_backend(&extra.to_string()).unwrap();
+        },
+        &(
+            vec![7, 5, 22],
+            sorted(vec![
+                (backend.to_string(), draining, 1),
+                (extra.to_string(), enabled, 2),
+            ]),
+        ),
     );
+
+    // Round 2: the majority writes first, the minority (n1) last.
+    partition_round(
+        &nodes,
+        &addresses,
+        &mut admins,
+        |admins| {
+            admins[2].set_timeout("header_timeout", 9).unwrap();
+            admins[1].set_timeout("body_timeout", 33).unwrap();
+            admins[2].remove_backend(&extra.to_string()).unwrap();
+            pause();
+            admins[0].set_timeout("keepalive_timeout", 3).unwrap();
+            admins[0].set_timeout("body_timeout", 44).unwrap();
+            admins[0]
+                .set_backend_state(&backend.to_string(), pb::BackendState::Enabled)
+                .unwrap();
+        },
+        &(vec![3, 9, 44], vec![(backend.to_string(), enabled, 1)]),
+    );
+}
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
 }
 
 /// Measurement, not a check (run by `cluster/measure.sh`): how long a change takes to reach

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hearsay_cluster::replicated::ListenerField;
 use hearsay_cluster::{Cluster, MemberState};
 use hearsay_config::{settings_problems, ListenerSettings};
 use hearsay_proxy::{
@@ -367,7 +368,7 @@ fn backend_to_proto(pool: &hearsay_proxy::Pool, backend: &hearsay_proxy::Backend
     };
     pb::Backend {
         address: backend.address.clone(),
-        weight: backend.weight,
+        weight: backend.weight(),
         state: match backend.state() {
             BackendState::Enabled => pb::BackendState::Enabled,
             BackendState::Draining => pb::BackendState::Draining,
@@ -390,9 +391,12 @@ fn parse_ip(field: &str, text: &str) -> Result<IpAddr, AdminError> {
 
 /// Who made an admin call, for the audit log.
 fn caller<T>(request: &Request<T>) -> String {
-    request
-        .remote_addr()
-        .map_or_else(|| "unknown".to_owned(), |address| address.to_string())
+    peer(request).unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The admin client's address, recorded with the settings it writes.
+fn peer<T>(request: &Request<T>) -> Option<String> {
+    request.remote_addr().map(|address| address.to_string())
 }
 
 #[tonic::async_trait]
@@ -466,14 +470,19 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::UpdateListenerRequest>,
     ) -> Reply<pb::Listener> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let listener = self.listener(&request.name)?;
         let fields = fields_to_update(&request)?;
+        let replicated: Vec<ListenerField> = fields
+            .iter()
+            .filter_map(|field| ListenerField::from_name(field))
+            .collect();
         let settings = request.settings.unwrap_or_default();
         let expected = (request.expected_version != 0).then_some(request.expected_version);
         let update = self
             .cluster
-            .update_listener(&request.name, expected, |current| {
+            .update_listener(&request.name, expected, &replicated, peer, |current| {
                 apply_update(current, &settings, &fields)
             })
             .ok_or_else(|| AdminError::not_found("listener", &request.name))?
@@ -519,6 +528,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn add_backend(&self, request: Request<pb::AddBackendRequest>) -> Reply<pb::Backend> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let weight = if request.weight == 0 {
@@ -528,7 +538,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let backend = self
             .cluster
-            .add_backend(&pool.name, &request.address, weight)
+            .add_backend(&pool.name, &request.address, weight, peer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, weight, "backend added");
@@ -540,11 +550,12 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RemoveBackendRequest>,
     ) -> Reply<pb::RemoveBackendResponse> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let backend = self
             .cluster
-            .remove_backend(&pool.name, &request.address)
+            .remove_backend(&pool.name, &request.address, peer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, "backend removed");
@@ -556,6 +567,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::SetBackendStateRequest>,
     ) -> Reply<pb::Backend> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let state = match pb::BackendState::try_from(request.state) {
@@ -570,7 +582,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let (backend, old) = self
             .cluster
-            .set_backend_state(&pool.name, &request.address, state)
+            .set_backend_state(&pool.name, &request.address, state, peer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, old = %old.as_str(), new = %state.as_str(), "backend state changed");
