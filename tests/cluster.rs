@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hearsay_admin::pb;
 use hearsay_admin::pb::admin_client::AdminClient;
-use support::{request, start_backend, temp_data_dir, try_request, Node};
+use support::{grpcurl_binary, request, start_backend, temp_data_dir, try_request, Node};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const OTHER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
@@ -1050,9 +1050,9 @@ impl Drop for Partition {
     }
 }
 
-/// What the partition test compares on every node: the three timeouts and, per backend, its
-/// state and weight.
-fn partition_view(admin: &mut Admin) -> (Vec<u64>, Vec<(String, i32, u32)>) {
+/// What the settings tests compare on every node: the keep-alive, header and body timeouts in
+/// seconds and, per backend, its state and weight.
+fn settings_view(admin: &mut Admin) -> (Vec<u64>, Vec<(String, i32, u32)>) {
     let settings = admin.listener().settings.unwrap();
     let seconds = |duration: Option<prost_types::Duration>| duration.unwrap().seconds as u64;
     let timeouts = vec![
@@ -1093,17 +1093,13 @@ fn partition_round(
     }
     during(admins);
     // The cut held: n1's writes have not reached the majority.
-    assert_ne!(
-        partition_view(&mut admins[0]),
-        partition_view(&mut admins[1])
-    );
+    assert_ne!(settings_view(&mut admins[0]), settings_view(&mut admins[1]));
 
     partition.heal();
     let healed = Instant::now();
     for admin in admins.iter_mut() {
         wait_for("convergence after healing", Duration::from_secs(3), || {
-            (admin.alive() == ["n1", "n2", "n3"] && partition_view(admin) == *expected)
-                .then_some(())
+            (admin.alive() == ["n1", "n2", "n3"] && settings_view(admin) == *expected).then_some(())
         });
     }
     let converged = healed.elapsed();
@@ -1192,6 +1188,196 @@ fn a_partition_keeps_both_sides_serving_and_every_settings_write_survives_healin
 fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
     items.sort();
     items
+}
+
+/// grpcurl's JSON answer of `method` of hearsay.admin.v1.Admin on a node (no admin token).
+fn grpcurl_json(admin: SocketAddr, method: &str, body: &str) -> String {
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10", "-d", body])
+        .arg(admin.to_string())
+        .arg(format!("hearsay.admin.v1.Admin/{method}"))
+        .output()
+        .expect("grpcurl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "grpcurl {method} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The `origins` entry of `field` printed by grpcurl after `after`, up to its closing brace.
+fn origin_of<'a>(json: &'a str, after: &str, field: &str) -> &'a str {
+    let rest = &json[json
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after} in {json}"))..];
+    let origin = &rest[rest
+        .find(&format!("\"field\": \"{field}\""))
+        .unwrap_or_else(|| panic!("no origin of {field} in {json}"))..];
+    &origin[..origin.find('}').unwrap_or(origin.len())]
+}
+
+/// Waits until every node shows `expected` (see [`settings_view`]) at one version.
+fn wait_everywhere(
+    admins: &mut [Admin],
+    what: &str,
+    expected: &(Vec<u64>, Vec<(String, i32, u32)>),
+) {
+    for admin in admins.iter_mut() {
+        wait_for(what, Duration::from_secs(5), || {
+            (settings_view(admin) == *expected).then_some(())
+        });
+    }
+    let versions: Vec<u64> = admins.iter_mut().map(|a| a.listener().version).collect();
+    assert!(
+        versions.iter().all(|version| *version == versions[0]),
+        "one version everywhere: {versions:?}"
+    );
+}
+
+/// Issue 11 §5: a value changed in a node's config file since the node last read it is a new
+/// cluster write at its start (it outranks an older admin change on every node); a value the file
+/// did not change keeps the newest runtime state, across restarts and a wiped data directory;
+/// `ResetListener` / `ResetBackends` (grpcurl) return every node to the file's values; every value
+/// says where it came from.
+#[test]
+fn a_config_file_edit_reaches_every_node_and_a_reset_returns_to_the_file() {
+    let (backend, _) = start_backend();
+    let (extra, _) = start_backend();
+    let file_backends = format!("backends = [\"{backend}\"]");
+    let mut nodes = cluster_configs(3, "keepalive_timeout = \"60s\"", &file_backends, "");
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let enabled = pb::BackendState::Enabled as i32;
+    let backend_as = |weight: u32| vec![(backend.to_string(), enabled, weight)];
+
+    // An earlier admin change on n2: keep-alive 20 s, header timeout 7 s.
+    admins[1].set_timeout("keepalive_timeout", 20).unwrap();
+    admins[1].set_timeout("header_timeout", 7).unwrap();
+    wait_everywhere(
+        &mut admins,
+        "the admin change",
+        &(vec![20, 7, 60], backend_as(1)),
+    );
+
+    // The operator edits n1's file (keep-alive 10 s, the backend's weight 3; not the header
+    // timeout) and restarts n1: the edit reaches every node, the admin header timeout stays.
+    nodes[0].config = nodes[0]
+        .config
+        .replace("keepalive_timeout = \"60s\"", "keepalive_timeout = \"10s\"")
+        .replace(
+            &file_backends,
+            &format!("backends = [{{ address = \"{backend}\", weight = 3 }}]"),
+        );
+    stop(&mut nodes[0]);
+    nodes[0].start();
+    admins[0] = nodes[0].admin();
+    wait_everywhere(
+        &mut admins,
+        "the file edit",
+        &(vec![10, 7, 60], backend_as(3)),
+    );
+    let listener = grpcurl_json(nodes[2].node().admin, "GetListener", r#"{"name":"web"}"#);
+    let keepalive = origin_of(&listener, "\"origins\"", "keepalive_timeout");
+    assert!(
+        keepalive.contains("\"source\": \"FILE_EDIT\"")
+            && keepalive.contains("\"nodeId\": \"n1\"")
+            && keepalive.contains("\"writtenAt\": \"20")
+            && !keepalive.contains("peerAddress"),
+        "{keepalive}"
+    );
+    let header = origin_of(&listener, "\"origins\"", "header_timeout");
+    assert!(
+        header.contains("\"source\": \"ADMIN\"")
+            && header.contains("\"nodeId\": \"n2\"")
+            && header.contains("\"peerAddress\": \"127.0.0.1:"),
+        "{header}"
+    );
+    assert!(
+        origin_of(&listener, "\"origins\"", "body_timeout").contains("\"source\": \"FILE\""),
+        "{listener}"
+    );
+    let backends = grpcurl_json(nodes[1].node().admin, "ListBackends", r#"{"pool":"app"}"#);
+    let weight = origin_of(&backends, "\"address\"", "weight");
+    assert!(
+        weight.contains("\"source\": \"FILE_EDIT\"") && weight.contains("\"nodeId\": \"n1\""),
+        "{weight}"
+    );
+
+    // A later admin change outranks the file edit, and restarting n1 with its file unchanged does
+    // not bring the file's value back.
+    admins[2].set_timeout("keepalive_timeout", 30).unwrap();
+    wait_everywhere(
+        &mut admins,
+        "the later admin change",
+        &(vec![30, 7, 60], backend_as(3)),
+    );
+    stop(&mut nodes[0]);
+    nodes[0].start();
+    admins[0] = nodes[0].admin();
+    wait_for("n1 to rejoin", Duration::from_secs(10), || {
+        (admins[0].alive() == ["n1", "n2", "n3"]).then_some(())
+    });
+    wait_everywhere(
+        &mut admins,
+        "the restart",
+        &(vec![30, 7, 60], backend_as(3)),
+    );
+
+    // A wiped data directory: n1 cannot tell what changed in its file, so it takes the cluster's
+    // values (and writes nothing).
+    stop(&mut nodes[0]);
+    let data_dir = nodes[0]
+        .config
+        .split("data_dir = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    nodes[0].start();
+    admins[0] = nodes[0].admin();
+    wait_everywhere(
+        &mut admins,
+        "the wiped node",
+        &(vec![30, 7, 60], backend_as(3)),
+    );
+
+    // Reset through n1: every node returns to n1's file values.
+    let reset = grpcurl_json(nodes[0].node().admin, "ResetListener", r#"{"name":"web"}"#);
+    assert!(reset.contains("\"keepaliveTimeout\": \"10s\""), "{reset}");
+    let origin = origin_of(&reset, "\"origins\"", "header_timeout");
+    assert!(
+        origin.contains("\"source\": \"RESET\"")
+            && origin.contains("\"nodeId\": \"n1\"")
+            && origin.contains("\"peerAddress\": \"127.0.0.1:"),
+        "{origin}"
+    );
+    admins[2].add_backend(&extra.to_string()).unwrap();
+    admins[1]
+        .set_backend_state(&backend.to_string(), pb::BackendState::Disabled)
+        .unwrap();
+    wait_everywhere(
+        &mut admins,
+        "the reset listener and the backend changes",
+        &(
+            vec![10, 60, 60],
+            sorted(vec![
+                (backend.to_string(), pb::BackendState::Disabled as i32, 3),
+                (extra.to_string(), enabled, 2),
+            ]),
+        ),
+    );
+    let reset = grpcurl_json(nodes[0].node().admin, "ResetBackends", r#"{"pool":"app"}"#);
+    assert!(!reset.contains(&extra.to_string()), "{reset}");
+    wait_everywhere(
+        &mut admins,
+        "the reset backends",
+        &(vec![10, 60, 60], backend_as(3)),
+    );
+    let mut stream = TcpStream::connect(nodes[2].node().address).unwrap();
+    assert!(request(&mut stream, "/").contains(&format!("backend {} saw", backend.port())));
 }
 
 /// Measurement, not a check (run by `cluster/measure.sh`): how long a change takes to reach
