@@ -256,22 +256,17 @@ impl Cluster {
                 "cluster state written by an older hearsay converted: each setting keeps its entry's version; config file edits made before this start are not detected (ResetListener / ResetBackends apply the file)"
             );
         }
-        match &store.baseline {
+        match store.read_file(&options.file, unix_millis(), &options.node_id) {
             None => tracing::info!(
                 "first start with this data directory's state: the config file's values are recorded, and a value changed in the file from now on becomes a cluster write at start-up"
             ),
-            Some(baseline) => {
-                let writes = options.file.changes_since(baseline);
-                if !writes.is_empty() {
-                    store.write(&writes, unix_millis(), &options.node_id, &Origin::file());
-                    for write in &writes {
-                        let (field, value) = write.describe();
-                        tracing::info!(key = %write.key(), field, value = %value, "config file changed since the last start: written to the cluster");
-                    }
+            Some(writes) => {
+                for write in &writes {
+                    let (field, value) = write.describe();
+                    tracing::info!(key = %write.key(), field, value = %value, "config file changed since the last start: written to the cluster");
                 }
             }
         }
-        store.baseline = Some(options.file.clone());
         // Fail now, not at the first admin change, if the state cannot be made durable.
         store.persist().map_err(|error| {
             ClusterError::State(format!(

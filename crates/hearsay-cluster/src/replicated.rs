@@ -60,15 +60,20 @@ impl Origin {
     pub fn admin(peer: Option<String>) -> Origin {
         Origin {
             source: Source::Admin,
-            peer,
+            peer: peer.map(Origin::bounded),
         }
     }
 
     pub fn reset(peer: Option<String>) -> Origin {
         Origin {
             source: Source::Reset,
-            peer,
+            peer: peer.map(Origin::bounded),
         }
+    }
+
+    /// Cut to what peers accept, so a write is never refused for its client's address.
+    fn bounded(peer: String) -> String {
+        peer.chars().take(MAX_PEER_LEN).collect()
     }
 
     pub fn file() -> Origin {
@@ -852,6 +857,24 @@ impl Store {
         std::fs::rename(&temporary, &self.path)?;
         std::fs::File::open(directory)?.sync_all()?;
         Ok(())
+    }
+
+    /// Reads the config file's values at start: what changed in them since the baseline becomes
+    /// writes stamped now (source file), which outrank every earlier write; then `file` is the
+    /// new baseline. Returns those writes, or `None` without a baseline (nothing can be known to
+    /// have changed, so nothing is written and the cluster's values stand).
+    pub fn read_file(&mut self, file: &FileValues, now_ms: u64, node: &str) -> Option<Vec<Write>> {
+        let writes = self
+            .baseline
+            .as_ref()
+            .map(|baseline| file.changes_since(baseline));
+        if let Some(writes) = &writes {
+            if !writes.is_empty() {
+                self.write(writes, now_ms, node, &Origin::file());
+            }
+        }
+        self.baseline = Some(file.clone());
+        writes
     }
 
     /// Merges `entry` into what the store has for `key`. Returns whether anything changed.

@@ -292,7 +292,16 @@ fn peer_values_are_parsed_strictly() {
         )),
         ..BackendEntry::default()
     });
-    assert!(Entry::parse("set:b:app/a:1", &long_peer.to_json(), 1000).is_err());
+    let mut long_peer_json = long_peer.to_json();
+    assert_eq!(
+        long_peer_json.matches('x').count(),
+        MAX_PEER_LEN,
+        "cut when written"
+    );
+    long_peer_json = long_peer_json.replace('x', "xx");
+    assert!(Entry::parse("set:b:app/a:1", &long_peer_json, 1000)
+        .unwrap_err()
+        .contains("peer"));
 }
 
 /// The largest entry a node can write still fits what its peers accept.
@@ -396,6 +405,81 @@ fn the_file_changes_since_the_baseline_become_writes() {
             member("b:1", false),
         ]
     );
+}
+
+/// Issue 11 §5, the rule: a value changed in the file since the node last read it outranks an
+/// earlier admin write; a value the file did not change keeps the admin write; without a baseline
+/// nothing is written.
+#[test]
+fn a_file_edit_outranks_earlier_writes_and_an_unchanged_file_writes_nothing() {
+    let dir = std::env::temp_dir().join(format!("hearsay-store-file-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut store, _) = Store::load(&dir).unwrap();
+    let file = |keepalive: u64| FileValues {
+        listeners: BTreeMap::from([(
+            "web".to_owned(),
+            BTreeMap::from([
+                (ListenerField::KeepaliveTimeout, keepalive),
+                (ListenerField::HeaderTimeout, 60_000),
+            ]),
+        )]),
+        pools: BTreeMap::new(),
+    };
+    assert_eq!(store.read_file(&file(60_000), 1000, "n1"), None);
+    assert!(store.entries.is_empty(), "a first start writes nothing");
+    // An admin change on another node, adopted here.
+    store.offer(
+        "set:l:web",
+        &merged(&[
+            (
+                5000,
+                "n2",
+                listener_write(ListenerField::KeepaliveTimeout, 20_000),
+            ),
+            (
+                5000,
+                "n2",
+                listener_write(ListenerField::HeaderTimeout, 7_000),
+            ),
+        ]),
+    );
+    // Restart with an unchanged file: nothing written, the admin values stand.
+    assert_eq!(store.read_file(&file(60_000), 6000, "n1"), Some(Vec::new()));
+    // Restart with keepalive edited in the file (the node's clock even behind the admin write's).
+    let writes = store.read_file(&file(10_000), 4000, "n1").unwrap();
+    assert_eq!(
+        writes,
+        [listener_write(ListenerField::KeepaliveTimeout, 10_000)]
+    );
+    let entry = &store.entries["set:l:web"];
+    assert_eq!(
+        value_of(entry, ListenerField::KeepaliveTimeout),
+        Some(10_000)
+    );
+    assert_eq!(value_of(entry, ListenerField::HeaderTimeout), Some(7_000));
+    let Entry::Listener(fields) = entry else {
+        unreachable!()
+    };
+    assert_eq!(
+        fields[&ListenerField::KeepaliveTimeout].source,
+        Source::File
+    );
+    // Other nodes take the edit over their older admin write.
+    let mut elsewhere = merged(&[(
+        5000,
+        "n2",
+        listener_write(ListenerField::KeepaliveTimeout, 20_000),
+    )]);
+    assert!(elsewhere.merge(entry));
+    assert_eq!(
+        value_of(&elsewhere, ListenerField::KeepaliveTimeout),
+        Some(10_000)
+    );
+    // A wiped data directory: no baseline, nothing written.
+    let (mut wiped, _) = Store::load(&dir.join("wiped")).unwrap();
+    assert_eq!(wiped.read_file(&file(10_000), 9000, "n1"), None);
+    assert!(wiped.entries.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
