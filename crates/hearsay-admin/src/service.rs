@@ -5,7 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hearsay_cluster::{Cluster, MemberState};
+use hearsay_cluster::replicated::{ListenerField, Source};
+use hearsay_cluster::{Cluster, MemberState, SettingOrigin};
 use hearsay_config::{settings_problems, ListenerSettings};
 use hearsay_proxy::{
     BackendState, ClientKey, CloseReason, ConnectionState, Listener, Proxy, StatsSnapshot,
@@ -22,15 +23,11 @@ const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
 const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_WATCH_INTERVAL: Duration = Duration::from_secs(3600);
-/// Paths `UpdateListener.update_mask` may name, relative to `settings`.
-const SETTINGS_FIELDS: [&str; 6] = [
-    "keepalive_timeout",
-    "header_timeout",
-    "body_timeout",
-    "max_requests_per_connection",
-    "max_connection_age",
-    "max_connections_per_client",
-];
+/// Paths `UpdateListener.update_mask` may name, relative to `settings`: the replicated listener
+/// settings, in the order of `ListenerSettings`.
+fn settings_fields() -> [&'static str; 6] {
+    ListenerField::ALL.map(ListenerField::name)
+}
 
 /// The admin service of one node.
 #[derive(Debug, Clone)]
@@ -90,6 +87,12 @@ impl AdminService {
         backend: &hearsay_proxy::Backend,
     ) -> pb::Backend {
         let mut proto = backend_to_proto(pool, backend);
+        proto.origins = self
+            .cluster
+            .backend_origins(&pool.name, &backend.address)
+            .into_iter()
+            .map(|(field, origin)| origin_to_proto(field, origin))
+            .collect();
         proto.views = self
             .cluster
             .backend_views(&pool.name, backend)
@@ -104,6 +107,17 @@ impl AdminService {
                 } as i32,
                 ejected: view.ejected,
             })
+            .collect();
+        proto
+    }
+
+    fn listener_to_proto(&self, listener: &Listener) -> pb::Listener {
+        let mut proto = listener_to_proto(listener);
+        proto.origins = self
+            .cluster
+            .listener_origins(&listener.name)
+            .into_iter()
+            .map(|(field, origin)| origin_to_proto(field.name(), origin))
             .collect();
         proto
     }
@@ -202,6 +216,35 @@ fn listener_to_proto(listener: &Listener) -> pb::Listener {
         pool: listener.pool.name.clone(),
         settings: Some(settings_to_proto(&listener.settings())),
         version: listener.version(),
+        origins: Vec::new(),
+    }
+}
+
+fn origin_to_proto(field: &str, origin: SettingOrigin) -> pb::SettingOrigin {
+    match origin {
+        SettingOrigin::File => pb::SettingOrigin {
+            field: field.to_owned(),
+            source: pb::SettingSource::File as i32,
+            ..Default::default()
+        },
+        SettingOrigin::Written {
+            source,
+            node,
+            at_ms,
+            peer,
+        } => pb::SettingOrigin {
+            field: field.to_owned(),
+            source: match source {
+                Source::File => pb::SettingSource::FileEdit,
+                Source::Admin => pb::SettingSource::Admin,
+                Source::Reset => pb::SettingSource::Reset,
+            } as i32,
+            node_id: node,
+            written_at: Some(to_timestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms),
+            )),
+            peer_address: peer.unwrap_or_default(),
+        },
     }
 }
 
@@ -222,7 +265,7 @@ fn fields_to_update(request: &pb::UpdateListenerRequest) -> Result<Vec<&'static 
             settings.max_connection_age.is_some(),
             settings.max_connections_per_client.is_some(),
         ];
-        let fields: Vec<&'static str> = SETTINGS_FIELDS
+        let fields: Vec<&'static str> = settings_fields()
             .iter()
             .zip(present)
             .filter(|(_, present)| *present)
@@ -237,16 +280,14 @@ fn fields_to_update(request: &pb::UpdateListenerRequest) -> Result<Vec<&'static 
         .enumerate()
         .map(|(index, path)| {
             let path = snake_case(path.strip_prefix("settings.").unwrap_or(path));
-            SETTINGS_FIELDS
-                .iter()
-                .find(|field| **field == path)
-                .copied()
+            ListenerField::from_name(&path)
+                .map(ListenerField::name)
                 .ok_or_else(|| {
                     AdminError::invalid(
                         format!("update_mask.paths[{index}]"),
                         format!(
                             "{path:?} is not a listener setting; allowed: {}",
-                            SETTINGS_FIELDS.join(", ")
+                            settings_fields().join(", ")
                         ),
                     )
                 })
@@ -305,7 +346,7 @@ fn apply_update(
                 let max = update.max_connections_per_client.unwrap_or(0);
                 next.max_connections_per_client = (max > 0).then_some(max);
             }
-            _ => unreachable!("fields come from SETTINGS_FIELDS"),
+            _ => unreachable!("fields come from settings_fields()"),
         }
     }
     let problems = settings_problems(&next);
@@ -367,7 +408,7 @@ fn backend_to_proto(pool: &hearsay_proxy::Pool, backend: &hearsay_proxy::Backend
     };
     pb::Backend {
         address: backend.address.clone(),
-        weight: backend.weight,
+        weight: backend.weight(),
         state: match backend.state() {
             BackendState::Enabled => pb::BackendState::Enabled,
             BackendState::Draining => pb::BackendState::Draining,
@@ -379,6 +420,7 @@ fn backend_to_proto(pool: &hearsay_proxy::Pool, backend: &hearsay_proxy::Backend
         requests: backend.requests(),
         idle_connections: backend.idle_connections() as u64,
         views: Vec::new(),
+        origins: Vec::new(),
     }
 }
 
@@ -390,9 +432,12 @@ fn parse_ip(field: &str, text: &str) -> Result<IpAddr, AdminError> {
 
 /// Who made an admin call, for the audit log.
 fn caller<T>(request: &Request<T>) -> String {
-    request
-        .remote_addr()
-        .map_or_else(|| "unknown".to_owned(), |address| address.to_string())
+    peer(request).unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The admin client's address, recorded with the settings it writes.
+fn peer<T>(request: &Request<T>) -> Option<String> {
+    request.remote_addr().map(|address| address.to_string())
 }
 
 #[tonic::async_trait]
@@ -451,14 +496,14 @@ impl pb::admin_server::Admin for AdminService {
                 .proxy
                 .listeners()
                 .iter()
-                .map(|l| listener_to_proto(l))
+                .map(|l| self.listener_to_proto(l))
                 .collect(),
         }))
     }
 
     async fn get_listener(&self, request: Request<pb::GetListenerRequest>) -> Reply<pb::Listener> {
         let listener = self.listener(&request.get_ref().name)?;
-        Ok(Response::new(listener_to_proto(listener)))
+        Ok(Response::new(self.listener_to_proto(listener)))
     }
 
     async fn update_listener(
@@ -466,14 +511,19 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::UpdateListenerRequest>,
     ) -> Reply<pb::Listener> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let listener = self.listener(&request.name)?;
         let fields = fields_to_update(&request)?;
+        let replicated: Vec<ListenerField> = fields
+            .iter()
+            .filter_map(|field| ListenerField::from_name(field))
+            .collect();
         let settings = request.settings.unwrap_or_default();
         let expected = (request.expected_version != 0).then_some(request.expected_version);
         let update = self
             .cluster
-            .update_listener(&request.name, expected, |current| {
+            .update_listener(&request.name, expected, &replicated, peer, |current| {
                 apply_update(current, &settings, &fields)
             })
             .ok_or_else(|| AdminError::not_found("listener", &request.name))?
@@ -482,7 +532,29 @@ impl pb::admin_server::Admin for AdminService {
             let (old, new) = describe_change(field, &update.old, &update.new);
             tracing::info!(who = %who, listener = %listener.name, field = *field, old = %old, new = %new, version = update.version, "listener setting changed");
         }
-        Ok(Response::new(listener_to_proto(listener)))
+        Ok(Response::new(self.listener_to_proto(listener)))
+    }
+
+    async fn reset_listener(
+        &self,
+        request: Request<pb::ResetListenerRequest>,
+    ) -> Reply<pb::Listener> {
+        let who = caller(&request);
+        let peer = peer(&request);
+        let name = &request.get_ref().name;
+        let listener = self.listener(name)?;
+        let update = self
+            .cluster
+            .reset_listener(name, peer)
+            .ok_or_else(|| AdminError::not_found("listener", name))?;
+        for field in settings_fields() {
+            let (old, new) = describe_change(field, &update.old, &update.new);
+            if old != new {
+                tracing::info!(who = %who, listener = %listener.name, field, old = %old, new = %new, version = update.version, "listener setting reset to the config file");
+            }
+        }
+        tracing::info!(who = %who, listener = %listener.name, version = update.version, "listener reset to the config file");
+        Ok(Response::new(self.listener_to_proto(listener)))
     }
 
     async fn list_pools(
@@ -519,6 +591,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn add_backend(&self, request: Request<pb::AddBackendRequest>) -> Reply<pb::Backend> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let weight = if request.weight == 0 {
@@ -528,7 +601,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let backend = self
             .cluster
-            .add_backend(&pool.name, &request.address, weight)
+            .add_backend(&pool.name, &request.address, weight, peer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, weight, "backend added");
@@ -540,11 +613,12 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RemoveBackendRequest>,
     ) -> Reply<pb::RemoveBackendResponse> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let backend = self
             .cluster
-            .remove_backend(&pool.name, &request.address)
+            .remove_backend(&pool.name, &request.address, peer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, "backend removed");
@@ -556,6 +630,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::SetBackendStateRequest>,
     ) -> Reply<pb::Backend> {
         let who = caller(&request);
+        let peer = peer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let state = match pb::BackendState::try_from(request.state) {
@@ -570,11 +645,32 @@ impl pb::admin_server::Admin for AdminService {
         };
         let (backend, old) = self
             .cluster
-            .set_backend_state(&pool.name, &request.address, state)
+            .set_backend_state(&pool.name, &request.address, state, peer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, old = %old.as_str(), new = %state.as_str(), "backend state changed");
         Ok(Response::new(self.backend_to_proto(pool, &backend)))
+    }
+
+    async fn reset_backends(
+        &self,
+        request: Request<pb::ResetBackendsRequest>,
+    ) -> Reply<pb::ListBackendsResponse> {
+        let who = caller(&request);
+        let peer = peer(&request);
+        let pool = self.pool(&request.get_ref().pool)?;
+        let writes = self
+            .cluster
+            .reset_backends(&pool.name, peer)
+            .ok_or_else(|| AdminError::not_found("pool", &pool.name))?;
+        tracing::info!(who = %who, pool = %pool.name, writes, "pool backends reset to the config file");
+        Ok(Response::new(pb::ListBackendsResponse {
+            backends: pool
+                .backends()
+                .iter()
+                .map(|backend| self.backend_to_proto(pool, backend))
+                .collect(),
+        }))
     }
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Reply<pb::Stats> {

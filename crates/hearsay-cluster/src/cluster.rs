@@ -8,7 +8,7 @@
 //! | `node:admin`, `node:version`, `node:listeners` | text | what `ListMembers` shows |
 //! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
 //! | `node:ready` | `1` / `0` | listeners bound |
-//! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON [`Entry`] | replicated settings, adopted by every node |
+//! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON [`Entry`]: stamped fields | replicated settings, merged field by field by every node |
 //! | `c:<listener>/<client key>` | count | this node's open connections of one client (top N only) |
 //! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
 //! | `e:<pool>/<backend>` | unix ms | this node's passive ejection, until then |
@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hlc::unix_millis;
 use crate::replicated::{
-    self, backend_key, listener_key, BackendStateValue, BackendValue, Entry, ListenerValue, Store,
-    Value, BACKEND_PREFIX, LISTENER_PREFIX,
+    self, backend_key, listener_key, BackendStateValue, Entry, FileValues, ListenerField, Loaded,
+    Origin, Source, Store, Write, BACKEND_PREFIX, LISTENER_PREFIX,
 };
 use crate::shared_health;
 use crate::transport::{GossipTransport, Keyring, TransportStats};
@@ -63,6 +63,8 @@ pub struct ClusterOptions {
     pub version: String,
     /// `None`: the node runs alone (changes are still versioned and persisted).
     pub config: Option<ClusterConfig>,
+    /// The config file's values of the replicated settings ([`FileValues::of`]).
+    pub file: FileValues,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,36 @@ pub struct ClientView {
     pub uncertainty: Duration,
 }
 
+/// Where the current value of a replicated setting on this node came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingOrigin {
+    /// This node's config file, never written to the cluster.
+    File,
+    /// A write: a node's changed config file, an admin call or a reset.
+    Written {
+        source: Source,
+        node: String,
+        /// Unix milliseconds of the write's stamp.
+        at_ms: u64,
+        /// The admin client's address.
+        peer: Option<String>,
+    },
+}
+
+impl SettingOrigin {
+    fn of<T>(field: Option<&replicated::Field<T>>) -> SettingOrigin {
+        match field {
+            None => SettingOrigin::File,
+            Some(field) => SettingOrigin::Written {
+                source: field.source,
+                node: field.stamp.node.clone(),
+                at_ms: field.stamp.millis,
+                peer: field.peer.clone(),
+            },
+        }
+    }
+}
+
 /// One node's view of a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendView {
@@ -183,6 +215,8 @@ struct Gossip {
 pub struct Cluster {
     node_id: String,
     proxy: Arc<Proxy>,
+    /// The config file's values of the replicated settings, as read at start.
+    file: FileValues,
     store: Mutex<Store>,
     gossip: Option<Gossip>,
     views: ArcSwap<Views>,
@@ -214,7 +248,25 @@ impl Cluster {
         proxy: Arc<Proxy>,
         options: ClusterOptions,
     ) -> Result<Arc<Cluster>, ClusterError> {
-        let store = Store::load(&options.data_dir).map_err(ClusterError::State)?;
+        let (mut store, loaded) = Store::load(&options.data_dir).map_err(ClusterError::State)?;
+        if loaded == Loaded::Converted {
+            tracing::warn!(
+                data_dir = %options.data_dir.display(),
+                entries = store.entries.len(),
+                "cluster state written by an older hearsay converted: each setting keeps its entry's version; config file edits made before this start are not detected (ResetListener / ResetBackends apply the file)"
+            );
+        }
+        match store.read_file(&options.file, unix_millis(), &options.node_id) {
+            None => tracing::info!(
+                "first start with this data directory's state: the config file's values are recorded, and a value changed in the file from now on becomes a cluster write at start-up"
+            ),
+            Some(writes) => {
+                for write in &writes {
+                    let (field, value) = write.describe();
+                    tracing::info!(key = %write.key(), field, value = %value, "config file changed since the last start: written to the cluster");
+                }
+            }
+        }
         // Fail now, not at the first admin change, if the state cannot be made durable.
         store.persist().map_err(|error| {
             ClusterError::State(format!(
@@ -223,9 +275,9 @@ impl Cluster {
             ))
         })?;
         for (key, entry) in &store.entries {
-            match replicated::apply(&proxy, key, entry) {
+            match replicated::apply(&proxy, &options.file, key, entry) {
                 Ok(true) => {
-                    tracing::info!(%key, version = entry.stamp.version(), "persisted cluster setting applied")
+                    tracing::info!(%key, version = entry.version(), "persisted cluster setting applied")
                 }
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%key, %error, "persisted cluster setting not applied"),
@@ -238,6 +290,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             node_id: options.node_id.clone(),
             proxy,
+            file: options.file,
             store: Mutex::new(store),
             gossip,
             views: ArcSwap::from_pointee(Views::default()),
@@ -374,27 +427,34 @@ impl Cluster {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Records a local change: stamps it, persists it, and has the loop gossip it.
-    fn record(&self, store: &mut Store, key: String, value: Value) -> Entry {
-        let entry = Entry {
-            stamp: store.clock.stamp(unix_millis(), &self.node_id),
-            value,
-        };
-        store.offer(&key, &entry);
+    /// Stamps `writes` as one operation, merges them, persists, applies them to this node and
+    /// has the loop gossip them. Returns the keys written.
+    fn write(&self, store: &mut Store, writes: &[Write], origin: &Origin) -> Vec<String> {
+        let keys = store.write(writes, unix_millis(), &self.node_id, origin);
         if let Err(error) = store.persist() {
             tracing::error!(%error, "cannot persist cluster state; the change is applied but will not survive a restart");
         }
+        for key in &keys {
+            if let Some(entry) = store.entries.get(key) {
+                if let Err(error) = replicated::apply(&self.proxy, &self.file, key, entry) {
+                    tracing::warn!(%key, %error, "cluster setting written but not applicable here");
+                }
+            }
+        }
         self.dirty.store(true, Ordering::Release);
         self.wake.notify_one();
-        entry
+        keys
     }
 
-    /// Changes a listener's settings cluster-wide. `expected_version`, when given, must be the
-    /// listener's current version.
+    /// Changes the named settings of a listener cluster-wide (each field is its own write, so
+    /// a concurrent change to another field is never undone). `expected_version`, when given,
+    /// must be the listener's current version. `peer` is the admin client's address.
     pub fn update_listener<E>(
         &self,
         name: &str,
         expected_version: Option<u64>,
+        fields: &[ListenerField],
+        peer: Option<String>,
         change: impl FnOnce(&ListenerSettings) -> Result<ListenerSettings, E>,
     ) -> Option<Result<SettingsUpdate, UpdateError<E>>> {
         let listener = self.proxy.listener(name)?;
@@ -405,68 +465,104 @@ impl Cluster {
                 return Some(Err(UpdateError::Conflict { expected, current }));
             }
         }
-        let new = match change(&listener.settings()) {
+        let old = listener.settings();
+        let new = match change(&old) {
             Ok(new) => new,
             Err(error) => return Some(Err(UpdateError::Rejected(error))),
         };
-        let entry = self.record(
-            &mut store,
-            listener_key(name),
-            Value::Listener(ListenerValue::of(&new)),
-        );
+        let writes: Vec<Write> = fields
+            .iter()
+            .map(|field| Write::Listener {
+                name: name.to_owned(),
+                field: *field,
+                value: field.get(&new),
+            })
+            .collect();
+        self.write(&mut store, &writes, &Origin::admin(peer));
+        Some(Ok(SettingsUpdate {
+            old,
+            new: listener.settings(),
+            version: listener.version(),
+        }))
+    }
+
+    /// Returns a listener's replicated settings to this node's config file values on every
+    /// node: a new write of every field. `None` when there is no such listener.
+    pub fn reset_listener(&self, name: &str, peer: Option<String>) -> Option<SettingsUpdate> {
+        let listener = self.proxy.listener(name)?;
+        let file = self.file.listeners.get(name)?;
+        let mut store = self.lock_store();
         let old = listener.settings();
-        let version = entry.stamp.version();
-        Some(Ok(listener
-            .apply_replicated(new.clone(), version)
-            .unwrap_or(SettingsUpdate {
-                old,
-                new: Arc::new(new),
-                version,
-            })))
+        let writes: Vec<Write> = file
+            .iter()
+            .map(|(field, value)| Write::Listener {
+                name: name.to_owned(),
+                field: *field,
+                value: *value,
+            })
+            .collect();
+        self.write(&mut store, &writes, &Origin::reset(peer));
+        Some(SettingsUpdate {
+            old,
+            new: listener.settings(),
+            version: listener.version(),
+        })
     }
 
     fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.proxy.pools().iter().find(|pool| pool.name == name)
     }
 
-    /// Adds a backend to a pool on every node.
+    /// Adds a backend to a pool on every node (member, enabled, `weight`).
     pub fn add_backend(
         &self,
         pool: &str,
         address: &str,
         weight: u32,
+        peer: Option<String>,
     ) -> Option<Result<Arc<Backend>, PoolError>> {
         let pool_ref = self.pool(pool)?;
         let mut store = self.lock_store();
         Some(pool_ref.add_backend(address, weight).inspect(|_| {
-            self.record(
-                &mut store,
-                backend_key(pool, address),
-                Value::Backend(BackendValue {
+            let (pool, address) = (pool.to_owned(), address.to_owned());
+            let writes = [
+                Write::Member {
+                    pool: pool.clone(),
+                    address: address.clone(),
+                    member: true,
+                },
+                Write::State {
+                    pool: pool.clone(),
+                    address: address.clone(),
                     state: BackendStateValue::Enabled,
+                },
+                Write::Weight {
+                    pool,
+                    address,
                     weight,
-                }),
-            );
+                },
+            ];
+            self.write(&mut store, &writes, &Origin::admin(peer));
         }))
     }
 
-    /// Removes a backend from a pool on every node.
+    /// Removes a backend from a pool on every node (a tombstone: only a later add brings it
+    /// back).
     pub fn remove_backend(
         &self,
         pool: &str,
         address: &str,
+        peer: Option<String>,
     ) -> Option<Result<Arc<Backend>, PoolError>> {
         let pool_ref = self.pool(pool)?;
         let mut store = self.lock_store();
-        Some(pool_ref.remove_backend(address).inspect(|backend| {
-            self.record(
-                &mut store,
-                backend_key(pool, address),
-                Value::Backend(BackendValue {
-                    state: BackendStateValue::Removed,
-                    weight: backend.weight,
-                }),
-            );
+        Some(pool_ref.remove_backend(address).inspect(|_| {
+            let write = Write::Member {
+                pool: pool.to_owned(),
+                address: address.to_owned(),
+                member: false,
+            };
+            self.write(&mut store, &[write], &Origin::admin(peer));
         }))
     }
 
@@ -476,28 +572,113 @@ impl Cluster {
         pool: &str,
         address: &str,
         state: BackendState,
+        peer: Option<String>,
     ) -> Option<Result<(Arc<Backend>, BackendState), PoolError>> {
         let pool_ref = self.pool(pool)?;
         let mut store = self.lock_store();
-        Some(
-            pool_ref
-                .set_backend_state(address, state)
-                .inspect(|(backend, _)| {
-                    let state = match state {
-                        BackendState::Enabled => BackendStateValue::Enabled,
-                        BackendState::Draining => BackendStateValue::Draining,
-                        BackendState::Disabled => BackendStateValue::Disabled,
-                    };
-                    self.record(
-                        &mut store,
-                        backend_key(pool, address),
-                        Value::Backend(BackendValue {
-                            state,
-                            weight: backend.weight,
-                        }),
-                    );
-                }),
-        )
+        Some(pool_ref.set_backend_state(address, state).inspect(|_| {
+            let write = Write::State {
+                pool: pool.to_owned(),
+                address: address.to_owned(),
+                state: state.into(),
+            };
+            self.write(&mut store, &[write], &Origin::admin(peer));
+        }))
+    }
+
+    /// Returns a pool's backends to this node's config file on every node: every backend of the
+    /// file is written back (member, state, weight) and every other backend this node knows of
+    /// is removed. `None` when there is no such pool. Returns the number of writes.
+    pub fn reset_backends(&self, pool: &str, peer: Option<String>) -> Option<usize> {
+        let pool_ref = self.pool(pool)?;
+        let empty = BTreeMap::new();
+        let file = self.file.pools.get(pool).unwrap_or(&empty);
+        let mut store = self.lock_store();
+        let mut writes = Vec::new();
+        for (address, backend) in file {
+            writes.extend([
+                Write::Member {
+                    pool: pool.to_owned(),
+                    address: address.clone(),
+                    member: true,
+                },
+                Write::State {
+                    pool: pool.to_owned(),
+                    address: address.clone(),
+                    state: backend.state,
+                },
+                Write::Weight {
+                    pool: pool.to_owned(),
+                    address: address.clone(),
+                    weight: backend.weight,
+                },
+            ]);
+        }
+        let prefix = backend_key(pool, "");
+        let mut others: Vec<String> = pool_ref
+            .backends()
+            .iter()
+            .map(|backend| backend.address.clone())
+            .chain(
+                store
+                    .entries
+                    .keys()
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned)),
+            )
+            .filter(|address| !file.contains_key(address))
+            .collect();
+        others.sort();
+        others.dedup();
+        writes.extend(others.into_iter().map(|address| Write::Member {
+            pool: pool.to_owned(),
+            address,
+            member: false,
+        }));
+        self.write(&mut store, &writes, &Origin::reset(peer));
+        Some(writes.len())
+    }
+
+    /// Where each replicated setting of a listener got its current value on this node.
+    pub fn listener_origins(&self, name: &str) -> Vec<(ListenerField, SettingOrigin)> {
+        let store = self.lock_store();
+        let fields = match store.entries.get(&listener_key(name)) {
+            Some(Entry::Listener(fields)) => Some(fields),
+            _ => None,
+        };
+        ListenerField::ALL
+            .into_iter()
+            .map(|field| {
+                (
+                    field,
+                    SettingOrigin::of(fields.and_then(|fields| fields.get(&field))),
+                )
+            })
+            .collect()
+    }
+
+    /// Where a backend's membership, state and weight got their current values on this node
+    /// ([`replicated::BACKEND_FIELDS`] order).
+    pub fn backend_origins(&self, pool: &str, address: &str) -> [(&'static str, SettingOrigin); 3] {
+        let store = self.lock_store();
+        let entry = match store.entries.get(&backend_key(pool, address)) {
+            Some(Entry::Backend(entry)) => Some(entry),
+            _ => None,
+        };
+        let [member, state, weight] = replicated::BACKEND_FIELDS;
+        [
+            (
+                member,
+                SettingOrigin::of(entry.and_then(|e| e.member.as_ref())),
+            ),
+            (
+                state,
+                SettingOrigin::of(entry.and_then(|e| e.state.as_ref())),
+            ),
+            (
+                weight,
+                SettingOrigin::of(entry.and_then(|e| e.weight.as_ref())),
+            ),
+        ]
     }
 
     /// Every member this node knows (just itself when it runs alone).
@@ -1047,7 +1228,8 @@ impl Cluster {
         }
     }
 
-    /// Keeps and applies every offered entry newer than ours. Returns whether any was adopted.
+    /// Merges every offered entry into ours, field by field, and applies what changed. Returns
+    /// whether anything was adopted.
     fn adopt(&self, offered: Vec<(String, Entry)>) -> bool {
         if offered.is_empty() {
             return false;
@@ -1055,23 +1237,21 @@ impl Cluster {
         let mut store = self.lock_store();
         let mut adopted = false;
         for (key, entry) in offered {
-            if store
-                .stamp_of(&key)
-                .is_some_and(|current| *current >= entry.stamp)
-            {
+            if !store.offer(&key, &entry) {
                 continue;
             }
-            if let Value::Listener(value) = &entry.value {
-                if let Err(error) = value.applied_to(&ListenerSettings::default()) {
-                    tracing::warn!(%key, %error, writer = %entry.stamp.node, "refused a replicated listener setting");
-                    continue;
-                }
-            }
-            store.offer(&key, &entry);
             adopted = true;
-            match replicated::apply(&self.proxy, &key, &entry) {
+            let mut writers: Vec<&str> = entry
+                .stamps()
+                .into_iter()
+                .map(|stamp| stamp.node.as_str())
+                .collect();
+            writers.sort_unstable();
+            writers.dedup();
+            let merged = &store.entries[&key];
+            match replicated::apply(&self.proxy, &self.file, &key, merged) {
                 Ok(_) => {
-                    tracing::info!(%key, version = entry.stamp.version(), writer = %entry.stamp.node, "cluster setting adopted")
+                    tracing::info!(%key, version = merged.version(), writers = ?writers, "cluster setting adopted")
                 }
                 Err(error) => {
                     tracing::warn!(%key, %error, "cluster setting kept for the cluster but not applicable here")

@@ -10,6 +10,7 @@ pub mod transport;
 
 pub use cluster::{
     BackendView, ClientView, Cluster, ClusterError, ClusterOptions, Member, MemberState, NodeCount,
+    SettingOrigin,
 };
 pub use transport::TransportStats;
 

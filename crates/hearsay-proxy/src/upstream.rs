@@ -87,7 +87,8 @@ pub struct BackendHealth {
 #[derive(Debug)]
 pub struct Backend {
     pub address: String,
-    pub weight: u32,
+    /// Changeable at runtime ([`Pool::set_backend_weight`]); read per pick.
+    weight: AtomicU32,
     /// Stable identity for the balancer.
     id: u64,
     state: AtomicU8,
@@ -261,7 +262,7 @@ impl Backend {
         Backend {
             id: hearsay_balancer::stable_hash(address.as_bytes()),
             address,
-            weight,
+            weight: AtomicU32::new(weight),
             state: AtomicU8::new(state as u8),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -279,6 +280,11 @@ impl Backend {
 
     pub fn state(&self) -> BackendState {
         BackendState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// The balancing weight, 1..=1000.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
     /// Requests sent to this backend whose response has not been read to the end.
@@ -741,7 +747,7 @@ impl Pool {
             let backend = &backends[*index];
             Candidate {
                 id: backend.id,
-                weight: backend.weight,
+                weight: backend.weight(),
                 in_flight: backend.in_flight(),
             }
         }));
@@ -832,6 +838,23 @@ impl Pool {
         if state != BackendState::Enabled {
             backend.close_idle();
         }
+        Ok((backend, old))
+    }
+
+    /// Sets a backend's balancing weight (the balancer rebuilds what depends on it at its next
+    /// pick). Returns the backend and its old weight.
+    pub fn set_backend_weight(
+        &self,
+        address: &str,
+        weight: u32,
+    ) -> Result<(Arc<Backend>, u32), PoolError> {
+        if !(1..=1000).contains(&weight) {
+            return Err(PoolError::BadWeight { weight });
+        }
+        let backend = self
+            .backend(address)
+            .ok_or_else(|| self.no_such_backend(address))?;
+        let old = backend.weight.swap(weight, Ordering::Relaxed);
         Ok((backend, old))
     }
 

@@ -112,8 +112,28 @@ pub struct ListenerSettings {
     #[prost(uint32, optional, tag = "6")]
     pub max_connections_per_client: ::core::option::Option<u32>,
 }
+/// Where a setting's current value came from.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SettingOrigin {
+    /// The setting: keepalive_timeout, header_timeout, body_timeout, max_requests_per_connection,
+    /// max_connection_age, max_connections_per_client (listeners); member, state, weight (backends).
+    #[prost(string, tag = "1")]
+    pub field: ::prost::alloc::string::String,
+    #[prost(enumeration = "SettingSource", tag = "2")]
+    pub source: i32,
+    /// The node that wrote it; empty for FILE.
+    #[prost(string, tag = "3")]
+    pub node_id: ::prost::alloc::string::String,
+    /// When it was written, by the writer's clock; absent for FILE.
+    #[prost(message, optional, tag = "4")]
+    pub written_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// The admin client's address, for ADMIN and RESET.
+    #[prost(string, tag = "5")]
+    pub peer_address: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Listener {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
@@ -123,9 +143,13 @@ pub struct Listener {
     pub pool: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "4")]
     pub settings: ::core::option::Option<ListenerSettings>,
-    /// Grows by one with every change; pass it as expected_version to update safely.
+    /// Changes with every write to any of the settings (the sum of their versions) and is the same
+    /// on every node that has the same writes; pass it as expected_version to update safely.
     #[prost(uint64, tag = "5")]
     pub version: u64,
+    /// Where each setting's current value came from, in the order of ListenerSettings.
+    #[prost(message, repeated, tag = "6")]
+    pub origins: ::prost::alloc::vec::Vec<SettingOrigin>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -178,6 +202,9 @@ pub struct Backend {
     /// In a cluster: what each node sees of this backend.
     #[prost(message, repeated, tag = "9")]
     pub views: ::prost::alloc::vec::Vec<BackendView>,
+    /// Where its membership in the pool, its state and its weight came from.
+    #[prost(message, repeated, tag = "10")]
+    pub origins: ::prost::alloc::vec::Vec<SettingOrigin>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -256,6 +283,18 @@ pub struct SetBackendStateRequest {
     pub address: ::prost::alloc::string::String,
     #[prost(enumeration = "BackendState", tag = "3")]
     pub state: i32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResetListenerRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResetBackendsRequest {
+    #[prost(string, tag = "1")]
+    pub pool: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -467,6 +506,48 @@ impl MemberState {
             "MEMBER_DRAINING" => Some(Self::MemberDraining),
             "MEMBER_DEAD" => Some(Self::MemberDead),
             "MEMBER_LEFT" => Some(Self::MemberLeft),
+            _ => None,
+        }
+    }
+}
+/// Who set a replicated setting's current value.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SettingSource {
+    Unspecified = 0,
+    /// This node's config file as it read it at start; never written to the cluster.
+    File = 1,
+    /// A value changed in a node's config file since that node last read it, written to the cluster
+    /// when it started (it outranks every earlier change).
+    FileEdit = 2,
+    /// An admin call (UpdateListener, AddBackend, RemoveBackend, SetBackendState).
+    Admin = 3,
+    /// ResetListener / ResetBackends: the config file values of the node that took the call.
+    Reset = 4,
+}
+impl SettingSource {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SETTING_SOURCE_UNSPECIFIED",
+            Self::File => "FILE",
+            Self::FileEdit => "FILE_EDIT",
+            Self::Admin => "ADMIN",
+            Self::Reset => "RESET",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SETTING_SOURCE_UNSPECIFIED" => Some(Self::Unspecified),
+            "FILE" => Some(Self::File),
+            "FILE_EDIT" => Some(Self::FileEdit),
+            "ADMIN" => Some(Self::Admin),
+            "RESET" => Some(Self::Reset),
             _ => None,
         }
     }
@@ -750,6 +831,29 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "UpdateListener"));
             self.inner.unary(req, path, codec).await
         }
+        /// Returns every replicated setting of a listener to this node's config file values, on every
+        /// node of the cluster (a new write of each setting, source RESET).
+        pub async fn reset_listener(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResetListenerRequest>,
+        ) -> std::result::Result<tonic::Response<super::Listener>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/hearsay.admin.v1.Admin/ResetListener",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "ResetListener"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn list_pools(
             &mut self,
             request: impl tonic::IntoRequest<super::ListPoolsRequest>,
@@ -863,6 +967,32 @@ pub mod admin_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "SetBackendState"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Returns a pool's backends to this node's config file, on every node of the cluster: the
+        /// file's backends with the file's state and weight, every other backend removed.
+        pub async fn reset_backends(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResetBackendsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListBackendsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/hearsay.admin.v1.Admin/ResetBackends",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "ResetBackends"));
             self.inner.unary(req, path, codec).await
         }
         /// Connection counters per listener, and their totals.
@@ -1095,6 +1225,12 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::UpdateListenerRequest>,
         ) -> std::result::Result<tonic::Response<super::Listener>, tonic::Status>;
+        /// Returns every replicated setting of a listener to this node's config file values, on every
+        /// node of the cluster (a new write of each setting, source RESET).
+        async fn reset_listener(
+            &self,
+            request: tonic::Request<super::ResetListenerRequest>,
+        ) -> std::result::Result<tonic::Response<super::Listener>, tonic::Status>;
         async fn list_pools(
             &self,
             request: tonic::Request<super::ListPoolsRequest>,
@@ -1125,6 +1261,15 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::SetBackendStateRequest>,
         ) -> std::result::Result<tonic::Response<super::Backend>, tonic::Status>;
+        /// Returns a pool's backends to this node's config file, on every node of the cluster: the
+        /// file's backends with the file's state and weight, every other backend removed.
+        async fn reset_backends(
+            &self,
+            request: tonic::Request<super::ResetBackendsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListBackendsResponse>,
+            tonic::Status,
+        >;
         /// Connection counters per listener, and their totals.
         async fn get_stats(
             &self,
@@ -1439,6 +1584,51 @@ pub mod admin_server {
                     };
                     Box::pin(fut)
                 }
+                "/hearsay.admin.v1.Admin/ResetListener" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResetListenerSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ResetListenerRequest>
+                    for ResetListenerSvc<T> {
+                        type Response = super::Listener;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResetListenerRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::reset_listener(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResetListenerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 "/hearsay.admin.v1.Admin/ListPools" => {
                     #[allow(non_camel_case_types)]
                     struct ListPoolsSvc<T: Admin>(pub Arc<T>);
@@ -1645,6 +1835,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetBackendStateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/hearsay.admin.v1.Admin/ResetBackends" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResetBackendsSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ResetBackendsRequest>
+                    for ResetBackendsSvc<T> {
+                        type Response = super::ListBackendsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResetBackendsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::reset_backends(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResetBackendsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
