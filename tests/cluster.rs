@@ -1258,6 +1258,124 @@ fn a_passive_ejection_on_one_node_is_honoured_by_the_others() {
     }
 }
 
+/// A backend that can be killed and restarted on its port: while down its port is closed and
+/// its open connections are cut, as a process that died.
+fn start_restartable_backend() -> (SocketAddr, Arc<AtomicBool>) {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = socket.local_addr().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let switch = Arc::clone(&up);
+    std::thread::spawn(move || {
+        let mut socket = Some(socket);
+        let mut open: Vec<TcpStream> = Vec::new();
+        loop {
+            if !up.load(Ordering::SeqCst) {
+                socket = None;
+                for stream in open.drain(..) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            } else if socket.is_none() {
+                socket = Some(TcpListener::bind(address).unwrap());
+            }
+            let Some(listener) = &socket else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            listener.set_nonblocking(true).unwrap();
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    open.push(stream.try_clone().unwrap());
+                    let (started, _) = std::sync::mpsc::channel();
+                    std::thread::spawn(move || support::serve_backend_connection(stream, started));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    (address, switch)
+}
+
+#[test]
+fn a_backend_back_up_gets_traffic_on_every_node_once_its_checks_pass() {
+    let (good, _) = start_backend();
+    let (flaky, up) = start_restartable_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "",
+        &format!(
+            "backends = [\"{good}\", \"{flaky}\"]\n\
+             [pool.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+             healthy_threshold = 2\nunhealthy_threshold = 2\n\
+             [pool.outlier]\nconsecutive_failures = 2\nbase_ejection = \"30s\""
+        ),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let flaky_name = flaky.to_string();
+    let flaky_state = |admin: &mut Admin| {
+        let backends = admin.backends();
+        let view = backends
+            .into_iter()
+            .find(|b| b.address == flaky_name)
+            .unwrap();
+        (
+            view.health == pb::HealthState::Healthy as i32,
+            view.views
+                .iter()
+                .filter(|v| v.ejected)
+                .map(|v| v.node_id.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let reaches_flaky = |node: &ClusterNode| {
+        let mut stream = TcpStream::connect(node.node().address).unwrap();
+        (0..4).any(|_| request(&mut stream, "/").contains(&format!("backend {} saw", flaky.port())))
+    };
+
+    // Killed: n1's traffic ejects it (failed connects, retried on the good backend), and every
+    // node stops sending to it.
+    up.store(false, Ordering::SeqCst);
+    let mut stream = TcpStream::connect(nodes[0].node().address).unwrap();
+    wait_for(
+        "n1 to eject the dead backend",
+        Duration::from_secs(5),
+        || {
+            assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+            flaky_state(&mut admins[0])
+                .1
+                .contains(&"n1".to_owned())
+                .then_some(())
+        },
+    );
+    for admin in admins.iter_mut() {
+        wait_for("every node to take it out", Duration::from_secs(3), || {
+            (!flaky_state(admin).0).then_some(())
+        });
+    }
+    // Down long enough for its probers' checks to fail too (as after a crash and a restart).
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Restarted: its checks pass within two intervals, and every node sends it traffic again,
+    // long before the 30 s ejection would have ended.
+    up.store(true, Ordering::SeqCst);
+    let back = Instant::now();
+    for (index, admin) in admins.iter_mut().enumerate() {
+        wait_for(
+            "every node to send it traffic again",
+            Duration::from_secs(8),
+            || {
+                let (healthy, ejected_by) = flaky_state(admin);
+                (healthy && ejected_by.is_empty() && reaches_flaky(&nodes[index])).then_some(())
+            },
+        );
+    }
+    let lifted = back.elapsed();
+    println!("a restarted backend got traffic on every node {lifted:?} after it came back");
+    assert!(lifted < Duration::from_secs(8));
+}
+
 /// A connection from a chosen loopback source address that got a 200.
 fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -244,6 +244,9 @@ pub struct OutlierConfig {
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejected_percent: u32,
+    /// A passing active health check (begun after the ejection) ends the ejection early, as
+    /// Envoy's `successful_active_health_check_uneject_host`. Only matters with a health check.
+    pub uneject_on_healthy_check: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

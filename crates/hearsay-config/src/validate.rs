@@ -1028,6 +1028,7 @@ fn outlier(checker: &mut Checker, path: &str, raw: Option<RawOutlier>) -> Option
         base_ejection: None,
         max_ejection: None,
         max_ejected_percent: None,
+        uneject_on_healthy_check: None,
     });
     let consecutive_failures = checker.integer(
         &format!("{path}.consecutive_failures"),
@@ -1062,6 +1063,7 @@ fn outlier(checker: &mut Checker, path: &str, raw: Option<RawOutlier>) -> Option
         base_ejection,
         max_ejection: max_ejection.max(base_ejection),
         max_ejected_percent,
+        uneject_on_healthy_check: raw.uneject_on_healthy_check.unwrap_or(true),
     })
 }
 
