@@ -976,6 +976,68 @@ fn the_per_client_cap_holds_across_the_cluster_within_the_documented_bound() {
     );
 }
 
+/// How one connection of a burst ended: answered 200, answered 429, or closed with no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Admitted,
+    Refused,
+    Unanswered,
+}
+
+fn outcome(stream: &mut TcpStream) -> Outcome {
+    match try_request(stream, "/") {
+        Some(response) if response.starts_with("HTTP/1.1 200 OK") => Outcome::Admitted,
+        Some(response) if response.starts_with("HTTP/1.1 429") => Outcome::Refused,
+        Some(response) => panic!("unexpected answer: {response}"),
+        None => Outcome::Unanswered,
+    }
+}
+
+#[test]
+fn a_burst_over_the_cap_is_answered_429_on_every_node() {
+    const LIMIT: usize = 30;
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        &format!("max_connections_per_client = {LIMIT}"),
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+    // 40 connections opened at once on each node, before any node has heard of the others':
+    // each admits up to 30, trims its share of the surplus once the counts meet, and refuses
+    // the rest at accept.
+    let mut burst: Vec<TcpStream> = Vec::new();
+    for node in &nodes {
+        for _ in 0..40 {
+            burst.push(TcpStream::connect(node.node().address).unwrap());
+        }
+    }
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    wait_for(
+        "the trim to bring the client within its cap",
+        Duration::from_secs(5),
+        || {
+            let held: u32 = admins
+                .iter_mut()
+                .map(|admin| admin.client("127.0.0.1").open_connections)
+                .sum();
+            (held as usize <= LIMIT).then_some(())
+        },
+    );
+    let outcomes: Vec<Outcome> = burst.iter_mut().map(outcome).collect();
+    let count = |wanted: Outcome| outcomes.iter().filter(|o| **o == wanted).count();
+    println!(
+        "burst of 120 over 3 nodes, limit {LIMIT}: {} admitted, {} refused with 429, {} closed unanswered",
+        count(Outcome::Admitted),
+        count(Outcome::Refused),
+        count(Outcome::Unanswered)
+    );
+    assert_eq!(count(Outcome::Unanswered), 0, "every refusal is a 429");
+    assert!(count(Outcome::Admitted) <= LIMIT);
+    assert!(count(Outcome::Admitted) > 0);
+}
+
 /// iptables rules that drop UDP between two groups of loopback addresses; removed on drop.
 struct Partition {
     rules: Vec<Vec<String>>,
