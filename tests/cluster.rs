@@ -307,9 +307,10 @@ fn stop(node: &mut ClusterNode) {
 #[test]
 fn members_join_a_killed_node_is_declared_dead_and_rejoins() {
     let (backend, slow_started) = start_backend();
+    // Limit 5 on 3 nodes: a node publishes a client from 1 connection (half of ⌈6/3⌉).
     let mut nodes = cluster_configs(
         3,
-        "max_connections_per_client = 100",
+        "max_connections_per_client = 5",
         &format!("backends = [\"{backend}\"]"),
         "",
     );
@@ -1449,18 +1450,85 @@ fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
     stream
 }
 
+/// The `index`-th of many client addresses (127.1.0.1 onwards; all of 127/8 is local).
+fn client_address(index: usize) -> String {
+    format!("127.1.{}.{}", index / 250, index % 250 + 1)
+}
+
 #[test]
-fn only_the_busiest_clients_are_gossiped_and_a_client_is_withdrawn_when_it_falls_out() {
+fn a_thousand_clients_spread_thin_are_capped_cluster_wide() {
+    const CLIENTS: usize = 1_000;
     let (backend, _) = start_backend();
     let mut nodes = cluster_configs(
-        2,
-        "max_connections_per_client = 100",
+        3,
+        "max_connections_per_client = 2",
         &format!("backends = [\"{backend}\"]"),
-        "published_clients = 3",
+        "",
     );
     start_cluster(&mut nodes);
-    let n1_address = nodes[0].node().address;
-    // Eight clients on n1; client 127.0.0.1{i} holds i + 1 connections.
+    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.node().address).collect();
+    // Each client holds one connection on n1 and one on n2: 2, its whole allowance. No node
+    // holds more than one of any client (a busiest-256 per node published a quarter of them).
+    let mut held: Vec<TcpStream> = Vec::new();
+    for index in 0..CLIENTS {
+        held.push(connect_from(&client_address(index), addresses[0]));
+        held.push(connect_from(&client_address(index), addresses[1]));
+    }
+    let opened = Instant::now();
+    let mut n3 = nodes[2].admin();
+    wait_for(
+        "n3 to count every client's two connections",
+        Duration::from_secs(10),
+        || {
+            (0..CLIENTS)
+                .step_by(37)
+                .chain([CLIENTS - 1])
+                .all(|index| n3.client(&client_address(index)).cluster_total == 2)
+                .then_some(())
+        },
+    );
+    println!(
+        "n3 counted {CLIENTS} thin clients after {:?}",
+        opened.elapsed()
+    );
+    // The third connection of every client is refused, on the node that holds none of its.
+    let mut admitted = Vec::new();
+    for index in 0..CLIENTS {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: SocketAddr = format!("{}:0", client_address(index)).parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        socket.connect(&addresses[2].into()).unwrap();
+        let mut stream: TcpStream = socket.into();
+        if request(&mut stream, "/").starts_with("HTTP/1.1 200 OK") {
+            admitted.push(client_address(index));
+        }
+    }
+    assert!(
+        admitted.is_empty(),
+        "{} of {CLIENTS} clients got a third connection: {:?}",
+        admitted.len(),
+        &admitted[..admitted.len().min(10)]
+    );
+    let mut n1 = nodes[0].admin();
+    assert_eq!(n1.client(&client_address(500)).cluster_total, 2);
+    drop(held);
+}
+
+#[test]
+fn clients_near_their_cap_are_gossiped_echoed_and_withdrawn_within_the_published_cap() {
+    let (backend, _) = start_backend();
+    // Limit 10 on 2 nodes: a client over it holds at least 6 on one node; a node publishes
+    // (leads) a client from 3 connections, at most 4 clients.
+    let mut nodes = cluster_configs(
+        2,
+        "max_connections_per_client = 10",
+        &format!("backends = [\"{backend}\"]"),
+        "published_clients = 4",
+    );
+    start_cluster(&mut nodes);
+    let (n1_address, n2_address) = (nodes[0].node().address, nodes[1].node().address);
+    // Eight clients on n1; client 127.0.0.1{i} holds i + 1 connections: 2..=7 reach 3.
     let mut held: Vec<Vec<TcpStream>> = (0..8)
         .map(|i| {
             (0..=i)
@@ -1468,28 +1536,43 @@ fn only_the_busiest_clients_are_gossiped_and_a_client_is_withdrawn_when_it_falls
                 .collect()
         })
         .collect();
+    let mut n1 = nodes[0].admin();
     let mut n2 = nodes[1].admin();
-    let seen_by_n2 =
-        |n2: &mut Admin, i: usize| n2.client(&format!("127.0.0.{}", 10 + i)).cluster_total;
+    let total =
+        |admin: &mut Admin, i: usize| admin.client(&format!("127.0.0.{}", 10 + i)).cluster_total;
     wait_for(
-        "n2 to see n1's three busiest clients",
+        "n2 to see the four busiest of n1's six clients at 3 or more",
         Duration::from_secs(3),
-        || ((5..8).all(|i| seen_by_n2(&mut n2, i) as usize == i + 1)).then_some(()),
+        || ((4..8).all(|i| total(&mut n2, i) as usize == i + 1)).then_some(()),
     );
-    for i in 0..5 {
+    for i in 0..4 {
         assert_eq!(
-            seen_by_n2(&mut n2, i),
+            total(&mut n2, i),
             0,
-            "client {i} is not among the busiest three"
+            "client {i}: below 3, or left out by the cap"
         );
     }
-    // The busiest client leaves: it is withdrawn and the next one is published.
+    let log: Vec<String> = nodes[0].node().log.try_iter().collect();
+    assert!(
+        log.iter()
+            .any(|line| line.contains("over cluster.published_clients")),
+        "the cap biting is logged"
+    );
+    // The busiest leaves: withdrawn, and the next one under the cap is published.
     held[7].clear();
     wait_for(
-        "the busiest withdrawn, the fourth published",
+        "the busiest withdrawn, the next one published",
         Duration::from_secs(3),
-        || (seen_by_n2(&mut n2, 7) == 0 && seen_by_n2(&mut n2, 4) == 5).then_some(()),
+        || (total(&mut n2, 7) == 0 && total(&mut n2, 3) == 4).then_some(()),
     );
+    // A led client's single connection on n2 is echoed, so n1 counts it; an unpublished
+    // client's is not needed (it is far under its cap) and not published.
+    let _echoed = connect_from("127.0.0.15", n2_address);
+    let _quiet = connect_from("127.0.0.10", n2_address);
+    wait_for("n1 to count n2's echo", Duration::from_secs(3), || {
+        (total(&mut n1, 5) == 7).then_some(())
+    });
+    assert_eq!(total(&mut n1, 0), 1, "no lead, no echo");
     drop(held);
 }
 

@@ -9,7 +9,7 @@
 //! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
 //! | `node:ready` | `1` / `0` | listeners bound |
 //! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON [`Entry`] | replicated settings, adopted by every node |
-//! | `c:<listener>/<client key>` | count | this node's open connections of one client (top N only) |
+//! | `c:<listener>/<client key>` | `<count>` / `<count>e` | this node's open connections of one client it leads / echoes (see [`client_counts`]) |
 //! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
 //! | `e:<pool>/<backend>` | `<until>,<since>` unix ms | this node's passive ejection: until then, begun then |
 //! | `p:<pool>/<backend>` | unix ms | start of this prober's latest passing check (while its verdict is healthy and some node ejects the backend) |
@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_counts;
 use crate::hlc::unix_millis;
 use crate::replicated::{
     self, backend_key, listener_key, BackendStateValue, BackendValue, Entry, ListenerValue, Store,
@@ -193,6 +194,10 @@ struct Gossip {
     published: Mutex<HashSet<String>>,
     /// When each node's heartbeat last moved, as seen here.
     heard: Mutex<HashMap<ChitchatId, (chitchat::Heartbeat, Instant)>>,
+    /// Listeners whose published client counts the cap cut in the last round (logged once).
+    capped: Mutex<HashSet<String>>,
+    /// Client counts the cap left out, summed over rounds.
+    unpublished_clients: std::sync::atomic::AtomicU64,
     /// Clients this node trimmed lately: no second trim until peers have seen the first.
     trimmed: Mutex<HashMap<(String, ClientKey), Instant>>,
     /// Key-change subscriptions that wake the loop (dropping them unsubscribes).
@@ -375,6 +380,8 @@ impl Cluster {
             config: config.clone(),
             published: Mutex::default(),
             heard: Mutex::default(),
+            capped: Mutex::default(),
+            unpublished_clients: Default::default(),
             trimmed: Mutex::default(),
             subscriptions: Mutex::default(),
         })
@@ -774,6 +781,8 @@ impl Cluster {
 
         // Peers' client counts, verdicts and ejections.
         let mut clients: HashMap<String, HashMap<ClientKey, Vec<(String, u32)>>> = HashMap::new();
+        // Per listener: the clients some live peer leads (this node echoes its count of them).
+        let mut led_by_peers: HashMap<String, HashSet<ClientKey>> = HashMap::new();
         let mut verdicts: HashMap<String, Vec<(String, bool)>> = HashMap::new();
         // Per backend: the peers ejecting it, with the end and start of each ejection.
         let mut ejections: HashMap<String, Vec<PeerEjection>> = HashMap::new();
@@ -788,14 +797,22 @@ impl Cluster {
                 let Some((listener, client)) = key[COUNT_PREFIX.len()..].split_once('/') else {
                     continue;
                 };
-                let (Ok(ip), Ok(count)) = (client.parse::<IpAddr>(), value.value.parse::<u32>())
-                else {
+                let (Ok(ip), Some((count, role))) = (
+                    client.parse::<IpAddr>(),
+                    client_counts::Role::decode(&value.value),
+                ) else {
                     continue;
                 };
                 let Some(settings) = self.proxy.listener(listener).map(|l| l.settings()) else {
                     continue;
                 };
                 let client_key = ClientKey::new(ip, settings.client_ipv6_prefix);
+                if role == client_counts::Role::Lead {
+                    led_by_peers
+                        .entry(listener.to_owned())
+                        .or_default()
+                        .insert(client_key);
+                }
                 clients
                     .entry(listener.to_owned())
                     .or_default()
@@ -881,14 +898,7 @@ impl Cluster {
 
         // Publish this node's own state.
         let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-        for listener in self.proxy.listeners() {
-            for (key, count) in listener.clients.top(gossip.config.published_clients) {
-                wanted.insert(
-                    format!("{COUNT_PREFIX}{}/{}", listener.name, key),
-                    count.to_string(),
-                );
-            }
-        }
+        self.publish_clients(gossip, &led_by_peers, live_ids.len(), &mut wanted);
         for pool in self.proxy.pools() {
             for backend in pool.backends().iter() {
                 let id = pool_backend(&pool.name, &backend.address);
@@ -1094,6 +1104,62 @@ impl Cluster {
             tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?probers, unhealthy_on = ?unhealthy_on, "backend unhealthy (cluster verdict)");
         }
         backend.set_checked_health(healthy, reason);
+    }
+
+    /// The client counts this node publishes: per listener with a limit, the clients at or above
+    /// the publish threshold here and the ones live peers lead ([`client_counts`]), at most
+    /// `cluster.published_clients`; nothing for a listener without a limit.
+    fn publish_clients(
+        &self,
+        gossip: &Gossip,
+        led_by_peers: &HashMap<String, HashSet<ClientKey>>,
+        live_nodes: usize,
+        wanted: &mut BTreeMap<String, String>,
+    ) {
+        let none = HashSet::new();
+        let mut capped = gossip
+            .capped
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for listener in self.proxy.listeners() {
+            let settings = listener.settings();
+            let Some(limit) = settings.max_connections_per_client else {
+                capped.remove(&*listener.name);
+                continue;
+            };
+            let threshold = client_counts::publish_threshold(limit, live_nodes);
+            let selection = client_counts::select(
+                &*listener.clients,
+                led_by_peers.get(&*listener.name).unwrap_or(&none),
+                threshold,
+                gossip.config.published_clients,
+                |ip| settings.is_exempt(ip),
+            );
+            if selection.left_out > 0 {
+                gossip
+                    .unpublished_clients
+                    .fetch_add(selection.left_out as u64, Ordering::Relaxed);
+                if capped.insert(listener.name.to_string()) {
+                    tracing::warn!(listener = %listener.name, published = selection.entries.len(), left_out = selection.left_out, threshold, "client counts over cluster.published_clients: the cluster-wide cap is not guaranteed for the clients left out; raise it");
+                }
+            } else if capped.remove(&*listener.name) {
+                tracing::info!(listener = %listener.name, published = selection.entries.len(), "client counts within cluster.published_clients again");
+            }
+            for (key, count, role) in selection.entries {
+                wanted.insert(
+                    format!("{COUNT_PREFIX}{}/{}", listener.name, key),
+                    role.encode(count),
+                );
+            }
+        }
+    }
+
+    /// Client counts the cap on published entries left out, summed over rounds and listeners
+    /// (0 while every client at risk is published).
+    pub fn unpublished_clients(&self) -> u64 {
+        self.gossip.as_ref().map_or(0, |gossip| {
+            gossip.unpublished_clients.load(Ordering::Relaxed)
+        })
     }
 
     /// Once counts have converged, a client over its cluster-wide cap (gossip lag let it overshoot)

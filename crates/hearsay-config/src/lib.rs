@@ -101,7 +101,9 @@ pub struct ClusterConfig {
     pub dead_node_grace: Duration,
     /// How many nodes actively probe each backend (rendezvous hashing picks them).
     pub probers_per_backend: usize,
-    /// Per listener, the most clients (by open connections) whose counts a node publishes.
+    /// Per listener, the most client counts a node publishes: a safety bound on gossip. Which
+    /// clients are published follows from the listener's limit and the live nodes (the
+    /// cluster's `client_counts`); the cap only bites past that, and is logged when it does.
     pub published_clients: usize,
     /// Gossip older or newer than this (by the sender's clock) is dropped as a possible replay.
     pub max_clock_skew: Duration,
@@ -124,6 +126,11 @@ impl fmt::Debug for ClusterConfig {
             .finish()
     }
 }
+
+/// Default cap on the client counts a node publishes per listener.
+pub const DEFAULT_PUBLISHED_CLIENTS: usize = 10_000;
+/// Largest `cluster.published_clients`.
+pub const MAX_PUBLISHED_CLIENTS: usize = 100_000;
 
 /// Default gossip interval.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);

@@ -434,7 +434,7 @@ fn cluster_section_defaults() {
     assert!(cluster.keys.is_empty());
     assert_eq!(cluster.failure_threshold, 8.0);
     assert_eq!(cluster.probers_per_backend, 2);
-    assert_eq!(cluster.published_clients, 256);
+    assert_eq!(cluster.published_clients, 10_000);
     assert_eq!(cluster.max_clock_skew, Duration::from_secs(60));
 }
 
