@@ -140,6 +140,22 @@ impl Admin {
             .remove(0)
     }
 
+    fn set_limit(&mut self, limit: u32) {
+        self.runtime
+            .block_on(self.client.update_listener(pb::UpdateListenerRequest {
+                name: "web".into(),
+                settings: Some(pb::ListenerSettings {
+                    max_connections_per_client: Some(limit),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["settings.max_connections_per_client".into()],
+                }),
+                expected_version: 0,
+            }))
+            .unwrap();
+    }
+
     fn add_backend(&mut self, address: &str) -> Result<pb::Backend, tonic::Status> {
         self.runtime
             .block_on(self.client.add_backend(pb::AddBackendRequest {
@@ -1246,6 +1262,130 @@ fn measure_convergence_and_gossip_traffic() {
         at(0.99),
         times[times.len() - 1]
     );
+}
+
+/// Gossip bytes per second sent and received, averaged over nodes, during `window`.
+fn gossip_rate(admins: &mut [Admin], window: Duration, during: impl FnOnce()) -> (f64, f64) {
+    let before: Vec<pb::GossipStats> = admins
+        .iter_mut()
+        .map(|a| a.node().gossip.unwrap())
+        .collect();
+    let started = Instant::now();
+    during();
+    std::thread::sleep(window.saturating_sub(started.elapsed()));
+    let after: Vec<pb::GossipStats> = admins
+        .iter_mut()
+        .map(|a| a.node().gossip.unwrap())
+        .collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let nodes = admins.len() as f64;
+    let sent: u64 = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.bytes_sent - b.bytes_sent)
+        .sum();
+    let received: u64 = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.bytes_received - b.bytes_received)
+        .sum();
+    (
+        sent as f64 / seconds / nodes,
+        received as f64 / seconds / nodes,
+    )
+}
+
+/// Measurement, not a check (run by `cluster/measure.sh`): gossip traffic per node with 10,000
+/// distinct clients (`HEARSAY_MEASURE_CLIENTS`), each holding one connection on one of 3 nodes.
+/// With limit 2 every one of them is published (the worst case: the publish threshold is 1);
+/// with limit 100 none is. Reported idle, and while 100 clients a second close and reopen.
+#[test]
+#[ignore = "measurement; run with cluster/measure.sh"]
+fn measure_gossip_traffic_with_many_clients() {
+    let clients: usize = std::env::var("HEARSAY_MEASURE_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "max_connections_per_client = 2",
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.node().address).collect();
+    let (idle_before, _) = gossip_rate(&mut admins, Duration::from_secs(5), || {});
+
+    let started = Instant::now();
+    let mut held: Vec<Option<TcpStream>> = Vec::new();
+    let mut connected = Duration::ZERO;
+    let (arriving_sent, _) = gossip_rate(&mut admins, Duration::ZERO, || {
+        held = (0..clients)
+            .map(|index| {
+                Some(connect_from(
+                    &client_address(index),
+                    addresses[index % addresses.len()],
+                ))
+            })
+            .collect();
+        connected = started.elapsed();
+    });
+    wait_for(
+        "every node to count every client",
+        Duration::from_secs(60),
+        || {
+            (0..clients)
+                .step_by(97)
+                .chain([clients - 1])
+                .all(|index| {
+                    admins
+                        .iter_mut()
+                        .all(|admin| admin.client(&client_address(index)).cluster_total == 1)
+                })
+                .then_some(())
+        },
+    );
+    println!(
+        "{clients} clients connected in {connected:?} ({:.0}/s; gossip meanwhile {arriving_sent:.0} \
+         B/s sent per node), counted on every node {:?} later",
+        clients as f64 / connected.as_secs_f64(),
+        started.elapsed() - connected
+    );
+    let (idle_sent, idle_received) = gossip_rate(&mut admins, Duration::from_secs(10), || {});
+
+    // Churn: 100 clients a second close their connection and open it again.
+    let (churn_sent, churn_received) = gossip_rate(&mut admins, Duration::from_secs(10), || {
+        let begin = Instant::now();
+        for step in 0..1000usize {
+            let index = (step * 7919) % clients;
+            held[index] = None;
+            held[index] = Some(connect_from(
+                &client_address(index),
+                addresses[(index + step) % addresses.len()],
+            ));
+            let next = begin + Duration::from_millis(10 * (step as u64 + 1));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    });
+
+    // A limit far above what the clients hold: nothing is published (withdrawn everywhere).
+    for admin in admins.iter_mut() {
+        admin.set_limit(100);
+    }
+    wait_for("the counts withdrawn", Duration::from_secs(30), || {
+        (admins[0].client(&client_address(1)).cluster_total == 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let (unpublished_sent, _) = gossip_rate(&mut admins, Duration::from_secs(10), || {});
+    println!(
+        "gossip per node, 3 nodes, {clients} clients: no clients {idle_before:.0} B/s; every \
+         client published (limit 2), idle: {idle_sent:.0} B/s sent, {idle_received:.0} B/s \
+         received; with 100 reconnects/s: {churn_sent:.0} B/s sent, {churn_received:.0} B/s \
+         received; none published (limit 100): {unpublished_sent:.0} B/s sent"
+    );
+    drop(held);
 }
 
 /// A backend that answers every request with 503.
