@@ -1558,7 +1558,18 @@ fn a_backend_back_up_gets_traffic_on_every_node_once_its_checks_pass() {
         });
     }
     // Down long enough for its probers' checks to fail too (as after a crash and a restart).
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for(
+        "its probers' checks to fail",
+        Duration::from_secs(5),
+        || {
+            let backends = admins[0].backends();
+            let view = backends.into_iter().find(|b| b.address == flaky_name)?;
+            view.views
+                .iter()
+                .any(|v| v.verdict == pb::HealthState::Unhealthy as i32)
+                .then_some(())
+        },
+    );
 
     // Restarted: its checks pass within two intervals, and every node sends it traffic again,
     // long before the 30 s ejection would have ended.
