@@ -1709,6 +1709,9 @@ fn clients_near_their_cap_are_gossiped_echoed_and_withdrawn_within_the_published
             .any(|line| line.contains("over cluster.published_clients")),
         "the cap biting is logged"
     );
+    let left_out = |admin: &mut Admin| admin.node().gossip.unwrap().unpublished_client_counts;
+    assert!(left_out(&mut n1) >= 2, "and counted");
+    assert_eq!(left_out(&mut n2), 0);
     // The busiest leaves: withdrawn, and the next one under the cap is published.
     held[7].clear();
     wait_for(
