@@ -160,6 +160,22 @@ impl Admin {
             .remove(0)
     }
 
+    fn set_limit(&mut self, limit: u32) {
+        self.runtime
+            .block_on(self.client.update_listener(pb::UpdateListenerRequest {
+                name: "web".into(),
+                settings: Some(pb::ListenerSettings {
+                    max_connections_per_client: Some(limit),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["settings.max_connections_per_client".into()],
+                }),
+                expected_version: 0,
+            }))
+            .unwrap();
+    }
+
     fn add_backend(&mut self, address: &str) -> Result<pb::Backend, tonic::Status> {
         self.runtime
             .block_on(self.client.add_backend(pb::AddBackendRequest {
@@ -327,9 +343,10 @@ fn stop(node: &mut ClusterNode) {
 #[test]
 fn members_join_a_killed_node_is_declared_dead_and_rejoins() {
     let (backend, slow_started) = start_backend();
+    // Limit 5 on 3 nodes: a node publishes a client from 1 connection (half of ⌈6/3⌉).
     let mut nodes = cluster_configs(
         3,
-        "max_connections_per_client = 100",
+        "max_connections_per_client = 5",
         &format!("backends = [\"{backend}\"]"),
         "",
     );
@@ -996,6 +1013,68 @@ fn the_per_client_cap_holds_across_the_cluster_within_the_documented_bound() {
     );
 }
 
+/// How one connection of a burst ended: answered 200, answered 429, or closed with no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Admitted,
+    Refused,
+    Unanswered,
+}
+
+fn outcome(stream: &mut TcpStream) -> Outcome {
+    match try_request(stream, "/") {
+        Some(response) if response.starts_with("HTTP/1.1 200 OK") => Outcome::Admitted,
+        Some(response) if response.starts_with("HTTP/1.1 429") => Outcome::Refused,
+        Some(response) => panic!("unexpected answer: {response}"),
+        None => Outcome::Unanswered,
+    }
+}
+
+#[test]
+fn a_burst_over_the_cap_is_answered_429_on_every_node() {
+    const LIMIT: usize = 30;
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        &format!("max_connections_per_client = {LIMIT}"),
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+    // 40 connections opened at once on each node, before any node has heard of the others':
+    // each admits up to 30, trims its share of the surplus once the counts meet, and refuses
+    // the rest at accept.
+    let mut burst: Vec<TcpStream> = Vec::new();
+    for node in &nodes {
+        for _ in 0..40 {
+            burst.push(TcpStream::connect(node.node().address).unwrap());
+        }
+    }
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    wait_for(
+        "the trim to bring the client within its cap",
+        Duration::from_secs(5),
+        || {
+            let held: u32 = admins
+                .iter_mut()
+                .map(|admin| admin.client("127.0.0.1").open_connections)
+                .sum();
+            (held as usize <= LIMIT).then_some(())
+        },
+    );
+    let outcomes: Vec<Outcome> = burst.iter_mut().map(outcome).collect();
+    let count = |wanted: Outcome| outcomes.iter().filter(|o| **o == wanted).count();
+    println!(
+        "burst of 120 over 3 nodes, limit {LIMIT}: {} admitted, {} refused with 429, {} closed unanswered",
+        count(Outcome::Admitted),
+        count(Outcome::Refused),
+        count(Outcome::Unanswered)
+    );
+    assert_eq!(count(Outcome::Unanswered), 0, "every refusal is a 429");
+    assert!(count(Outcome::Admitted) <= LIMIT);
+    assert!(count(Outcome::Admitted) > 0);
+}
+
 /// iptables rules that drop UDP between two groups of loopback addresses; removed on drop.
 struct Partition {
     rules: Vec<Vec<String>>,
@@ -1474,6 +1553,130 @@ fn measure_convergence_and_gossip_traffic() {
     );
 }
 
+/// Gossip bytes per second sent and received, averaged over nodes, during `window`.
+fn gossip_rate(admins: &mut [Admin], window: Duration, during: impl FnOnce()) -> (f64, f64) {
+    let before: Vec<pb::GossipStats> = admins
+        .iter_mut()
+        .map(|a| a.node().gossip.unwrap())
+        .collect();
+    let started = Instant::now();
+    during();
+    std::thread::sleep(window.saturating_sub(started.elapsed()));
+    let after: Vec<pb::GossipStats> = admins
+        .iter_mut()
+        .map(|a| a.node().gossip.unwrap())
+        .collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let nodes = admins.len() as f64;
+    let sent: u64 = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.bytes_sent - b.bytes_sent)
+        .sum();
+    let received: u64 = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.bytes_received - b.bytes_received)
+        .sum();
+    (
+        sent as f64 / seconds / nodes,
+        received as f64 / seconds / nodes,
+    )
+}
+
+/// Measurement, not a check (run by `cluster/measure.sh`): gossip traffic per node with 10,000
+/// distinct clients (`HEARSAY_MEASURE_CLIENTS`), each holding one connection on one of 3 nodes.
+/// With limit 2 every one of them is published (the worst case: the publish threshold is 1);
+/// with limit 100 none is. Reported idle, and while 100 clients a second close and reopen.
+#[test]
+#[ignore = "measurement; run with cluster/measure.sh"]
+fn measure_gossip_traffic_with_many_clients() {
+    let clients: usize = std::env::var("HEARSAY_MEASURE_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "max_connections_per_client = 2",
+        &format!("backends = [\"{backend}\"]"),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.node().address).collect();
+    let (idle_before, _) = gossip_rate(&mut admins, Duration::from_secs(5), || {});
+
+    let started = Instant::now();
+    let mut held: Vec<Option<TcpStream>> = Vec::new();
+    let mut connected = Duration::ZERO;
+    let (arriving_sent, _) = gossip_rate(&mut admins, Duration::ZERO, || {
+        held = (0..clients)
+            .map(|index| {
+                Some(connect_from(
+                    &client_address(index),
+                    addresses[index % addresses.len()],
+                ))
+            })
+            .collect();
+        connected = started.elapsed();
+    });
+    wait_for(
+        "every node to count every client",
+        Duration::from_secs(60),
+        || {
+            (0..clients)
+                .step_by(97)
+                .chain([clients - 1])
+                .all(|index| {
+                    admins
+                        .iter_mut()
+                        .all(|admin| admin.client(&client_address(index)).cluster_total == 1)
+                })
+                .then_some(())
+        },
+    );
+    println!(
+        "{clients} clients connected in {connected:?} ({:.0}/s; gossip meanwhile {arriving_sent:.0} \
+         B/s sent per node), counted on every node {:?} later",
+        clients as f64 / connected.as_secs_f64(),
+        started.elapsed() - connected
+    );
+    let (idle_sent, idle_received) = gossip_rate(&mut admins, Duration::from_secs(10), || {});
+
+    // Churn: 100 clients a second close their connection and open it again.
+    let (churn_sent, churn_received) = gossip_rate(&mut admins, Duration::from_secs(10), || {
+        let begin = Instant::now();
+        for step in 0..1000usize {
+            let index = (step * 7919) % clients;
+            held[index] = None;
+            held[index] = Some(connect_from(
+                &client_address(index),
+                addresses[(index + step) % addresses.len()],
+            ));
+            let next = begin + Duration::from_millis(10 * (step as u64 + 1));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    });
+
+    // A limit far above what the clients hold: nothing is published (withdrawn everywhere).
+    for admin in admins.iter_mut() {
+        admin.set_limit(100);
+    }
+    wait_for("the counts withdrawn", Duration::from_secs(30), || {
+        (admins[0].client(&client_address(1)).cluster_total == 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let (unpublished_sent, _) = gossip_rate(&mut admins, Duration::from_secs(10), || {});
+    println!(
+        "gossip per node, 3 nodes, {clients} clients: no clients {idle_before:.0} B/s; every \
+         client published (limit 2), idle: {idle_sent:.0} B/s sent, {idle_received:.0} B/s \
+         received; with 100 reconnects/s: {churn_sent:.0} B/s sent, {churn_received:.0} B/s \
+         received; none published (limit 100): {unpublished_sent:.0} B/s sent"
+    );
+    drop(held);
+}
+
 /// A backend that answers every request with 503.
 fn start_failing_backend() -> SocketAddr {
     let socket = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1547,6 +1750,135 @@ fn a_passive_ejection_on_one_node_is_honoured_by_the_others() {
     }
 }
 
+/// A backend that can be killed and restarted on its port: while down its port is closed and
+/// its open connections are cut, as a process that died.
+fn start_restartable_backend() -> (SocketAddr, Arc<AtomicBool>) {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = socket.local_addr().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let switch = Arc::clone(&up);
+    std::thread::spawn(move || {
+        let mut socket = Some(socket);
+        let mut open: Vec<TcpStream> = Vec::new();
+        loop {
+            if !up.load(Ordering::SeqCst) {
+                socket = None;
+                for stream in open.drain(..) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            } else if socket.is_none() {
+                socket = Some(TcpListener::bind(address).unwrap());
+            }
+            let Some(listener) = &socket else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            listener.set_nonblocking(true).unwrap();
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    open.push(stream.try_clone().unwrap());
+                    let (started, _) = std::sync::mpsc::channel();
+                    std::thread::spawn(move || support::serve_backend_connection(stream, started));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    (address, switch)
+}
+
+#[test]
+fn a_backend_back_up_gets_traffic_on_every_node_once_its_checks_pass() {
+    let (good, _) = start_backend();
+    let (flaky, up) = start_restartable_backend();
+    let mut nodes = cluster_configs(
+        3,
+        "",
+        &format!(
+            "backends = [\"{good}\", \"{flaky}\"]\n\
+             [pool.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+             healthy_threshold = 2\nunhealthy_threshold = 2\n\
+             [pool.outlier]\nconsecutive_failures = 2\nbase_ejection = \"30s\""
+        ),
+        "",
+    );
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let flaky_name = flaky.to_string();
+    let flaky_state = |admin: &mut Admin| {
+        let backends = admin.backends();
+        let view = backends
+            .into_iter()
+            .find(|b| b.address == flaky_name)
+            .unwrap();
+        (
+            view.health == pb::HealthState::Healthy as i32,
+            view.views
+                .iter()
+                .filter(|v| v.ejected)
+                .map(|v| v.node_id.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let reaches_flaky = |node: &ClusterNode| {
+        let mut stream = TcpStream::connect(node.node().address).unwrap();
+        (0..4).any(|_| request(&mut stream, "/").contains(&format!("backend {} saw", flaky.port())))
+    };
+
+    // Killed: n1's traffic ejects it (failed connects, retried on the good backend), and every
+    // node stops sending to it.
+    up.store(false, Ordering::SeqCst);
+    let mut stream = TcpStream::connect(nodes[0].node().address).unwrap();
+    wait_for(
+        "n1 to eject the dead backend",
+        Duration::from_secs(5),
+        || {
+            assert!(request(&mut stream, "/").starts_with("HTTP/1.1 200 OK"));
+            flaky_state(&mut admins[0])
+                .1
+                .contains(&"n1".to_owned())
+                .then_some(())
+        },
+    );
+    for admin in admins.iter_mut() {
+        wait_for("every node to take it out", Duration::from_secs(3), || {
+            (!flaky_state(admin).0).then_some(())
+        });
+    }
+    // Down long enough for its probers' checks to fail too (as after a crash and a restart).
+    wait_for(
+        "its probers' checks to fail",
+        Duration::from_secs(5),
+        || {
+            let backends = admins[0].backends();
+            let view = backends.into_iter().find(|b| b.address == flaky_name)?;
+            view.views
+                .iter()
+                .any(|v| v.verdict == pb::HealthState::Unhealthy as i32)
+                .then_some(())
+        },
+    );
+
+    // Restarted: its checks pass within two intervals, and every node sends it traffic again,
+    // long before the 30 s ejection would have ended.
+    up.store(true, Ordering::SeqCst);
+    let back = Instant::now();
+    for (index, admin) in admins.iter_mut().enumerate() {
+        wait_for(
+            "every node to send it traffic again",
+            Duration::from_secs(8),
+            || {
+                let (healthy, ejected_by) = flaky_state(admin);
+                (healthy && ejected_by.is_empty() && reaches_flaky(&nodes[index])).then_some(())
+            },
+        );
+    }
+    let lifted = back.elapsed();
+    println!("a restarted backend got traffic on every node {lifted:?} after it came back");
+    assert!(lifted < Duration::from_secs(8));
+}
+
 /// A connection from a chosen loopback source address that got a 200.
 fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -1558,18 +1890,85 @@ fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
     stream
 }
 
+/// The `index`-th of many client addresses (127.1.0.1 onwards; all of 127/8 is local).
+fn client_address(index: usize) -> String {
+    format!("127.1.{}.{}", index / 250, index % 250 + 1)
+}
+
 #[test]
-fn only_the_busiest_clients_are_gossiped_and_a_client_is_withdrawn_when_it_falls_out() {
+fn a_thousand_clients_spread_thin_are_capped_cluster_wide() {
+    const CLIENTS: usize = 1_000;
     let (backend, _) = start_backend();
     let mut nodes = cluster_configs(
-        2,
-        "max_connections_per_client = 100",
+        3,
+        "max_connections_per_client = 2",
         &format!("backends = [\"{backend}\"]"),
-        "published_clients = 3",
+        "",
     );
     start_cluster(&mut nodes);
-    let n1_address = nodes[0].node().address;
-    // Eight clients on n1; client 127.0.0.1{i} holds i + 1 connections.
+    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.node().address).collect();
+    // Each client holds one connection on n1 and one on n2: 2, its whole allowance. No node
+    // holds more than one of any client (a busiest-256 per node published a quarter of them).
+    let mut held: Vec<TcpStream> = Vec::new();
+    for index in 0..CLIENTS {
+        held.push(connect_from(&client_address(index), addresses[0]));
+        held.push(connect_from(&client_address(index), addresses[1]));
+    }
+    let opened = Instant::now();
+    let mut n3 = nodes[2].admin();
+    wait_for(
+        "n3 to count every client's two connections",
+        Duration::from_secs(10),
+        || {
+            (0..CLIENTS)
+                .step_by(37)
+                .chain([CLIENTS - 1])
+                .all(|index| n3.client(&client_address(index)).cluster_total == 2)
+                .then_some(())
+        },
+    );
+    println!(
+        "n3 counted {CLIENTS} thin clients after {:?}",
+        opened.elapsed()
+    );
+    // The third connection of every client is refused, on the node that holds none of its.
+    let mut admitted = Vec::new();
+    for index in 0..CLIENTS {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: SocketAddr = format!("{}:0", client_address(index)).parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        socket.connect(&addresses[2].into()).unwrap();
+        let mut stream: TcpStream = socket.into();
+        if request(&mut stream, "/").starts_with("HTTP/1.1 200 OK") {
+            admitted.push(client_address(index));
+        }
+    }
+    assert!(
+        admitted.is_empty(),
+        "{} of {CLIENTS} clients got a third connection: {:?}",
+        admitted.len(),
+        &admitted[..admitted.len().min(10)]
+    );
+    let mut n1 = nodes[0].admin();
+    assert_eq!(n1.client(&client_address(500)).cluster_total, 2);
+    drop(held);
+}
+
+#[test]
+fn clients_near_their_cap_are_gossiped_echoed_and_withdrawn_within_the_published_cap() {
+    let (backend, _) = start_backend();
+    // Limit 10 on 2 nodes: a client over it holds at least 6 on one node; a node publishes
+    // (leads) a client from 3 connections, at most 4 clients.
+    let mut nodes = cluster_configs(
+        2,
+        "max_connections_per_client = 10",
+        &format!("backends = [\"{backend}\"]"),
+        "published_clients = 4",
+    );
+    start_cluster(&mut nodes);
+    let (n1_address, n2_address) = (nodes[0].node().address, nodes[1].node().address);
+    // Eight clients on n1; client 127.0.0.1{i} holds i + 1 connections: 2..=7 reach 3.
     let mut held: Vec<Vec<TcpStream>> = (0..8)
         .map(|i| {
             (0..=i)
@@ -1577,28 +1976,46 @@ fn only_the_busiest_clients_are_gossiped_and_a_client_is_withdrawn_when_it_falls
                 .collect()
         })
         .collect();
+    let mut n1 = nodes[0].admin();
     let mut n2 = nodes[1].admin();
-    let seen_by_n2 =
-        |n2: &mut Admin, i: usize| n2.client(&format!("127.0.0.{}", 10 + i)).cluster_total;
+    let total =
+        |admin: &mut Admin, i: usize| admin.client(&format!("127.0.0.{}", 10 + i)).cluster_total;
     wait_for(
-        "n2 to see n1's three busiest clients",
+        "n2 to see the four busiest of n1's six clients at 3 or more",
         Duration::from_secs(3),
-        || ((5..8).all(|i| seen_by_n2(&mut n2, i) as usize == i + 1)).then_some(()),
+        || ((4..8).all(|i| total(&mut n2, i) as usize == i + 1)).then_some(()),
     );
-    for i in 0..5 {
+    for i in 0..4 {
         assert_eq!(
-            seen_by_n2(&mut n2, i),
+            total(&mut n2, i),
             0,
-            "client {i} is not among the busiest three"
+            "client {i}: below 3, or left out by the cap"
         );
     }
-    // The busiest client leaves: it is withdrawn and the next one is published.
+    let log: Vec<String> = nodes[0].node().log.try_iter().collect();
+    assert!(
+        log.iter()
+            .any(|line| line.contains("over cluster.published_clients")),
+        "the cap biting is logged"
+    );
+    let left_out = |admin: &mut Admin| admin.node().gossip.unwrap().unpublished_client_counts;
+    assert!(left_out(&mut n1) >= 2, "and counted");
+    assert_eq!(left_out(&mut n2), 0);
+    // The busiest leaves: withdrawn, and the next one under the cap is published.
     held[7].clear();
     wait_for(
-        "the busiest withdrawn, the fourth published",
+        "the busiest withdrawn, the next one published",
         Duration::from_secs(3),
-        || (seen_by_n2(&mut n2, 7) == 0 && seen_by_n2(&mut n2, 4) == 5).then_some(()),
+        || (total(&mut n2, 7) == 0 && total(&mut n2, 3) == 4).then_some(()),
     );
+    // A led client's single connection on n2 is echoed, so n1 counts it; an unpublished
+    // client's is not needed (it is far under its cap) and not published.
+    let _echoed = connect_from("127.0.0.15", n2_address);
+    let _quiet = connect_from("127.0.0.10", n2_address);
+    wait_for("n1 to count n2's echo", Duration::from_secs(3), || {
+        (total(&mut n1, 5) == 7).then_some(())
+    });
+    assert_eq!(total(&mut n1, 0), 1, "no lead, no echo");
     drop(held);
 }
 

@@ -46,7 +46,7 @@ pub fn start_backend() -> (SocketAddr, mpsc::Receiver<()>) {
     (address, slow_seen)
 }
 
-fn serve_backend_connection(stream: TcpStream, slow_started: mpsc::Sender<()>) {
+pub fn serve_backend_connection(stream: TcpStream, slow_started: mpsc::Sender<()>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {

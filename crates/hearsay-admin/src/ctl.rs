@@ -283,7 +283,14 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
                     gossip.dropped_malformed,
                     gossip.dropped_oversized,
                     gossip.dropped_local,
-                ),
+                ) + &if gossip.unpublished_client_counts > 0 {
+                    format!(
+                        "client counts left out by cluster.published_clients: {} (the cluster-wide cap is not guaranteed for them; raise it)\n",
+                        gossip.unpublished_client_counts
+                    )
+                } else {
+                    String::new()
+                },
             };
             Ok(format!(
                 "node {} (hearsay {}), up {}\nlisteners: {}\nconnections: {} open ({} active, {} idle), {} accepted, {} requests, {} refused over limit\n",

@@ -482,6 +482,7 @@ impl pb::admin_server::Admin for AdminService {
                         dropped_oversized: get(&stats.dropped_oversized),
                         dropped_local: get(&stats.dropped_local),
                         authenticated,
+                        unpublished_client_counts: self.cluster.unpublished_clients(),
                     }
                 }),
         }))

@@ -120,6 +120,13 @@ impl OutlierState {
         self.consecutive = 0;
     }
 
+    /// Ends an ejection early (a passing active check). The ejection still counts: the next
+    /// one lasts longer, as if this one had run its course.
+    pub fn uneject(&mut self) {
+        self.ejected_until = None;
+        self.consecutive = 0;
+    }
+
     /// Records one failure; `ejected_now` is how many backends of the pool (of `pool_size`) are
     /// ejected at this moment.
     pub fn record_failure(
@@ -231,6 +238,36 @@ mod tests {
             state.record_failure(&policy, much_later, 0, 4),
             Ejection::Ejected(Duration::from_secs(25)),
             "capped at max_ejection"
+        );
+    }
+
+    #[test]
+    fn an_early_uneject_ends_the_ejection_and_the_next_one_still_grows() {
+        let policy = OutlierPolicy {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(60),
+            max_ejected_percent: 50,
+        };
+        let start = Instant::now();
+        let mut state = OutlierState::default();
+        state.record_failure(&policy, start, 0, 4);
+        assert_eq!(
+            state.record_failure(&policy, start, 0, 4),
+            Ejection::Ejected(Duration::from_secs(10))
+        );
+        let soon = start + Duration::from_secs(1);
+        state.uneject();
+        assert!(!state.is_ejected(soon));
+        assert_eq!(state.ejected_until(), None);
+        assert_eq!(
+            state.record_failure(&policy, soon, 0, 4),
+            Ejection::None,
+            "failures count afresh"
+        );
+        assert_eq!(
+            state.record_failure(&policy, soon, 0, 4),
+            Ejection::Ejected(Duration::from_secs(20))
         );
     }
 

@@ -9,9 +9,10 @@
 //! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
 //! | `node:ready` | `1` / `0` | listeners bound |
 //! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON [`Entry`]: stamped fields | replicated settings, merged field by field by every node |
-//! | `c:<listener>/<client key>` | count | this node's open connections of one client (top N only) |
+//! | `c:<listener>/<client key>` | `<count>` / `<count>e` | this node's open connections of one client it leads / echoes (see [`client_counts`]) |
 //! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
-//! | `e:<pool>/<backend>` | unix ms | this node's passive ejection, until then |
+//! | `e:<pool>/<backend>` | `<until>,<since>` unix ms | this node's passive ejection: until then, begun then |
+//! | `p:<pool>/<backend>` | unix ms | start of this prober's latest passing check (while its verdict is healthy and some node ejects the backend) |
 //!
 //! The proxy never waits on any of this: the loop pushes typed results into the proxy's own
 //! structures (listener settings, remote client counts, backend health) once per gossip round.
@@ -33,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_counts;
 use crate::hlc::unix_millis;
 use crate::replicated::{
     self, backend_key, listener_key, BackendStateValue, Entry, FileValues, ListenerField, Loaded,
@@ -44,6 +46,7 @@ use crate::transport::{GossipTransport, Keyring, TransportStats};
 const COUNT_PREFIX: &str = "c:";
 const VERDICT_PREFIX: &str = "h:";
 const EJECTION_PREFIX: &str = "e:";
+const PASS_PREFIX: &str = "p:";
 const KEY_ADMIN: &str = "node:admin";
 const KEY_VERSION: &str = "node:version";
 const KEY_LISTENERS: &str = "node:listeners";
@@ -193,6 +196,25 @@ struct Views {
     probers: HashMap<String, Vec<String>>,
 }
 
+/// A peer's passive ejection of a backend.
+#[derive(Debug)]
+struct PeerEjection {
+    node: String,
+    /// Unix ms.
+    until: u64,
+    /// Unix ms; `None` from a node that does not say (no check lifts it).
+    since: Option<u64>,
+}
+
+/// What live peers published about backends, read once per round (keyed by `pool/backend`).
+#[derive(Debug, Default)]
+struct PeerBackends {
+    verdicts: HashMap<String, Vec<(String, bool)>>,
+    ejections: HashMap<String, Vec<PeerEjection>>,
+    /// The start of the latest passing check a peer reported.
+    passes: HashMap<String, u64>,
+}
+
 struct Gossip {
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
@@ -204,6 +226,10 @@ struct Gossip {
     published: Mutex<HashSet<String>>,
     /// When each node's heartbeat last moved, as seen here.
     heard: Mutex<HashMap<ChitchatId, (chitchat::Heartbeat, Instant)>>,
+    /// Listeners whose published client counts the cap cut in the last round (logged once).
+    capped: Mutex<HashSet<String>>,
+    /// Client counts the cap left out, summed over rounds.
+    unpublished_clients: std::sync::atomic::AtomicU64,
     /// Clients this node trimmed lately: no second trim until peers have seen the first.
     trimmed: Mutex<HashMap<(String, ClientKey), Instant>>,
     /// Key-change subscriptions that wake the loop (dropping them unsubscribes).
@@ -306,11 +332,16 @@ impl Cluster {
                     pool.set_shared_health(true);
                 }
             }
-            // A peer's replicated entry or ejection is acted on as soon as it arrives, not at the
-            // next tick.
+            // A peer's replicated entry, ejection or passing check is acted on as soon as it
+            // arrives, not at the next tick.
             let chitchat = gossip.chitchat.lock().await;
             let mut subscriptions = Vec::new();
-            for prefix in [LISTENER_PREFIX, BACKEND_PREFIX, EJECTION_PREFIX] {
+            for prefix in [
+                LISTENER_PREFIX,
+                BACKEND_PREFIX,
+                EJECTION_PREFIX,
+                PASS_PREFIX,
+            ] {
                 let wake = Arc::clone(&cluster.wake);
                 let me = gossip.self_id.clone();
                 subscriptions.push(chitchat.subscribe_event(prefix, move |event| {
@@ -402,6 +433,8 @@ impl Cluster {
             config: config.clone(),
             published: Mutex::default(),
             heard: Mutex::default(),
+            capped: Mutex::default(),
+            unpublished_clients: Default::default(),
             trimmed: Mutex::default(),
             subscriptions: Mutex::default(),
         })
@@ -929,9 +962,13 @@ impl Cluster {
 
         // Peers' client counts, verdicts and ejections.
         let mut clients: HashMap<String, HashMap<ClientKey, Vec<(String, u32)>>> = HashMap::new();
+        // Per listener: the clients some live peer leads (this node echoes its count of them).
+        let mut led_by_peers: HashMap<String, HashSet<ClientKey>> = HashMap::new();
         let mut verdicts: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-        // Per backend: the latest end of a peer's ejection, and the peers ejecting it.
-        let mut ejections: HashMap<String, (u64, Vec<String>)> = HashMap::new();
+        // Per backend: the peers ejecting it, with the end and start of each ejection.
+        let mut ejections: HashMap<String, Vec<PeerEjection>> = HashMap::new();
+        // Per backend: the start of the latest passing check a peer reported.
+        let mut passes: HashMap<String, u64> = HashMap::new();
         for id in &counting {
             let Some(state) = chitchat.node_state(id) else {
                 continue;
@@ -941,14 +978,22 @@ impl Cluster {
                 let Some((listener, client)) = key[COUNT_PREFIX.len()..].split_once('/') else {
                     continue;
                 };
-                let (Ok(ip), Ok(count)) = (client.parse::<IpAddr>(), value.value.parse::<u32>())
-                else {
+                let (Ok(ip), Some((count, role))) = (
+                    client.parse::<IpAddr>(),
+                    client_counts::Role::decode(&value.value),
+                ) else {
                     continue;
                 };
                 let Some(settings) = self.proxy.listener(listener).map(|l| l.settings()) else {
                     continue;
                 };
                 let client_key = ClientKey::new(ip, settings.client_ipv6_prefix);
+                if role == client_counts::Role::Lead {
+                    led_by_peers
+                        .entry(listener.to_owned())
+                        .or_default()
+                        .insert(client_key);
+                }
                 clients
                     .entry(listener.to_owned())
                     .or_default()
@@ -968,16 +1013,32 @@ impl Cluster {
                     .push((node.clone(), healthy));
             }
             for (key, value) in state.iter_prefix(EJECTION_PREFIX) {
-                let Ok(until) = value.value.parse::<u64>() else {
+                let Some((until, since)) = shared_health::parse_ejection(&value.value) else {
                     continue;
                 };
                 if until > now_ms {
                     let until = until.min(now_ms + MAX_PEER_EJECTION.as_millis() as u64);
-                    let (latest, nodes) = ejections
+                    ejections
                         .entry(key[EJECTION_PREFIX.len()..].to_owned())
-                        .or_insert((0, Vec::new()));
-                    *latest = (*latest).max(until);
-                    nodes.push(node.clone());
+                        .or_default()
+                        .push(PeerEjection {
+                            node: node.clone(),
+                            until,
+                            since,
+                        });
+                }
+            }
+            // A passing check from the far future would lift every later ejection: refused.
+            let latest_believable = now_ms + gossip.config.max_clock_skew.as_millis() as u64;
+            for (key, value) in state.iter_prefix(PASS_PREFIX) {
+                let Ok(passed) = value.value.parse::<u64>() else {
+                    continue;
+                };
+                if passed <= latest_believable {
+                    let latest = passes
+                        .entry(key[PASS_PREFIX.len()..].to_owned())
+                        .or_insert(0);
+                    *latest = (*latest).max(passed);
                 }
             }
         }
@@ -1008,92 +1069,17 @@ impl Cluster {
             listener.set_remote_clients(remote);
             self.trim(gossip, listener, clients.get(&*listener.name), &ages, now);
         }
-        let mut backend_views: HashMap<String, Vec<BackendView>> = HashMap::new();
-        let mut probers_of: HashMap<String, Vec<String>> = HashMap::new();
-        for pool in self.proxy.pools() {
-            let probers_per_backend = gossip.config.probers_per_backend;
-            for backend in pool.backends().iter() {
-                let id = pool_backend(&pool.name, &backend.address);
-                let ejection = ejections.get(&id);
-                backend.set_remote_ejection(
-                    ejection.map(|(until, _)| Duration::from_millis(until.saturating_sub(now_ms))),
-                );
-                let probers = shared_health::probers(&live_ids, &id, probers_per_backend);
-                let peer_verdicts = verdicts.get(&id).map_or(&[][..], Vec::as_slice);
-                let mut views: Vec<BackendView> = counting
-                    .iter()
-                    .map(|peer| {
-                        let node = peer.node_id.to_string();
-                        BackendView {
-                            prober: probers.contains(&node.as_str()),
-                            verdict: peer_verdicts
-                                .iter()
-                                .find(|(n, _)| *n == node)
-                                .map(|(_, healthy)| *healthy),
-                            ejected: ejection.is_some_and(|(_, nodes)| nodes.contains(&node)),
-                            node_id: node,
-                        }
-                    })
-                    .collect();
-                views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-                views.dedup_by(|a, b| a.node_id == b.node_id);
-                backend_views.insert(id.clone(), views);
-                probers_of.insert(
-                    id.clone(),
-                    probers.iter().map(|p| (*p).to_owned()).collect(),
-                );
-                if !pool.has_health_check() {
-                    continue;
-                }
-                backend.set_probes_here(probers.contains(&self.node_id.as_str()));
-                let mut all: Vec<(&str, bool)> = peer_verdicts
-                    .iter()
-                    .map(|(node, healthy)| (node.as_str(), *healthy))
-                    .collect();
-                let local = backend.local_verdict();
-                if let Some((healthy, _)) = &local {
-                    all.push((&self.node_id, *healthy));
-                }
-                let healthy = shared_health::verdict(&probers, &all).unwrap_or(true);
-                if healthy != backend.checked_healthy() {
-                    let unhealthy_on: Vec<&str> = all
-                        .iter()
-                        .filter(|(_, healthy)| !healthy)
-                        .map(|(node, _)| *node)
-                        .collect();
-                    let reason = if healthy {
-                        "passing checks (cluster verdict)".to_owned()
-                    } else {
-                        let detail = local
-                            .as_ref()
-                            .filter(|(healthy, _)| !healthy)
-                            .map(|(_, reason)| format!(": {reason}"))
-                            .unwrap_or_default();
-                        format!("failing checks on {}{detail}", unhealthy_on.join(", "))
-                    };
-                    pool.stats
-                        .health_transitions
-                        .fetch_add(1, Ordering::Relaxed);
-                    if healthy {
-                        tracing::info!(pool = %pool.name, backend = %backend.address, probers = ?probers, "backend healthy again (cluster verdict)");
-                    } else {
-                        tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?probers, unhealthy_on = ?unhealthy_on, "backend unhealthy (cluster verdict)");
-                    }
-                    backend.set_checked_health(healthy, reason);
-                }
-            }
-        }
+        let peer_backends = PeerBackends {
+            verdicts,
+            ejections,
+            passes,
+        };
+        let (backend_views, probers_of) =
+            self.backends_round(gossip, &counting, &live_ids, &peer_backends, now_ms);
 
         // Publish this node's own state.
         let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-        for listener in self.proxy.listeners() {
-            for (key, count) in listener.clients.top(gossip.config.published_clients) {
-                wanted.insert(
-                    format!("{COUNT_PREFIX}{}/{}", listener.name, key),
-                    count.to_string(),
-                );
-            }
-        }
+        self.publish_clients(gossip, &led_by_peers, live_ids.len(), &mut wanted);
         for pool in self.proxy.pools() {
             for backend in pool.backends().iter() {
                 let id = pool_backend(&pool.name, &backend.address);
@@ -1105,10 +1091,27 @@ impl Cluster {
                         );
                     }
                 }
-                if let Some(remaining) = backend.local_ejection_remaining() {
+                let ejected_here = backend.local_ejection();
+                if let Some((remaining, since)) = ejected_here {
                     // Rounded up to the second, so the value does not change every round.
                     let until = (now_ms + remaining.as_millis() as u64).div_ceil(1000) * 1000;
-                    wanted.insert(format!("{EJECTION_PREFIX}{id}"), until.to_string());
+                    wanted.insert(
+                        format!("{EJECTION_PREFIX}{id}"),
+                        shared_health::format_ejection(until, since),
+                    );
+                }
+                // What lifts ejections elsewhere, only while some node ejects the backend.
+                let ejected_somewhere =
+                    ejected_here.is_some() || peer_backends.ejections.contains_key(&id);
+                let healthy_here = backend.local_verdict().is_some_and(|(healthy, _)| healthy);
+                if let Some(passed) = backend.last_pass() {
+                    if ejected_somewhere
+                        && healthy_here
+                        && pool.has_health_check()
+                        && backend.probes_here()
+                    {
+                        wanted.insert(format!("{PASS_PREFIX}{id}"), passed.to_string());
+                    }
                 }
             }
         }
@@ -1153,6 +1156,191 @@ impl Cluster {
             backends: backend_views,
             probers: probers_of,
         }));
+    }
+
+    /// Backends for one round: assigns probers, derives the shared verdict, ends passive
+    /// ejections (this node's and the peers' it honours) that a later passing check lifted, and
+    /// returns every node's view of each backend and its probers.
+    fn backends_round(
+        &self,
+        gossip: &Gossip,
+        counting: &[ChitchatId],
+        live_ids: &[&str],
+        peers: &PeerBackends,
+        now_ms: u64,
+    ) -> (
+        HashMap<String, Vec<BackendView>>,
+        HashMap<String, Vec<String>>,
+    ) {
+        let mut backend_views: HashMap<String, Vec<BackendView>> = HashMap::new();
+        let mut probers_of: HashMap<String, Vec<String>> = HashMap::new();
+        for pool in self.proxy.pools() {
+            let probers_per_backend = gossip.config.probers_per_backend;
+            for backend in pool.backends().iter() {
+                let id = pool_backend(&pool.name, &backend.address);
+                let probers = shared_health::probers(live_ids, &id, probers_per_backend);
+                let peer_verdicts = peers.verdicts.get(&id).map_or(&[][..], Vec::as_slice);
+                if pool.has_health_check() {
+                    backend.set_probes_here(probers.contains(&self.node_id.as_str()));
+                    self.apply_verdict(pool, backend, &probers, peer_verdicts);
+                }
+
+                // Passive ejections, unless a check begun after them passed.
+                let passed = peers.passes.get(&id).copied().max(backend.last_pass());
+                let lifted = |since: Option<u64>| {
+                    shared_health::ejection_lifted(
+                        pool.unejects_on_healthy_check(),
+                        backend.checked_healthy(),
+                        since,
+                        passed,
+                    )
+                };
+                if let Some((_, since)) = backend.local_ejection() {
+                    if lifted(Some(since)) && backend.lift_ejection(passed.unwrap_or(0)) {
+                        tracing::info!(pool = %pool.name, backend = %backend.address, "ejection lifted: passed an active check");
+                    }
+                }
+                let peer_ejections = peers.ejections.get(&id).map_or(&[][..], Vec::as_slice);
+                let honoured: Vec<&PeerEjection> = peer_ejections
+                    .iter()
+                    .filter(|ejection| !lifted(ejection.since))
+                    .collect();
+                let was_ejected = backend.set_remote_ejection(
+                    honoured
+                        .iter()
+                        .map(|ejection| ejection.until)
+                        .max()
+                        .map(|until| Duration::from_millis(until.saturating_sub(now_ms))),
+                );
+                if was_ejected && honoured.is_empty() && !peer_ejections.is_empty() {
+                    let nodes: Vec<&str> = peer_ejections.iter().map(|e| &*e.node).collect();
+                    tracing::info!(pool = %pool.name, backend = %backend.address, ejected_by = ?nodes, "peers' ejection lifted: passed an active check");
+                }
+
+                let mut views: Vec<BackendView> = counting
+                    .iter()
+                    .map(|peer| {
+                        let node = peer.node_id.to_string();
+                        BackendView {
+                            prober: probers.contains(&node.as_str()),
+                            verdict: peer_verdicts
+                                .iter()
+                                .find(|(n, _)| *n == node)
+                                .map(|(_, healthy)| *healthy),
+                            ejected: peer_ejections.iter().any(|ejection| ejection.node == node),
+                            node_id: node,
+                        }
+                    })
+                    .collect();
+                views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+                views.dedup_by(|a, b| a.node_id == b.node_id);
+                backend_views.insert(id.clone(), views);
+                probers_of.insert(id, probers.iter().map(|p| (*p).to_owned()).collect());
+            }
+        }
+        (backend_views, probers_of)
+    }
+
+    /// Sets a backend's health from the verdicts of its probers (this node's and its peers').
+    fn apply_verdict(
+        &self,
+        pool: &Pool,
+        backend: &Backend,
+        probers: &[&str],
+        peer_verdicts: &[(String, bool)],
+    ) {
+        let mut all: Vec<(&str, bool)> = peer_verdicts
+            .iter()
+            .map(|(node, healthy)| (node.as_str(), *healthy))
+            .collect();
+        let local = backend.local_verdict();
+        if let Some((healthy, _)) = &local {
+            all.push((&self.node_id, *healthy));
+        }
+        let healthy = shared_health::verdict(probers, &all).unwrap_or(true);
+        if healthy == backend.checked_healthy() {
+            return;
+        }
+        let unhealthy_on: Vec<&str> = all
+            .iter()
+            .filter(|(_, healthy)| !healthy)
+            .map(|(node, _)| *node)
+            .collect();
+        let reason = if healthy {
+            "passing checks (cluster verdict)".to_owned()
+        } else {
+            let detail = local
+                .as_ref()
+                .filter(|(healthy, _)| !healthy)
+                .map(|(_, reason)| format!(": {reason}"))
+                .unwrap_or_default();
+            format!("failing checks on {}{detail}", unhealthy_on.join(", "))
+        };
+        pool.stats
+            .health_transitions
+            .fetch_add(1, Ordering::Relaxed);
+        if healthy {
+            tracing::info!(pool = %pool.name, backend = %backend.address, probers = ?probers, "backend healthy again (cluster verdict)");
+        } else {
+            tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?probers, unhealthy_on = ?unhealthy_on, "backend unhealthy (cluster verdict)");
+        }
+        backend.set_checked_health(healthy, reason);
+    }
+
+    /// The client counts this node publishes: per listener with a limit, the clients at or above
+    /// the publish threshold here and the ones live peers lead ([`client_counts`]), at most
+    /// `cluster.published_clients`; nothing for a listener without a limit.
+    fn publish_clients(
+        &self,
+        gossip: &Gossip,
+        led_by_peers: &HashMap<String, HashSet<ClientKey>>,
+        live_nodes: usize,
+        wanted: &mut BTreeMap<String, String>,
+    ) {
+        let none = HashSet::new();
+        let mut capped = gossip
+            .capped
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for listener in self.proxy.listeners() {
+            let settings = listener.settings();
+            let Some(limit) = settings.max_connections_per_client else {
+                capped.remove(&*listener.name);
+                continue;
+            };
+            let threshold = client_counts::publish_threshold(limit, live_nodes);
+            let selection = client_counts::select(
+                &*listener.clients,
+                led_by_peers.get(&*listener.name).unwrap_or(&none),
+                threshold,
+                gossip.config.published_clients,
+                |ip| settings.is_exempt(ip),
+            );
+            if selection.left_out > 0 {
+                gossip
+                    .unpublished_clients
+                    .fetch_add(selection.left_out as u64, Ordering::Relaxed);
+                if capped.insert(listener.name.to_string()) {
+                    tracing::warn!(listener = %listener.name, published = selection.entries.len(), left_out = selection.left_out, threshold, "client counts over cluster.published_clients: the cluster-wide cap is not guaranteed for the clients left out; raise it");
+                }
+            } else if capped.remove(&*listener.name) {
+                tracing::info!(listener = %listener.name, published = selection.entries.len(), "client counts within cluster.published_clients again");
+            }
+            for (key, count, role) in selection.entries {
+                wanted.insert(
+                    format!("{COUNT_PREFIX}{}/{}", listener.name, key),
+                    role.encode(count),
+                );
+            }
+        }
+    }
+
+    /// Client counts the cap on published entries left out, summed over rounds and listeners
+    /// (0 while every client at risk is published).
+    pub fn unpublished_clients(&self) -> u64 {
+        self.gossip.as_ref().map_or(0, |gossip| {
+            gossip.unpublished_clients.load(Ordering::Relaxed)
+        })
     }
 
     /// Once counts have converged, a client over its cluster-wide cap (gossip lag let it overshoot)

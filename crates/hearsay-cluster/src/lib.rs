@@ -2,6 +2,7 @@
 //! and cluster-wide client counts. Only this crate knows chitchat; the rest of the node sees
 //! [`Cluster`] and the typed views it returns.
 
+pub mod client_counts;
 mod cluster;
 pub mod hlc;
 pub mod replicated;

@@ -9,6 +9,14 @@
 //! (they just took over from a prober that died), the verdicts of any live node that still has
 //! one are used the same way; with no verdict at all the backend is healthy. Every node computes
 //! this from the same gossiped verdicts, so all nodes agree once gossip has converged.
+//!
+//! Early end of passive ejections: a node's passive ejection of a backend (its own, and every
+//! peer's it honours) ends before its time when the pool unejects on a healthy check, the
+//! cluster's verdict is healthy, and a prober passed a check it *began* after the ejection began
+//! (unix ms on both sides, so node clocks must agree, as NTP keeps them, within a check interval
+//! or so). Each ejecting node lifts its own and stops publishing it; the others stop honouring it
+//! as soon as they see the same passing check, so no node waits for the ejecting node's
+//! withdrawal.
 
 use hearsay_balancer::stable_hash;
 
@@ -48,9 +56,72 @@ pub fn verdict(probers: &[&str], verdicts: &[(&str, bool)]) -> Option<bool> {
     Some(unhealthy * 2 <= votes.len())
 }
 
+/// Whether a passive ejection that began at `since` (unix ms; `None`: unknown) is over early:
+/// the pool unejects on a healthy check, the cluster's verdict is healthy, and the latest
+/// passing check (`passed`, its start in unix ms) began after the ejection.
+pub fn ejection_lifted(
+    uneject_on_healthy_check: bool,
+    healthy: bool,
+    since: Option<u64>,
+    passed: Option<u64>,
+) -> bool {
+    uneject_on_healthy_check
+        && healthy
+        && matches!((since, passed), (Some(since), Some(passed)) if since < passed)
+}
+
+/// A gossiped ejection (`e:` value): `<until>,<since>` in unix ms. A bare `<until>` (an older
+/// node's) is accepted with an unknown start, which no check lifts.
+pub fn parse_ejection(value: &str) -> Option<(u64, Option<u64>)> {
+    match value.split_once(',') {
+        None => Some((value.parse().ok()?, None)),
+        Some((until, since)) => {
+            let (until, since) = (until.parse::<u64>().ok()?, since.parse::<u64>().ok()?);
+            (since <= until).then_some((until, Some(since)))
+        }
+    }
+}
+
+pub fn format_ejection(until: u64, since: u64) -> String {
+    format!("{until},{since}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_begun_after_an_ejection_lifts_it_when_the_verdict_is_healthy() {
+        // (uneject, healthy verdict, ejection since, latest pass, lifted)
+        let cases: &[(bool, bool, Option<u64>, Option<u64>, bool)] = &[
+            (true, true, Some(1_000), Some(1_001), true),
+            (true, true, Some(1_000), Some(1_000), false),
+            (true, true, Some(1_000), Some(999), false),
+            (true, true, Some(1_000), None, false),
+            (true, true, None, Some(5_000), false),
+            (true, false, Some(1_000), Some(2_000), false),
+            (false, true, Some(1_000), Some(2_000), false),
+        ];
+        for (uneject, healthy, since, passed, lifted) in cases {
+            assert_eq!(
+                ejection_lifted(*uneject, *healthy, *since, *passed),
+                *lifted,
+                "{uneject} {healthy} {since:?} {passed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ejection_values_are_parsed_strictly() {
+        assert_eq!(
+            parse_ejection(&format_ejection(30_000, 1_000)),
+            Some((30_000, Some(1_000)))
+        );
+        assert_eq!(parse_ejection("30000"), Some((30_000, None)));
+        for bad in ["", ",", "1,", ",1", "x,1", "1,2,3", "5,9", "-1", "1 ,0"] {
+            assert_eq!(parse_ejection(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn probers_are_stable_and_bounded() {

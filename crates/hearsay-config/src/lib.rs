@@ -107,7 +107,9 @@ pub struct ClusterConfig {
     pub dead_node_grace: Duration,
     /// How many nodes actively probe each backend (rendezvous hashing picks them).
     pub probers_per_backend: usize,
-    /// Per listener, the most clients (by open connections) whose counts a node publishes.
+    /// Per listener, the most client counts a node publishes: a safety bound on gossip. Which
+    /// clients are published follows from the listener's limit and the live nodes (the
+    /// cluster's `client_counts`); the cap only bites past that, and is logged when it does.
     pub published_clients: usize,
     /// Gossip older or newer than this (by the sender's clock) is dropped as a possible replay.
     pub max_clock_skew: Duration,
@@ -130,6 +132,11 @@ impl fmt::Debug for ClusterConfig {
             .finish()
     }
 }
+
+/// Default cap on the client counts a node publishes per listener.
+pub const DEFAULT_PUBLISHED_CLIENTS: usize = 10_000;
+/// Largest `cluster.published_clients`.
+pub const MAX_PUBLISHED_CLIENTS: usize = 100_000;
 
 /// Default gossip interval.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -250,6 +257,9 @@ pub struct OutlierConfig {
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejected_percent: u32,
+    /// A passing active health check (begun after the ejection) ends the ejection early, as
+    /// Envoy's `successful_active_health_check_uneject_host`. Only matters with a health check.
+    pub uneject_on_healthy_check: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

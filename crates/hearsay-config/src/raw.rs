@@ -81,6 +81,7 @@ pub(crate) struct RawOutlier {
     pub base_ejection: Option<String>,
     pub max_ejection: Option<String>,
     pub max_ejected_percent: Option<i64>,
+    pub uneject_on_healthy_check: Option<bool>,
 }
 
 /// A backend is written either as `"host:port"` or as `{ address = "host:port", weight = 3 }`.

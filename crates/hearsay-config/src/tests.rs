@@ -361,6 +361,15 @@ fn pool_settings_are_read() {
         (3, Duration::from_secs(10))
     );
     assert_eq!(outlier.max_ejected_percent, 50);
+    assert!(
+        outlier.uneject_on_healthy_check,
+        "a passing check ends an ejection by default"
+    );
+    let kept = Config::parse(&with_pool(
+        "[pool.outlier]\nuneject_on_healthy_check = false",
+    ))
+    .unwrap();
+    assert!(!kept.pools[0].outlier.unwrap().uneject_on_healthy_check);
 
     let defaults = Config::parse(&with_pool("")).unwrap();
     let pool = &defaults.pools[0];
@@ -391,6 +400,7 @@ fn bad_pool_settings_are_reported() {
         ("[pool.health_check]\nunhealthy_threshold = 0", "pool[0].health_check.unhealthy_threshold: 0 is out of range; allowed 1..=100"),
         ("[pool.outlier]\nmax_ejected_percent = 101", "pool[0].outlier.max_ejected_percent: 101 is out of range; allowed 0..=100"),
         ("[pool.outlier]\nbogus = 1", "pool[0]: unknown field `bogus`"),
+        ("[pool.outlier]\nuneject_on_healthy_check = \"yes\"", "pool[0]: invalid type: string \"yes\", expected a boolean"),
     ];
     for (body, expected) in cases {
         let found = problems(&with_pool(body));
@@ -424,7 +434,7 @@ fn cluster_section_defaults() {
     assert!(cluster.keys.is_empty());
     assert_eq!(cluster.failure_threshold, 8.0);
     assert_eq!(cluster.probers_per_backend, 2);
-    assert_eq!(cluster.published_clients, 256);
+    assert_eq!(cluster.published_clients, 10_000);
     assert_eq!(cluster.max_clock_skew, Duration::from_secs(60));
 }
 

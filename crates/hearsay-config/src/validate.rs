@@ -20,8 +20,9 @@ use crate::{
     ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction, PoolConfig, Problem,
     RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CLOSE_SPREAD,
     DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_SHUTDOWN_GRACE,
-    MAX_KEEPALIVE_TIMEOUT, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_PUBLISHED_CLIENTS,
+    DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT, MAX_PUBLISHED_CLIENTS, MAX_REQUEST_HEADER_SIZE,
+    MIN_REQUEST_HEADER_SIZE,
 };
 
 const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "cluster", "listener", "pool"];
@@ -550,9 +551,9 @@ fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
     let published_clients = checker.integer(
         "cluster.published_clients",
         raw.published_clients,
-        256,
+        DEFAULT_PUBLISHED_CLIENTS as i64,
         1,
-        4096,
+        MAX_PUBLISHED_CLIENTS as i64,
     ) as usize;
     let max_clock_skew = checker.duration(
         "cluster.max_clock_skew",
@@ -1036,6 +1037,7 @@ fn outlier(checker: &mut Checker, path: &str, raw: Option<RawOutlier>) -> Option
         base_ejection: None,
         max_ejection: None,
         max_ejected_percent: None,
+        uneject_on_healthy_check: None,
     });
     let consecutive_failures = checker.integer(
         &format!("{path}.consecutive_failures"),
@@ -1070,6 +1072,7 @@ fn outlier(checker: &mut Checker, path: &str, raw: Option<RawOutlier>) -> Option
         base_ejection,
         max_ejection: max_ejection.max(base_ejection),
         max_ejected_percent,
+        uneject_on_healthy_check: raw.uneject_on_healthy_check.unwrap_or(true),
     })
 }
 

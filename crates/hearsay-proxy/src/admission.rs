@@ -94,6 +94,21 @@ impl ClientTable {
         shard.get(key).copied().unwrap_or(0)
     }
 
+    /// Every client key with at least `threshold` open connections (in no order).
+    pub fn at_least(&self, threshold: u32) -> Vec<(ClientKey, u32)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|poison| poison.into_inner());
+                shard
+                    .iter()
+                    .filter(|(_, count)| **count >= threshold)
+                    .map(|(key, count)| (*key, *count))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Every client key with its open connections, highest first.
     pub fn top(&self, limit: usize) -> Vec<(ClientKey, u32)> {
         let mut all: Vec<(ClientKey, u32)> = self

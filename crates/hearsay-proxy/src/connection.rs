@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use hearsay_config::ListenerSettings;
+use hearsay_config::{ListenerSettings, OverLimitAction};
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::Either;
@@ -160,7 +160,7 @@ pub(crate) struct Context {
 /// than its socket and task; the first byte of the next request (or the client's close) starts a
 /// new hyper connection on the same socket. In both phases the same rules ([`evaluate`]) and the
 /// same timer govern the connection.
-pub(crate) async fn serve(stream: ClientStream, context: Context) {
+pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
     let connection = Arc::clone(&context.registration.connection);
     let listener = Arc::clone(&context.listener);
     // Flattened writes (head and body copied into one buffer, one write call) measured faster
@@ -398,6 +398,17 @@ pub(crate) async fn serve(stream: ClientStream, context: Context) {
         loop {
             match check(sleep.as_mut(), None) {
                 None => {}
+                // Admitted before the peers' counts for its client arrived, and trimmed before it
+                // asked anything: it gets what an over-limit connection gets at accept.
+                Some(Verdict::Close(CloseReason::OverLimit))
+                    if connection.requests.load(Ordering::Relaxed) == 0
+                        && listener.settings().over_limit == OverLimitAction::Http429 =>
+                {
+                    // Its place is given back now: lingering for the answer must not count.
+                    drop(context.admission.take());
+                    answer_over_limit(&mut io).await;
+                    break 'connection CloseReason::OverLimit;
+                }
                 // Nothing in flight: close at once, as hyper does for an idle connection.
                 Some(Verdict::Close(reason)) => {
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
@@ -467,6 +478,28 @@ async fn answer_request_timeout(io: &mut TrackedIo<ClientStream>) {
         io.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// Writes the 429 of an over-limit connection and closes, taking in (and dropping) what the
+/// client sends meanwhile for a moment, so its request does not meet a closed socket (a reset
+/// that could cost it the answer). Bounded: a client that neither reads nor closes is dropped
+/// after a second.
+async fn answer_over_limit(io: &mut TrackedIo<ClientStream>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(crate::error::TOO_MANY_CONNECTIONS).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 2048];
+        let mut total = 0;
+        loop {
+            let read = io.read(&mut sink).await?;
+            total += read;
+            if read == 0 || total > 64 * 1024 {
+                return Ok::<(), std::io::Error>(());
+            }
+        }
+    })
+    .await;
 }
 
 /// Handles one request: forwards it and decides whether the connection stays open after it.

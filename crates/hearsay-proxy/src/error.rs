@@ -113,6 +113,15 @@ pub(crate) const SEVERAL_TRANSFER_ENCODINGS: &str = "several Transfer-Encoding h
 /// (written straight to the socket: hyper has no request to answer).
 pub(crate) const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 45\r\n\r\n408 request timeout: request head incomplete\n";
 
+/// What an over-limit connection gets (written straight to the socket: at accept, before any
+/// request, or when a trim closes a connection that has not asked anything yet).
+pub(crate) const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 51\r\n\
+connection: close\r\n\
+\r\n\
+429 too many requests: connection limit per client\n";
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

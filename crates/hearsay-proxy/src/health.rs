@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{random, BackendState, Pool};
+use crate::upstream::{random, unix_millis, BackendState, Pool};
 
 /// Probes the pool's backends every interval until the pool is dropped or `stop` is cancelled.
 pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
@@ -41,12 +41,13 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
             let config = config.clone();
             let agent = pool.probe_agent().to_owned();
             probes.spawn(async move {
+                let started_at = unix_millis();
                 let result = probe(&address, &config, &agent).await;
-                (address, result)
+                (address, started_at, result)
             });
         }
         while let Some(joined) = probes.join_next().await {
-            let Ok((address, result)) = joined else {
+            let Ok((address, started_at, result)) = joined else {
                 continue;
             };
             let Some(backend) = backends.iter().find(|b| b.address == address) else {
@@ -58,6 +59,16 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
                 config.healthy_threshold,
                 config.unhealthy_threshold,
             );
+            if result.is_ok() && state.is_healthy() {
+                backend.note_pass(started_at);
+                // With shared health the cluster lifts ejections, on the cluster's verdict.
+                if !pool.shared_health()
+                    && pool.unejects_on_healthy_check()
+                    && backend.lift_ejection(started_at)
+                {
+                    tracing::info!(pool = %pool.name, backend = %address, "ejection lifted: passed an active check");
+                }
+            }
             if pool.shared_health() {
                 // The cluster combines this verdict with the other probers' and sets the health.
                 let reason = match (&result, state.is_healthy()) {

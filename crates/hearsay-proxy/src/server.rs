@@ -8,33 +8,30 @@ use std::time::Duration;
 
 use hearsay_config::{Config, OverLimitAction};
 use socket2::{SockRef, TcpKeepalive};
+use std::io::{Read as _, Write as _};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::ClientKey;
 use crate::connection::{self, Context};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, TOO_MANY_CONNECTIONS};
 use crate::io::ClientStream;
 use crate::listener::Listener;
 use crate::registry::{CloseReason, Registry};
 use crate::upstream::Pool;
 
 const LISTEN_BACKLOG: i32 = 4096;
-/// How long a refused client gets to read its 429 before the socket is dropped.
+/// How long a refused connection stays open after its 429, to take in the request it answers.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-/// At most this many refused connections linger for their 429 at once; beyond that (a client
-/// flooding connections) they are closed at accept, so refusals never pile up file descriptors.
+/// At most this many refused connections linger at once; beyond that (a client flooding
+/// connections) a refused connection is closed right after its 429 was written, so refusals
+/// never pile up file descriptors.
 const MAX_LINGERING_REFUSALS: usize = 256;
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
-content-type: text/plain; charset=utf-8\r\n\
-content-length: 51\r\n\
-connection: close\r\n\
-\r\n\
-429 too many requests: connection limit per client\n";
 
 /// The data plane of one node.
 #[derive(Debug)]
@@ -235,17 +232,7 @@ impl Proxy {
             listener.stats.on_close(CloseReason::OverLimit);
             tracing::debug!(listener = %listener.name, client = %peer, key = %key, "connection refused: over limit");
             if settings.over_limit == OverLimitAction::Http429 {
-                let refusing = Arc::clone(&self.refusing);
-                if refusing.fetch_add(1, Ordering::Relaxed) < MAX_LINGERING_REFUSALS {
-                    self.tasks.spawn(async move {
-                        if let Ok(stream) = TcpStream::from_std(stream) {
-                            refuse(stream).await;
-                        }
-                        refusing.fetch_sub(1, Ordering::Relaxed);
-                    });
-                } else {
-                    refusing.fetch_sub(1, Ordering::Relaxed);
-                }
+                self.refuse(stream);
             }
             return;
         };
@@ -276,6 +263,41 @@ impl Proxy {
     /// Client connections this node accepts at most at once (see [`connection_budget`]).
     pub fn connection_budget(&self) -> u64 {
         self.connection_budget
+    }
+
+    /// Answers an over-limit connection with the canned 429 at accept and closes it. The answer
+    /// is written at once, without waiting: a socket just accepted has an empty send buffer, so
+    /// the whole answer fits in one non-blocking write. The connection then lingers, within
+    /// [`MAX_LINGERING_REFUSALS`], to take in the request it answers (a close with the request
+    /// unread would reset it, and some clients drop an answer they have not read yet on a
+    /// reset); beyond that it closes at once, after taking in what already arrived.
+    fn refuse(&self, stream: std::net::TcpStream) {
+        let written = (&stream)
+            .write(TOO_MANY_CONNECTIONS)
+            .is_ok_and(|written| written == TOO_MANY_CONNECTIONS.len());
+        if !written {
+            return; // the client is gone already
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        if discard_received(&stream).is_err() {
+            return;
+        }
+        if self.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING_REFUSALS {
+            self.refusing.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let refusing = Arc::clone(&self.refusing);
+        self.tasks.spawn(async move {
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                linger(stream).await;
+            }
+            refusing.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Refused connections lingering after their 429 now (at most [`MAX_LINGERING_REFUSALS`]).
+    pub fn lingering_refusals(&self) -> usize {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// Ordered shutdown of the data plane: stop accepting, close idle connections at once, let
@@ -462,13 +484,24 @@ fn configure_socket(socket: SockRef<'_>, keepalive: &hearsay_config::TcpKeepaliv
     }
 }
 
-/// Answers an over-limit client with a 429 and closes, letting it read the answer first: a
-/// close with unread request bytes would reset the connection before the client saw the 429.
-async fn refuse(mut stream: TcpStream) {
-    if stream.write_all(TOO_MANY_CONNECTIONS).await.is_err() {
-        return;
+/// Reads and drops what a non-blocking socket has received so far (up to 64 KiB); `Err` when
+/// the client is gone.
+fn discard_received(mut stream: &std::net::TcpStream) -> std::io::Result<()> {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut sink) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(error) => return Err(error),
+        }
     }
-    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+/// Keeps a refused connection (its 429 written, its side shut) open until the client closes,
+/// [`REFUSAL_LINGER`] passes or 64 KiB arrived, taking in and dropping what the client sends.
+async fn linger(mut stream: TcpStream) {
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(REFUSAL_LINGER, async {
         let mut total = 0usize;
@@ -550,7 +583,7 @@ mod tests {
 
     #[test]
     fn the_canned_429_declares_its_body_length() {
-        let text = std::str::from_utf8(super::TOO_MANY_CONNECTIONS).unwrap();
+        let text = std::str::from_utf8(crate::error::TOO_MANY_CONNECTIONS).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
     }

@@ -98,6 +98,12 @@ pub struct Backend {
     checked_healthy: AtomicBool,
     /// Passive ejection end, in nanoseconds of the pool clock; 0 = not ejected.
     ejected_until: AtomicU64,
+    /// When this node's passive ejection began, in unix ms (gossiped, compared with the start
+    /// of passing checks on other nodes); 0 = never ejected.
+    ejected_at_ms: AtomicU64,
+    /// Start, in unix ms, of this node's latest passing check while its checks call the backend
+    /// healthy; 0 = none.
+    last_pass_ms: AtomicU64,
     /// Ejection another node published, in nanoseconds of the pool clock; 0 = none.
     remote_ejected_until: AtomicU64,
     /// Whether this node runs the active checks of this backend (the cluster assigns probers).
@@ -245,6 +251,8 @@ pub struct Pool {
     max_idle_per_backend: usize,
     pub(crate) health_check: Option<HealthCheckConfig>,
     outlier: Option<OutlierPolicy>,
+    /// A passing active check ends a passive ejection early.
+    uneject_on_healthy_check: bool,
     failing_open: AtomicBool,
     /// Health verdicts come from the cluster, not straight from this node's checks.
     shared_health: AtomicBool,
@@ -255,6 +263,13 @@ pub struct Pool {
 
 fn pool_clock() -> u64 {
     crate::registry::now_nanos()
+}
+
+/// Wall-clock time in unix ms: ejection starts and passing checks are compared across nodes.
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 impl Backend {
@@ -268,6 +283,8 @@ impl Backend {
             requests: AtomicU64::new(0),
             checked_healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
+            ejected_at_ms: AtomicU64::new(0),
+            last_pass_ms: AtomicU64::new(0),
             remote_ejected_until: AtomicU64::new(0),
             probes_here: AtomicBool::new(true),
             local_verdict: Mutex::new(None),
@@ -305,20 +322,69 @@ impl Backend {
 
     /// How much longer this node's own passive ejection of the backend lasts.
     pub fn local_ejection_remaining(&self) -> Option<Duration> {
-        let until = self.ejected_until.load(Ordering::Relaxed);
+        let until = self.ejected_until.load(Ordering::Acquire);
         let now = pool_clock();
         (until != 0 && now < until).then(|| Duration::from_nanos(until - now))
     }
 
+    /// This node's own passive ejection: how much longer it lasts and when it began (unix ms).
+    pub fn local_ejection(&self) -> Option<(Duration, u64)> {
+        self.local_ejection_remaining()
+            .map(|remaining| (remaining, self.ejected_at_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Ends this node's passive ejection of the backend if it began before `passed_at` (unix ms),
+    /// the start of a passing active check. Returns whether an ejection ended.
+    pub fn lift_ejection(&self, passed_at: u64) -> bool {
+        let began_before = || {
+            self.local_ejection()
+                .is_some_and(|(_, since)| since < passed_at)
+        };
+        if !began_before() {
+            return false;
+        }
+        let mut outlier = self
+            .outlier
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if !began_before() {
+            return false;
+        }
+        outlier.uneject();
+        self.ejected_until.store(0, Ordering::Relaxed);
+        self.failure_streak.store(0, Ordering::Relaxed);
+        drop(outlier);
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) =
+            "ejection lifted: passed an active check".to_owned();
+        true
+    }
+
+    /// Start (unix ms) of this node's latest passing check while its checks call the backend
+    /// healthy.
+    pub fn last_pass(&self) -> Option<u64> {
+        let at = self.last_pass_ms.load(Ordering::Relaxed);
+        (at != 0).then_some(at)
+    }
+
+    pub(crate) fn note_pass(&self, started_at: u64) {
+        self.last_pass_ms.fetch_max(started_at, Ordering::Relaxed);
+    }
+
     /// Ejects the backend for `remaining` because another node ejected it (`None` lifts it).
-    pub fn set_remote_ejection(&self, remaining: Option<Duration>) {
+    /// Returns whether such an ejection was in force until now.
+    pub fn set_remote_ejection(&self, remaining: Option<Duration>) -> bool {
+        let now = pool_clock();
         let until = remaining.map_or(0, |remaining| {
-            pool_clock().saturating_add(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX))
+            now.saturating_add(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX))
         });
         let was = self.remote_ejected_until.swap(until, Ordering::Relaxed);
         if was == 0 && until != 0 {
             self.close_idle();
         }
+        was != 0 && now < was
     }
 
     /// Whether this node runs the backend's active checks.
@@ -622,6 +688,9 @@ impl Pool {
                 max_ejection: outlier.max_ejection,
                 max_ejected_percent: outlier.max_ejected_percent,
             }),
+            uneject_on_healthy_check: config
+                .outlier
+                .is_some_and(|outlier| outlier.uneject_on_healthy_check),
             failing_open: AtomicBool::new(false),
             shared_health: AtomicBool::new(false),
             probe_agent: std::sync::OnceLock::new(),
@@ -662,6 +731,11 @@ impl Pool {
     /// Whether the pool's backends are actively health-checked.
     pub fn has_health_check(&self) -> bool {
         self.health_check.is_some()
+    }
+
+    /// Whether a passing active check ends a passive ejection early (the pool has both).
+    pub fn unejects_on_healthy_check(&self) -> bool {
+        self.uneject_on_healthy_check && self.health_check.is_some()
     }
 
     /// Lets the cluster decide health from every prober's verdict: this node's checks then only
@@ -896,7 +970,11 @@ impl Pool {
                 backend.failure_streak.store(0, Ordering::Relaxed);
                 let until = now_nanos
                     .saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
-                backend.ejected_until.store(until, Ordering::Relaxed);
+                // The start first: whoever sees the new end sees its start.
+                backend
+                    .ejected_at_ms
+                    .store(unix_millis(), Ordering::Relaxed);
+                backend.ejected_until.store(until, Ordering::Release);
                 backend.close_idle();
                 self.stats.ejections.fetch_add(1, Ordering::Relaxed);
                 let reason = format!(

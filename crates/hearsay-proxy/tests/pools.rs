@@ -247,6 +247,114 @@ async fn consecutive_5xx_eject_a_backend_which_returns_after_the_ejection_time()
     assert_eq!(counts.get("hello from a"), Some(&5), "{counts:?}");
 }
 
+/// A pool of `a` and `b` whose `a` is ejected (three 500s in a row, its checks failing too, as a
+/// backend that went down), with an ejection far longer than any wait below.
+async fn eject_a(outlier: &str) -> (Backend, Backend, TestProxy) {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let proxy = TestProxy::start(
+        "",
+        &[a.address, b.address],
+        &format!(
+            "[pool.health_check]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\n\
+             healthy_threshold = 2\nunhealthy_threshold = 2\n\
+             [pool.outlier]\nconsecutive_failures = 3\nbase_ejection = \"30s\"\n{outlier}"
+        ),
+    )
+    .await;
+    a.switches.health_ok.store(false, Ordering::SeqCst);
+    a.switches.broken.store(true, Ordering::SeqCst);
+    let mut client = Client::connect(proxy.address).await;
+    let mut errors = 0;
+    for _ in 0..20 {
+        if client.get("/").await.status == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 3, "a is ejected after its third 500");
+    let pool = &proxy.proxy.pools()[0];
+    assert_eq!(pool.stats.ejections.load(Ordering::SeqCst), 1);
+    (a, b, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_active_check_ends_an_ejection_early() {
+    let (a, _b, proxy) = eject_a("").await;
+    let pool = proxy.proxy.pools()[0].clone();
+    let backend_a = pool.backend(&a.address.to_string()).unwrap();
+    let (remaining, since) = backend_a.local_ejection().expect("ejected");
+    assert!(remaining > Duration::from_secs(25), "{remaining:?}");
+    // A check that began before the ejection (or in its millisecond) says nothing about after.
+    assert!(!backend_a.lift_ejection(since));
+    assert!(!backend_a.health().healthy);
+
+    // The backend comes back: two passing checks (50 ms apart) make it healthy and lift the
+    // 30 s ejection at once.
+    let back = std::time::Instant::now();
+    a.switches.broken.store(false, Ordering::SeqCst);
+    a.switches.health_ok.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || backend_a.health().healthy).await,
+        "still out: {:?}",
+        backend_a.health()
+    );
+    println!(
+        "ejection lifted {:?} after the backend came back",
+        back.elapsed()
+    );
+    assert!(backend_a.local_ejection().is_none());
+    assert!(
+        backend_a.health().reason.contains("passed an active check"),
+        "{:?}",
+        backend_a.health()
+    );
+    let mut client = Client::connect(proxy.address).await;
+    let counts = names_of(&mut client, 10).await;
+    assert_eq!(
+        counts.get("hello from a"),
+        Some(&5),
+        "back in rotation: {counts:?}"
+    );
+
+    // Failures count afresh, and the next ejection is longer (down again: checks fail too, or
+    // the next one would lift it).
+    a.switches.health_ok.store(false, Ordering::SeqCst);
+    a.switches.broken.store(true, Ordering::SeqCst);
+    let mut errors = 0;
+    for _ in 0..20 {
+        if client.get("/").await.status == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 3, "ejected again after three more");
+    let (remaining, _) = backend_a.local_ejection().expect("ejected again");
+    assert!(
+        remaining > Duration::from_secs(55),
+        "twice the base: {remaining:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_uneject_on_healthy_check_an_ejection_runs_its_course() {
+    let (a, _b, proxy) = eject_a("uneject_on_healthy_check = false").await;
+    let pool = proxy.proxy.pools()[0].clone();
+    let backend_a = pool.backend(&a.address.to_string()).unwrap();
+    a.switches.broken.store(false, Ordering::SeqCst);
+    a.switches.health_ok.store(true, Ordering::SeqCst);
+    // Passing checks make it healthy by the checks, yet it stays ejected.
+    let checks = a.switches.health_checks.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || backend_a.checked_healthy()
+            && a.switches.health_checks.load(Ordering::SeqCst) >= checks + 4)
+        .await
+    );
+    assert!(!backend_a.health().healthy, "{:?}", backend_a.health());
+    assert!(backend_a.local_ejection().is_some());
+    let mut client = Client::connect(proxy.address).await;
+    let counts = names_of(&mut client, 6).await;
+    assert_eq!(counts.get("hello from b"), Some(&6), "{counts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_is_retried_on_another_backend_when_safe() {
     let alive = Backend::start("alive").await;

@@ -55,6 +55,11 @@ pub struct GossipStats {
     /// Whether gossip is sealed with a cluster key (false only on loopback-only clusters).
     #[prost(bool, tag = "11")]
     pub authenticated: bool,
+    /// Client counts left out by cluster.published_clients (the cap on the counts a node publishes
+    /// per listener), summed over gossip rounds since start. Non-zero: some clients near their cap
+    /// were not published, and the cluster-wide cap was not guaranteed for them meanwhile.
+    #[prost(uint64, tag = "12")]
+    pub unpublished_client_counts: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
