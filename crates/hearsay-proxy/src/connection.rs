@@ -351,8 +351,13 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
                     }
                     Some(Ok(())) if parking => break,
                     // The server closed the connection gracefully (hyper has shut the write
-                    // side down): linger on what the client still sends.
-                    Some(Ok(())) if connection.close_reason().is_some() => {
+                    // side down): linger on what the client still sends. Not after a client's
+                    // own `Connection: close` whose request was read whole: it sends nothing
+                    // more, and short connections then never wait on their socket.
+                    Some(Ok(())) if connection.close_reason().is_some_and(|reason| {
+                        reason != CloseReason::ClientClosed
+                            || connection.body_unread.load(Ordering::Relaxed)
+                    }) => {
                         lingering = true;
                     }
                     Some(result) => break 'connection match (connection.close_reason(), result) {
