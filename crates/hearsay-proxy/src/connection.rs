@@ -319,7 +319,9 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
                         // its way: tell the client why, as HAProxy and NGINX do. (A connection
                         // that sent nothing is closed without a word: browsers open spare ones.)
                         let mut io = http.into_parts().io.into_inner();
-                        answer_request_timeout(&mut io).await;
+                        // Boxed, as the other rare endings: their state (buffers) would
+                        // otherwise enlarge every connection's task.
+                        Box::pin(answer_request_timeout(&mut io)).await;
                         break 'connection CloseReason::HeaderTimeout;
                     }
                     Some(Verdict::Abort(reason)) => break 'connection reason,
@@ -411,7 +413,7 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
                 {
                     // Its place is given back now: lingering for the answer must not count.
                     drop(context.admission.take());
-                    answer_over_limit(&mut io).await;
+                    Box::pin(answer_over_limit(&mut io)).await;
                     break 'connection CloseReason::OverLimit;
                 }
                 // Nothing in flight: close at once, as hyper does for an idle connection.
@@ -442,7 +444,7 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
     drop(context.admission);
     drop(context.registration);
     if let Some(io) = linger {
-        linger_close(io, &context.abort).await;
+        Box::pin(linger_close(io, &context.abort)).await;
     }
 }
 
