@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hearsay_cluster::replicated::{ListenerField, Source};
 use hearsay_cluster::{Cluster, MemberState, SettingOrigin};
+use hearsay_cluster::{ListenerField, Source};
 use hearsay_config::{settings_problems, ListenerSettings};
 use hearsay_proxy::{
     BackendState, ClientKey, CloseReason, ConnectionState, Listener, Proxy, StatsSnapshot,

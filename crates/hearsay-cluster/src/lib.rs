@@ -2,17 +2,18 @@
 //! and cluster-wide client counts. Only this crate knows chitchat; the rest of the node sees
 //! [`Cluster`] and the typed views it returns.
 
-pub mod client_counts;
+mod client_counts;
 mod cluster;
-pub mod hlc;
-pub mod replicated;
-pub mod shared_health;
-pub mod transport;
+mod hlc;
+mod replicated;
+mod shared_health;
+mod transport;
 
 pub use cluster::{
     BackendView, ClientView, Cluster, ClusterError, ClusterOptions, Member, MemberState, NodeCount,
     SettingOrigin,
 };
+pub use replicated::{FileValues, ListenerField, Source};
 pub use transport::TransportStats;
 
 /// A deterministic xorshift generator for the tests that throw random input at parsers.

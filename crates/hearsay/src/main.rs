@@ -142,7 +142,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
                 admin_address,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 config: config.cluster.clone(),
-                file: hearsay_cluster::replicated::FileValues::of(&config),
+                file: hearsay_cluster::FileValues::of(&config),
             },
         )
         .await?;
