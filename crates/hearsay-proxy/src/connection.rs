@@ -149,6 +149,9 @@ pub(crate) struct Context {
     pub drain: CancellationToken,
     /// The grace period is over: drop the connection.
     pub abort: CancellationToken,
+    /// Closed connections lingering now, node-wide, and how many may.
+    pub lingering: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_lingering: usize,
 }
 
 /// Serves one client connection until it ends, then counts why it ended.
@@ -275,7 +278,8 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
         let requests_before = connection.requests.load(Ordering::Relaxed);
         let mut closing = false;
         let mut parking = false;
-        let mut lingering = false;
+        // Set when hyper ended the connection in a way that is lingered on.
+        let mut lingering: Option<CloseReason> = None;
         // hyper has looked at the socket (a new hyper connection must read what woke the task
         // before it can be found idle).
         let mut polled = false;
@@ -322,6 +326,7 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
                         // Boxed, as the other rare endings: their state (buffers) would
                         // otherwise enlarge every connection's task.
                         Box::pin(answer_request_timeout(&mut io)).await;
+                        linger = Some(io);
                         break 'connection CloseReason::HeaderTimeout;
                     }
                     Some(Verdict::Abort(reason)) => break 'connection reason,
@@ -360,15 +365,19 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
                         reason != CloseReason::ClientClosed
                             || connection.body_unread.load(Ordering::Relaxed)
                     }) => {
-                        lingering = true;
+                        lingering = connection.close_reason();
+                    }
+                    // hyper answered a malformed or oversized head itself (400, 431): linger
+                    // too, so what follows the head does not reset the answer.
+                    Some(Err(error)) if connection.close_reason().is_none()
+                        && (error.is_parse() || error.is_parse_too_large()) =>
+                    {
+                        tracing::debug!(connection = connection.id, client = %connection.client, %error, "bad request");
+                        lingering = Some(CloseReason::Error);
                     }
                     Some(result) => break 'connection match (connection.close_reason(), result) {
                         (Some(reason), _) => reason,
                         (None, Ok(())) => CloseReason::ClientClosed,
-                        (None, Err(error)) if error.is_parse() || error.is_parse_too_large() => {
-                            tracing::debug!(connection = connection.id, client = %connection.client, %error, "bad request");
-                            CloseReason::Error
-                        }
                         (None, Err(error)) => {
                             tracing::debug!(connection = connection.id, client = %connection.client, %error, "connection ended");
                             CloseReason::ClientClosed
@@ -378,10 +387,7 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
                 _ = connection.wake.notified() => {}
                 _ = &mut sleep, if !closing && !parking => {}
             }
-            if lingering {
-                let reason = connection
-                    .close_reason()
-                    .unwrap_or(CloseReason::ClientClosed);
+            if let Some(reason) = lingering {
                 linger = Some(http.into_parts().io.into_inner());
                 break 'connection reason;
             }
@@ -444,7 +450,26 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
     drop(context.admission);
     drop(context.registration);
     if let Some(io) = linger {
-        Box::pin(linger_close(io, &context.abort)).await;
+        // Bounded: lingering sockets hold descriptors the connection budget counts.
+        if context.lingering.fetch_add(1, Ordering::Relaxed) < context.max_lingering {
+            Box::pin(linger_close(io, &context.abort)).await;
+        } else {
+            Box::pin(discard_ready(io)).await;
+        }
+        context.lingering.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes in what the client already sent (without waiting), then closes: the best a close can
+/// do when too many connections linger already.
+async fn discard_ready(mut io: TrackedIo<ClientStream>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut discard = [0u8; 1024];
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::ZERO, io.read(&mut discard)).await {
+            Ok(Ok(read)) if read > 0 => {}
+            _ => return,
+        }
     }
 }
 
@@ -459,7 +484,9 @@ const LINGER_QUIET: Duration = Duration::from_millis(500);
 /// arrive, would answer them with a TCP reset, which can also destroy a response the client has
 /// not read yet; after a lingering close the client sees a clean end of stream and retries.
 async fn linger_close(mut io: TrackedIo<ClientStream>, abort: &CancellationToken) {
-    use tokio::io::AsyncReadExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Usually shut down already (hyper, or the parked close); not after hyper's own 400/431.
+    let _ = tokio::time::timeout(Duration::from_millis(100), io.shutdown()).await;
     let give_up = tokio::time::Instant::now() + LINGER_MAX;
     let mut discard = [0u8; 1024];
     loop {

@@ -111,6 +111,11 @@ impl ListenerStats {
         self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let open = self.open.load(Ordering::Relaxed);
         let active = self.active.load(Ordering::Relaxed).min(open);

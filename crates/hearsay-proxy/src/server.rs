@@ -45,6 +45,8 @@ pub struct Proxy {
     background: CancellationToken,
     /// Refused connections still lingering for their 429.
     refusing: Arc<std::sync::atomic::AtomicUsize>,
+    /// Closed connections lingering now (see `connection::linger_close`).
+    lingering: Arc<std::sync::atomic::AtomicUsize>,
     tasks: TaskTracker,
     /// Client connections this node holds at most (all listeners together): what its file
     /// descriptors allow once upstream connections and a reserve are set aside.
@@ -98,6 +100,7 @@ impl Proxy {
             abort: CancellationToken::new(),
             background,
             refusing: Arc::default(),
+            lingering: Arc::default(),
             tasks: TaskTracker::new(),
             connection_budget: connection_budget(open_files_limit()),
             close_spread: config.node.close_spread,
@@ -247,17 +250,23 @@ impl Proxy {
             admission: Some(admission),
             drain: self.drain.clone(),
             abort: self.abort.clone(),
+            lingering: Arc::clone(&self.lingering),
+            max_lingering: max_lingering(self.connection_budget),
         };
         self.tasks
             .spawn(connection::serve(ClientStream::new(stream), context));
     }
 
     /// Client connections open on all listeners.
+    /// Descriptors client connections hold: open ones, lingering closes and refusals.
     fn open_connections(&self) -> u64 {
-        self.listeners
+        let open: u64 = self
+            .listeners
             .iter()
-            .map(|listener| listener.stats.snapshot().open)
-            .sum()
+            .map(|listener| listener.stats.open())
+            .sum();
+        open + (self.lingering.load(Ordering::Relaxed) + self.refusing.load(Ordering::Relaxed))
+            as u64
     }
 
     /// Client connections this node accepts at most at once (see [`connection_budget`]).
@@ -336,6 +345,12 @@ impl Proxy {
         self.background.cancel();
         tracing::info!("data plane stopped");
     }
+}
+
+/// Closed connections that may linger at once: an eighth of the connection budget, between 16
+/// and 4096 (beyond it a close takes in what already arrived and does not wait).
+fn max_lingering(budget: u64) -> usize {
+    (budget / 8).clamp(16, 4096) as usize
 }
 
 /// How often an accept loop at the connection budget looks whether a connection has closed.
@@ -519,7 +534,7 @@ async fn linger(mut stream: TcpStream) {
 mod tests {
     use std::time::Duration;
 
-    use super::{connection_budget, parse_open_files_limit};
+    use super::{connection_budget, max_lingering, parse_open_files_limit};
 
     #[test]
     fn the_connection_budget_leaves_room_for_upstreams_and_a_reserve() {
@@ -538,6 +553,9 @@ mod tests {
         assert_eq!(connection_budget(64), (64 - 32) / 2);
         assert_eq!(connection_budget(10), 1);
         assert!(connection_budget(u64::MAX) > 1 << 60);
+        assert_eq!(max_lingering(connection_budget(20_000)), 1186);
+        assert_eq!(max_lingering(16), 16);
+        assert_eq!(max_lingering(u64::MAX), 4096);
     }
 
     use hearsay_config::TcpKeepalive;
