@@ -757,8 +757,71 @@ pub struct Store {
     /// The config file's values when this node last read it; `None` before the first read with
     /// this data directory (new, wiped, or written by an older hearsay).
     pub baseline: Option<FileValues>,
+    /// When the baseline was read (unix ms).
+    pub baseline_read_ms: Option<u64>,
+    /// The newest config-file write this node has seen for each setting, kept even after a later
+    /// write overrode it: a node whose file brings the same edit afterwards (one file rolled out
+    /// node by node) then knows the cluster had that edit already and does not write it again.
+    pub file_edits: BTreeMap<String, FileEdit>,
     pub clock: Hlc,
     path: PathBuf,
+}
+
+/// A value written from a config file, and when (see [`Store::file_edits`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEdit {
+    pub value: String,
+    pub stamp: Stamp,
+}
+
+/// The [`Store::file_edits`] key of one setting: the entry's key and the field's name.
+fn edit_key(key: &str, field: &str) -> String {
+    format!("{key}#{field}")
+}
+
+/// The fields of `entry` written from a config file: (field name, value as
+/// [`Write::describe`] shows it, stamp).
+fn file_fields(entry: &Entry) -> Vec<(&'static str, String, &Stamp)> {
+    let from_file = |source: Source| source == Source::File;
+    match entry {
+        Entry::Listener(fields) => fields
+            .iter()
+            .filter(|(_, field)| from_file(field.source))
+            .map(|(name, field)| (name.name(), name.display(field.value), &field.stamp))
+            .collect(),
+        Entry::Backend(backend) => {
+            let mut found = Vec::new();
+            if let Some(member) = backend.member.as_ref().filter(|f| from_file(f.source)) {
+                let (name, value) = Write::Member {
+                    pool: String::new(),
+                    address: String::new(),
+                    member: member.value,
+                }
+                .describe();
+                found.push((name, value, &member.stamp));
+            }
+            if let Some(state) = backend.state.as_ref().filter(|f| from_file(f.source)) {
+                let (name, value) = Write::State {
+                    pool: String::new(),
+                    address: String::new(),
+                    state: state.value,
+                }
+                .describe();
+                found.push((name, value, &state.stamp));
+            }
+            if let Some(weight) = backend.weight.as_ref().filter(|f| from_file(f.source)) {
+                let (name, value) = Write::Weight {
+                    pool: String::new(),
+                    address: String::new(),
+                    weight: weight.value,
+                }
+                .describe();
+                found.push((name, value, &weight.stamp));
+            }
+            found
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -768,6 +831,10 @@ struct StateFile {
     entries: BTreeMap<String, Entry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     baseline: Option<FileValues>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    baseline_read_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    file_edits: BTreeMap<String, FileEdit>,
 }
 
 /// How [`Store::load`] found the state file.
@@ -786,9 +853,12 @@ impl Store {
         let path = data_dir.join(STATE_FILE);
         let (entries, baseline, loaded) = match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<StateFile>(&text) {
-                Ok(file) if file.format == STATE_FORMAT => {
-                    (file.entries, file.baseline, Loaded::Current)
-                }
+                Ok(file) if file.format == STATE_FORMAT => (
+                    file.entries,
+                    file.baseline
+                        .map(|baseline| (baseline, file.baseline_read_ms, file.file_edits)),
+                    Loaded::Current,
+                ),
                 Ok(file) => {
                     return Err(format!(
                         "{} has format {}, which this hearsay does not know (it writes format \
@@ -826,10 +896,16 @@ impl Store {
                 clock.observe(stamp);
             }
         }
+        let (baseline, baseline_read_ms, file_edits) = match baseline {
+            Some((baseline, read_ms, edits)) => (Some(baseline), read_ms, edits),
+            None => (None, None, BTreeMap::new()),
+        };
         Ok((
             Store {
                 entries,
                 baseline,
+                baseline_read_ms,
+                file_edits,
                 clock,
                 path,
             },
@@ -847,6 +923,8 @@ impl Store {
             format: STATE_FORMAT,
             entries: self.entries.clone(),
             baseline: self.baseline.clone(),
+            baseline_read_ms: self.baseline_read_ms,
+            file_edits: self.file_edits.clone(),
         })
         .expect("entries serialize");
         {
@@ -864,16 +942,29 @@ impl Store {
     /// new baseline. Returns those writes, or `None` without a baseline (nothing can be known to
     /// have changed, so nothing is written and the cluster's values stand).
     pub fn read_file(&mut self, file: &FileValues, now_ms: u64, node: &str) -> Option<Vec<Write>> {
-        let writes = self
-            .baseline
-            .as_ref()
-            .map(|baseline| file.changes_since(baseline));
+        // A change the cluster already got from another node's file since this node last read
+        // its own (the same file rolled out node by node) is not written again: it would undo
+        // the runtime changes made since.
+        let since = self.baseline_read_ms.unwrap_or(0);
+        let writes = self.baseline.as_ref().map(|baseline| {
+            file.changes_since(baseline)
+                .into_iter()
+                .filter(|write| {
+                    let (field, value) = write.describe();
+                    !self
+                        .file_edits
+                        .get(&edit_key(&write.key(), field))
+                        .is_some_and(|seen| seen.value == value && seen.stamp.millis > since)
+                })
+                .collect::<Vec<_>>()
+        });
         if let Some(writes) = &writes {
             if !writes.is_empty() {
                 self.write(writes, now_ms, node, &Origin::file());
             }
         }
         self.baseline = Some(file.clone());
+        self.baseline_read_ms = Some(now_ms);
         writes
     }
 
@@ -881,6 +972,25 @@ impl Store {
     pub fn offer(&mut self, key: &str, entry: &Entry) -> bool {
         for stamp in entry.stamps() {
             self.clock.observe(stamp);
+        }
+        for (field, value, stamp) in file_fields(entry) {
+            let slot = self.file_edits.entry(edit_key(key, field));
+            match slot {
+                std::collections::btree_map::Entry::Occupied(mut seen) => {
+                    if *stamp > seen.get().stamp {
+                        seen.insert(FileEdit {
+                            value,
+                            stamp: stamp.clone(),
+                        });
+                    }
+                }
+                std::collections::btree_map::Entry::Vacant(empty) => {
+                    empty.insert(FileEdit {
+                        value,
+                        stamp: stamp.clone(),
+                    });
+                }
+            }
         }
         match self.entries.get_mut(key) {
             Some(current) => current.merge(entry),

@@ -592,3 +592,51 @@ fn garbage_values_are_refused_without_panicking() {
         assert!(Entry::parse("set:b:app/a:1", text, 1000).is_err(), "{text}");
     }
 }
+
+#[test]
+fn a_file_edit_rolled_out_node_by_node_is_written_once_and_does_not_undo_later_changes() {
+    use ListenerField::KeepaliveTimeout;
+    let dir = std::env::temp_dir().join(format!("hearsay-store-rollout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut store, _) = Store::load(&dir).unwrap();
+    let file = |keepalive: u64| FileValues {
+        listeners: BTreeMap::from([(
+            "web".to_owned(),
+            BTreeMap::from([(KeepaliveTimeout, keepalive)]),
+        )]),
+        pools: BTreeMap::new(),
+    };
+    // This node (n2) read its file (75 s) at 1000.
+    assert_eq!(store.read_file(&file(75_000), 1000, "n2"), None);
+    // n1 restarted with the file edited to 10 s (a file write), then an operator set 20 s.
+    let edit =
+        listener_write(KeepaliveTimeout, 10_000).to_entry(&stamp(2000, "n1"), &Origin::file());
+    store.offer("set:l:web", &edit);
+    store.offer(
+        "set:l:web",
+        &merged(&[(3000, "n3", listener_write(KeepaliveTimeout, 20_000))]),
+    );
+    // n2 restarts with the same edited file: the cluster has that edit already; nothing is
+    // written and the operator's 20 s stands.
+    assert_eq!(store.read_file(&file(10_000), 4000, "n2"), Some(Vec::new()));
+    assert_eq!(
+        value_of(&store.entries["set:l:web"], KeepaliveTimeout),
+        Some(20_000)
+    );
+    // The record survives a restart of the store.
+    store.persist().unwrap();
+    let (mut reloaded, _) = Store::load(&dir).unwrap();
+    assert_eq!(reloaded.file_edits, store.file_edits);
+    // A later edit of this node's own file is written as usual...
+    let writes = reloaded.read_file(&file(30_000), 5000, "n2").unwrap();
+    assert_eq!(writes, [listener_write(KeepaliveTimeout, 30_000)]);
+    // ...and so is an edit back to a value an older file write had, once this node has read its
+    // file after that write (the operator means it again).
+    reloaded.offer(
+        "set:l:web",
+        &merged(&[(6000, "n3", listener_write(KeepaliveTimeout, 20_000))]),
+    );
+    let writes = reloaded.read_file(&file(10_000), 7000, "n2").unwrap();
+    assert_eq!(writes, [listener_write(KeepaliveTimeout, 10_000)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
