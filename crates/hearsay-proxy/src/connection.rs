@@ -311,6 +311,18 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
                         parking = true;
                     }
                     None => {}
+                    // Trimmed over the client's cap before this hyper connection began a
+                    // request (part of a head may be in): the 429, as at accept.
+                    Some(Verdict::Close(CloseReason::OverLimit))
+                        if connection.requests.load(Ordering::Relaxed) == requests_before
+                            && connection.in_flight.load(Ordering::Acquire) == 0
+                            && listener.settings().over_limit == OverLimitAction::Http429 =>
+                    {
+                        drop(context.admission.take());
+                        let mut io = http.into_parts().io.into_inner();
+                        Box::pin(answer_over_limit(&mut io)).await;
+                        break 'connection CloseReason::OverLimit;
+                    }
                     Some(Verdict::Close(_)) => {
                         Pin::new(&mut http).graceful_shutdown();
                         closing = true;

@@ -245,3 +245,31 @@ async fn a_trimmed_connection_that_asked_nothing_yet_gets_the_429() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_trimmed_halfway_through_its_first_head_gets_the_429() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("max_connections_per_client = 5", &[backend.address], "").await;
+    let mut halfway = Client::connect(proxy.address).await;
+    // Part of a head: hyper holds it, so the connection is not parked.
+    halfway.send(b"GET / HTTP/1.1\r\nHost: t\r\n").await;
+    let registry = proxy.proxy.registry();
+    assert!(
+        eventually(Duration::from_secs(2), || registry
+            .connections()
+            .iter()
+            .any(
+                |connection| connection.info().state == hearsay_proxy::ConnectionState::Idle
+            ))
+        .await
+    );
+    for connection in registry.connections() {
+        connection.request_close(CloseReason::OverLimit);
+    }
+    let response = halfway
+        .read_response()
+        .await
+        .expect("the connection that had not finished asking gets an answer");
+    assert_eq!(response.status, 429);
+    assert!(halfway.wait_closed(Duration::from_secs(2)).await.is_some());
+}
