@@ -302,7 +302,8 @@ fn start_cluster(nodes: &mut [ClusterNode]) {
     for node in nodes.iter_mut() {
         node.start();
     }
-    let expected: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    // As ListMembers orders them: by id ("n10" before "n2").
+    let expected = sorted(nodes.iter().map(|n| n.id.clone()).collect());
     for node in nodes.iter() {
         let mut admin = node.admin();
         wait_for(
