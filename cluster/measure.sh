@@ -11,6 +11,8 @@
 #    connections over all nodes at 40/s and 200/s (CAP_TRIALS bursts of 90 each);
 #  - gossip bytes/s per node with CLIENTS distinct clients (127.1.x.y, one connection each) on 3
 #    nodes: every client's count published, while 100 clients a second reconnect, none published;
+#  - a rolling restart of 3 nodes (SIGTERM, exit, start, ready, next) under 30 keep-alive clients:
+#    answers, clean closes, resets, requests without an answer.
 # All of it takes about 8 minutes on 2 cores.
 #   TRIALS=100 DEATH_TRIALS=10 HEAL_TRIALS=20 CAP_TRIALS=5 CLIENTS=10000 NODES="3 5 10" cluster/measure.sh
 set -euo pipefail
@@ -35,3 +37,4 @@ HEARSAY_MEASURE_CAP_TRIALS=${CAP_TRIALS:-5} measure measure_cap_overshoot_in_a_b
 ulimit -n "$(( ${CLIENTS:-10000} * 2 + 1024 ))" 2>/dev/null || true
 HEARSAY_MEASURE_CLIENTS=${CLIENTS:-10000} \
   measure measure_gossip_traffic_with_many_clients "clients connected|gossip per node"
+measure measure_rolling_restart_under_load "rolling restart|SIGTERM| s: n[0-9]+ "

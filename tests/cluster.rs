@@ -2417,3 +2417,369 @@ fn an_oversized_datagram_is_dropped_and_counted() {
     );
     assert_eq!(admin.alive(), ["v6"], "the node is unharmed");
 }
+
+/// How a keep-alive client's request ended.
+enum Answer {
+    /// A whole response; `close`: it said `Connection: close`.
+    Full { close: bool },
+    /// End of stream before a whole response (`partial`: part of one had arrived).
+    Eof { partial: bool },
+    /// ECONNRESET (or EPIPE) while waiting for the response.
+    Reset,
+    /// No response within 5 s.
+    Timeout,
+}
+
+fn is_reset(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Reads one Content-Length framed response.
+fn read_answer(stream: &mut TcpStream) -> Answer {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => {
+                return Answer::Eof {
+                    partial: !response.is_empty(),
+                }
+            }
+            Ok(read) => response.extend_from_slice(&buffer[..read]),
+            Err(error) if is_reset(&error) => return Answer::Reset,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Answer::Timeout
+            }
+            Err(error) => panic!("unexpected read error: {error}"),
+        }
+        let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        if response.len() >= end + 4 + length {
+            return Answer::Full {
+                close: head.lines().any(|line| line == "connection: close"),
+            };
+        }
+    }
+}
+
+/// An idle connection's state without blocking: open, closed (EOF) or reset.
+enum Idle {
+    Open,
+    Closed,
+    Reset,
+}
+
+fn idle_state(stream: &TcpStream) -> Idle {
+    stream.set_nonblocking(true).unwrap();
+    let state = match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => Idle::Closed,
+        Ok(_) => Idle::Open,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Idle::Open,
+        Err(error) if is_reset(&error) => Idle::Reset,
+        Err(error) => panic!("unexpected peek error: {error}"),
+    };
+    stream.set_nonblocking(false).unwrap();
+    state
+}
+
+/// What the keep-alive clients of the rolling-restart measurement saw, summed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    connections: u64,
+    refused_connects: u64,
+    answered: u64,
+    /// Clean ends: EOF seen on an idle connection before reusing it, or after a response that
+    /// said `Connection: close`.
+    closed_idle: u64,
+    closed_after_close: u64,
+    /// Requests without an answer: the connection ended (EOF, reset) or stayed silent.
+    unanswered_eof: u64,
+    unanswered_reset: u64,
+    unanswered_timeout: u64,
+    truncated: u64,
+    /// Resets: writing a request, waiting for its answer, while idle, after `Connection: close`.
+    reset_on_write: u64,
+    reset_before_answer: u64,
+    reset_idle: u64,
+    reset_after_close: u64,
+    /// Of all the resets, those on a connection that had already been answered (reused).
+    resets_reused: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.connections += other.connections;
+        self.refused_connects += other.refused_connects;
+        self.answered += other.answered;
+        self.closed_idle += other.closed_idle;
+        self.closed_after_close += other.closed_after_close;
+        self.unanswered_eof += other.unanswered_eof;
+        self.unanswered_reset += other.unanswered_reset;
+        self.unanswered_timeout += other.unanswered_timeout;
+        self.truncated += other.truncated;
+        self.reset_on_write += other.reset_on_write;
+        self.reset_before_answer += other.reset_before_answer;
+        self.reset_idle += other.reset_idle;
+        self.reset_after_close += other.reset_after_close;
+        self.resets_reused += other.resets_reused;
+    }
+
+    fn resets(&self) -> u64 {
+        self.reset_on_write + self.reset_before_answer + self.reset_idle + self.reset_after_close
+    }
+}
+
+/// A keep-alive client as a careful HTTP client is one: it sends a request, reads the answer,
+/// pauses (a third of the clients not at all, a third 0-2 ms, a third 0-19 ms), checks that the
+/// idle connection is still open before it reuses it (as Go's and curl's clients do), and when
+/// a connection ends opens the next one on the same node (even clients) or on the next node
+/// (odd clients); a refused connect moves on to the next node.
+/// Resets and requests without an answer are logged in `events` with when they happened, on
+/// which node, and the connection's history.
+fn keep_alive_client(
+    index: usize,
+    addresses: &Mutex<Vec<SocketAddr>>,
+    stop: &AtomicBool,
+    events: &Mutex<Vec<String>>,
+    epoch: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut node = index % 3;
+    let mut step = index as u64;
+    let request = b"GET / HTTP/1.1\r\nHost: e2e\r\n\r\n";
+    while !stop.load(Ordering::Relaxed) {
+        let address = addresses.lock().unwrap()[node];
+        let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) else {
+            tally.refused_connects += 1;
+            node = (node + 1) % 3;
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        tally.connections += 1;
+        let opened = epoch.elapsed();
+        let mut served = 0u64;
+        let sent_at = std::cell::Cell::new(Duration::ZERO);
+        let last_pause = std::cell::Cell::new(Duration::ZERO);
+        let log = |tally: &mut Tally, what: &str, served: u64| {
+            if served > 0 && what.starts_with("reset") {
+                tally.resets_reused += 1;
+            }
+            events.lock().unwrap().push(format!(
+                "{:>8.3} s: n{} {what} (client {index}; connection opened at {:.3} s, {served} \
+                 requests answered on it; the last request written at {:.3} s after a pause of \
+                 {:?})",
+                epoch.elapsed().as_secs_f64(),
+                node + 1,
+                opened.as_secs_f64(),
+                sent_at.get().as_secs_f64(),
+                last_pause.get(),
+            ));
+        };
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return tally;
+            }
+            if served > 0 {
+                match idle_state(&stream) {
+                    Idle::Open => {}
+                    Idle::Closed => {
+                        tally.closed_idle += 1;
+                        break;
+                    }
+                    Idle::Reset => {
+                        tally.reset_idle += 1;
+                        log(&mut tally, "reset while idle", served);
+                        break;
+                    }
+                }
+            }
+            sent_at.set(epoch.elapsed());
+            if let Err(error) = stream.write_all(request) {
+                assert!(is_reset(&error), "unexpected write error: {error}");
+                tally.reset_on_write += 1;
+                log(&mut tally, "reset writing a request", served);
+                break;
+            }
+            match read_answer(&mut stream) {
+                Answer::Full { close } => {
+                    tally.answered += 1;
+                    served += 1;
+                    if close {
+                        match read_answer(&mut stream) {
+                            Answer::Eof { partial: false } => tally.closed_after_close += 1,
+                            Answer::Reset => {
+                                tally.reset_after_close += 1;
+                                log(&mut tally, "reset after Connection: close", served);
+                            }
+                            _ => panic!("data or silence after Connection: close"),
+                        }
+                        break;
+                    }
+                }
+                Answer::Eof { partial } => {
+                    if partial {
+                        tally.truncated += 1;
+                        log(&mut tally, "response cut short", served);
+                    } else {
+                        tally.unanswered_eof += 1;
+                        log(&mut tally, "no answer: end of stream", served);
+                    }
+                    break;
+                }
+                Answer::Reset => {
+                    tally.unanswered_reset += 1;
+                    tally.reset_before_answer += 1;
+                    log(&mut tally, "reset waiting for an answer", served);
+                    break;
+                }
+                Answer::Timeout => {
+                    tally.unanswered_timeout += 1;
+                    log(&mut tally, "no answer within 5 s", served);
+                    break;
+                }
+            }
+            step = step
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let pause = match index % 3 {
+                0 => Duration::ZERO,
+                1 => Duration::from_micros((step >> 33) % 2000),
+                _ => Duration::from_millis((step >> 33) % 20),
+            };
+            std::thread::sleep(pause);
+            last_pause.set(pause);
+        }
+        // Half the clients open their next connection on the same node (one that resolved the
+        // node's name once), half on the next node (round-robin).
+        if index % 2 == 1 {
+            node = (node + 1) % 3;
+        }
+    }
+    tally
+}
+
+/// Measurement, not a check (run by `cluster/measure.sh`): a rolling restart of 3 nodes under
+/// 30 keep-alive clients (see [`keep_alive_client`]): each node in turn gets SIGTERM
+/// (`shutdown_grace` 5 s, so the default 1 s `close_spread`), exits, starts again, and the next
+/// waits until every node shows every node alive and ready. Counts what the clients saw:
+/// answers, clean closes, resets (where, on reused connections or new ones), requests without
+/// an answer.
+#[test]
+#[ignore = "measurement; run with cluster/measure.sh"]
+fn measure_rolling_restart_under_load() {
+    const CLIENTS: usize = 30;
+    let (backend, _) = start_backend();
+    let mut nodes = cluster_configs(3, "", &format!("backends = [\"{backend}\"]"), "");
+    for node in nodes.iter_mut() {
+        node.config = node
+            .config
+            .replace("shutdown_grace = \"1s\"", "shutdown_grace = \"5s\"");
+    }
+    start_cluster(&mut nodes);
+    let mut admins: Vec<Admin> = nodes.iter().map(ClusterNode::admin).collect();
+    let addresses = Arc::new(Mutex::new(
+        nodes.iter().map(|n| n.node().address).collect::<Vec<_>>(),
+    ));
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let epoch = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|index| {
+            let (addresses, stop_clients, events) = (
+                Arc::clone(&addresses),
+                Arc::clone(&stop_clients),
+                Arc::clone(&events),
+            );
+            std::thread::spawn(move || {
+                keep_alive_client(index, &addresses, &stop_clients, &events, epoch)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut timeline = Vec::new();
+    for index in 0..nodes.len() {
+        let signalled = epoch.elapsed();
+        stop(&mut nodes[index]);
+        let exited = epoch.elapsed();
+        nodes[index].start();
+        addresses.lock().unwrap()[index] = nodes[index].node().address;
+        admins[index] = nodes[index].admin();
+        for admin in admins.iter_mut() {
+            wait_for(
+                "every node alive and ready",
+                Duration::from_secs(20),
+                || {
+                    let members = admin.members();
+                    (members.len() == 3
+                        && members
+                            .iter()
+                            .all(|m| m.ready && m.state == pb::MemberState::MemberAlive as i32))
+                    .then_some(())
+                },
+            );
+        }
+        timeline.push(format!(
+            "n{}: SIGTERM at {:.3} s, exited at {:.3} s, ready again at {:.3} s",
+            index + 1,
+            signalled.as_secs_f64(),
+            exited.as_secs_f64(),
+            epoch.elapsed().as_secs_f64()
+        ));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop_clients.store(true, Ordering::Relaxed);
+    let mut total = Tally::default();
+    for client in clients {
+        total.add(&client.join().unwrap());
+    }
+    for line in &timeline {
+        println!("{line}");
+    }
+    for event in events.lock().unwrap().iter() {
+        println!("{event}");
+    }
+    println!(
+        "rolling restart of 3 nodes, {CLIENTS} keep-alive clients: {} requests answered on {} \
+         connections ({} connects refused); clean closes: {} EOF while idle, {} after \
+         Connection: close; resets: {} ({} on reused connections: {} writing a request, {} \
+         waiting for an answer, {} while idle, {} after Connection: close); requests without an \
+         answer: {} (EOF {}, reset {}, timeout {}), {} cut short",
+        total.answered,
+        total.connections,
+        total.refused_connects,
+        total.closed_idle,
+        total.closed_after_close,
+        total.resets(),
+        total.resets_reused,
+        total.reset_on_write,
+        total.reset_before_answer,
+        total.reset_idle,
+        total.reset_after_close,
+        total.unanswered_eof + total.unanswered_reset + total.unanswered_timeout,
+        total.unanswered_eof,
+        total.unanswered_reset,
+        total.unanswered_timeout,
+        total.truncated
+    );
+}
