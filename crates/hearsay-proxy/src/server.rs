@@ -53,6 +53,8 @@ pub struct Proxy {
     connection_budget: u64,
     /// Over how long a drain closes idle connections (`node.close_spread`).
     close_spread: Duration,
+    /// The spread of the drain under way, in nanoseconds (set when it begins).
+    drain_spread_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl Proxy {
@@ -104,6 +106,7 @@ impl Proxy {
             tasks: TaskTracker::new(),
             connection_budget: connection_budget(open_files_limit()),
             close_spread: config.node.close_spread,
+            drain_spread_nanos: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -211,6 +214,21 @@ impl Proxy {
             }
             self.admit(&listener, stream, peer);
         }
+        // Connections already in the backlog would be reset with the listening socket: take
+        // them in, and give each the drain's window to send its request, answered with
+        // `Connection: close`.
+        let close_at = crate::registry::now_nanos()
+            .saturating_add(self.drain_spread_nanos.load(Ordering::Relaxed));
+        let mut backlog = 0;
+        while backlog < LISTEN_BACKLOG {
+            let Some(Ok((stream, peer))) = try_accept(&socket) else {
+                break;
+            };
+            backlog += 1;
+            if let Some(connection) = self.admit(&listener, stream, peer) {
+                connection.request_close_at(CloseReason::Shutdown, close_at);
+            }
+        }
         tracing::info!(listener = %listener.name, "stopped accepting");
     }
 
@@ -219,7 +237,7 @@ impl Proxy {
         listener: &Arc<Listener>,
         stream: std::net::TcpStream,
         peer: SocketAddr,
-    ) {
+    ) -> Option<Arc<crate::registry::Connection>> {
         listener.stats.on_accept();
         let settings = listener.settings();
         let key = ClientKey::new(peer.ip(), settings.client_ipv6_prefix);
@@ -237,7 +255,7 @@ impl Proxy {
             if settings.over_limit == OverLimitAction::Http429 {
                 self.refuse(stream);
             }
-            return;
+            return None;
         };
         let registration = self.registry.register(
             Arc::clone(&listener.name),
@@ -253,11 +271,12 @@ impl Proxy {
             lingering: Arc::clone(&self.lingering),
             max_lingering: max_lingering(self.connection_budget),
         };
+        let connection = Arc::clone(&context.registration.connection);
         self.tasks
             .spawn(connection::serve(ClientStream::new(stream), context));
+        Some(connection)
     }
 
-    /// Client connections open on all listeners.
     /// Descriptors client connections hold: open ones, lingering closes and refusals.
     fn open_connections(&self) -> u64 {
         let open: u64 = self
@@ -313,6 +332,11 @@ impl Proxy {
     /// in-flight requests finish within `grace`, then drop what is left.
     pub async fn shutdown(&self, grace: Duration) {
         tracing::info!(grace = ?grace, open = self.registry.connections().len(), "draining connections");
+        let spread = self.close_spread.min(grace / 2);
+        self.drain_spread_nanos.store(
+            u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.drain.cancel();
         // Connection tasks wait on their own wake-up only (not on shared tokens): tell each. One
         // registered after this loop sees the cancelled token when its task first looks. Idle
@@ -322,8 +346,10 @@ impl Proxy {
         let spread = u64::try_from(self.close_spread.min(grace / 2).as_nanos()).unwrap_or(u64::MAX);
         let start = crate::registry::now_nanos();
         let count = connections.len().max(1) as u64;
+        // The first moment is one step in, not at once: a client sending its next request right
+        // now (its connection idle for an instant) gets it answered, with `Connection: close`.
         for (index, connection) in connections.iter().enumerate() {
-            let offset = spread / count * index as u64;
+            let offset = spread / count * (index as u64 + 1);
             connection.request_close_at(CloseReason::Shutdown, start + offset);
         }
         self.tasks.close();
@@ -441,6 +467,26 @@ fn readiness_source(socket: socket2::Socket) -> std::io::Result<AsyncFd<socket2:
     // SAFETY: the `AsyncFd` takes ownership of `socket`, whose descriptor stays open and refers
     // to the same socket until the `AsyncFd` (and with it the socket) is dropped.
     Ok(unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?)
+}
+
+/// Accepts a connection waiting in the backlog, without waiting for one (`None`: none waits).
+fn try_accept(
+    socket: &AsyncFd<socket2::Socket>,
+) -> Option<std::io::Result<(std::net::TcpStream, SocketAddr)>> {
+    match socket
+        .get_ref()
+        .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+    {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(error) => Some(Err(error)),
+        Ok((stream, peer)) => Some(
+            peer.as_socket()
+                .map(|peer| (stream.into(), peer))
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "accepted a non-IP socket")
+                }),
+        ),
+    }
 }
 
 /// Accepts one connection: a non-blocking socket that is not registered with the reactor.

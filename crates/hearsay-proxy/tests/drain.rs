@@ -131,7 +131,7 @@ async fn a_drain_spreads_idle_closes_and_answers_requests_that_arrive_before_the
         assert!(Instant::now() < deadline, "still accepting");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Each idle connection closes at its moment of the spread: 0, 150, 300, 450 ms. A request
+    // Each idle connection closes at its moment of the spread: 150, 300, 450, 600 ms. A request
     // arriving first is answered, with Connection: close; one arriving as its connection closes
     // meets a clean end of stream, never a reset.
     let mut answered = 0;
