@@ -426,13 +426,21 @@ pub fn backend_key(pool: &str, address: &str) -> String {
     format!("{BACKEND_PREFIX}{pool}/{address}")
 }
 
+/// Names as the config file allows them, so a peer's key can never name more than a config
+/// could (bounded length, no control characters).
 pub fn parse_key(key: &str) -> Option<Target<'_>> {
     if let Some(name) = key.strip_prefix(LISTENER_PREFIX) {
-        return (!name.is_empty()).then_some(Target::Listener(name));
+        return hearsay_config::valid_name(name).then_some(Target::Listener(name));
     }
     let (pool, address) = key.strip_prefix(BACKEND_PREFIX)?.split_once('/')?;
-    (!pool.is_empty() && !address.is_empty()).then_some(Target::Backend { pool, address })
+    (hearsay_config::valid_name(pool)
+        && address.len() <= MAX_ADDRESS_LEN
+        && hearsay_config::valid_backend_address(address))
+    .then_some(Target::Backend { pool, address })
 }
+
+/// The longest backend address a key may carry (a DNS name of 253 bytes and a port).
+const MAX_ADDRESS_LEN: usize = 260;
 
 /// One setting to write, before it is stamped.
 #[derive(Debug, Clone, PartialEq, Eq)]

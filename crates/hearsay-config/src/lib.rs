@@ -19,7 +19,7 @@ use std::time::Duration;
 pub use hearsay_balancer::Algorithm;
 pub use ipnet::IpNet;
 pub use validate::{
-    decode_cluster_key, settings_problems, valid_authority as valid_backend_address,
+    decode_cluster_key, settings_problems, valid_authority as valid_backend_address, valid_name,
 };
 
 /// Default idle (keep-alive) timeout of a listener.

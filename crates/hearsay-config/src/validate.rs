@@ -158,7 +158,8 @@ impl Checker {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// A listener or pool name: 1-64 letters, digits, '-', '_' or '.'.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
