@@ -244,6 +244,8 @@ pub struct Cluster {
     /// The config file's values of the replicated settings, as read at start.
     file: FileValues,
     store: Mutex<Store>,
+    /// Writes the state file off the runtime.
+    persister: crate::persist::Persister,
     gossip: Option<Gossip>,
     views: ArcSwap<Views>,
     /// Entries changed locally and not yet written to the gossip state.
@@ -313,11 +315,16 @@ impl Cluster {
             None => None,
             Some(config) => Some(Self::join(&proxy, &options, config, &store).await?),
         };
+        let persister =
+            crate::persist::Persister::start(store.path().to_owned()).map_err(|error| {
+                ClusterError::State(format!("cannot start the state writer: {error}"))
+            })?;
         let cluster = Arc::new(Cluster {
             node_id: options.node_id.clone(),
             proxy,
             file: options.file,
             store: Mutex::new(store),
+            persister,
             gossip,
             views: ArcSwap::from_pointee(Views::default()),
             dirty: AtomicBool::new(false),
@@ -464,9 +471,7 @@ impl Cluster {
     /// has the loop gossip them. Returns the keys written.
     fn write(&self, store: &mut Store, writes: &[Write], origin: &Origin) -> Vec<String> {
         let keys = store.write(writes, unix_millis(), &self.node_id, origin);
-        if let Err(error) = store.persist() {
-            tracing::error!(%error, "cannot persist cluster state; the change is applied but will not survive a restart");
-        }
+        self.persister.save(store.snapshot());
         for key in &keys {
             if let Some(entry) = store.entries.get(key) {
                 if let Err(error) = replicated::apply(&self.proxy, &self.file, key, entry) {
@@ -811,8 +816,11 @@ impl Cluster {
 
     /// Leaves the cluster cleanly: announces it, gives gossip a few rounds to carry the news
     /// (bounded), then stops gossiping. Peers drop this node's client counts at once.
-    pub async fn leave(&self) {
+    pub async fn leave(self: &Arc<Self>) {
         self.stop.cancel();
+        // What is still to be written reaches the disk before the node goes.
+        let cluster = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || cluster.persister.finish()).await;
         let Some(gossip) = &self.gossip else {
             return;
         };
@@ -1447,9 +1455,7 @@ impl Cluster {
             }
         }
         if adopted {
-            if let Err(error) = store.persist() {
-                tracing::error!(%error, "cannot persist cluster state");
-            }
+            self.persister.save(store.snapshot());
         }
         adopted
     }

@@ -921,28 +921,26 @@ impl Store {
         ))
     }
 
-    /// Writes every entry and the baseline atomically: a temporary file, fsync, rename, fsync of
-    /// the directory.
+    /// Writes every entry and the baseline atomically (see [`write_atomically`]).
     pub fn persist(&self) -> std::io::Result<()> {
-        let directory = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(directory)?;
-        let temporary = self.path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&StateFile {
+        write_atomically(&self.path, &self.snapshot())
+    }
+
+    /// The state file's text for everything the store holds now.
+    pub fn snapshot(&self) -> String {
+        serde_json::to_string_pretty(&StateFile {
             format: STATE_FORMAT,
             entries: self.entries.clone(),
             baseline: self.baseline.clone(),
             baseline_read_ms: self.baseline_read_ms,
             file_edits: self.file_edits.clone(),
         })
-        .expect("entries serialize");
-        {
-            let mut file = std::fs::File::create(&temporary)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&temporary, &self.path)?;
-        std::fs::File::open(directory)?.sync_all()?;
-        Ok(())
+        .expect("entries serialize")
+    }
+
+    /// Where the state file is.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Reads the config file's values at start: what changed in them since the baseline becomes
@@ -1029,6 +1027,21 @@ impl Store {
         }
         keys
     }
+}
+
+/// Writes `text` to `path` atomically: a temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let directory = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(directory)?;
+    let temporary = path.with_extension("json.tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(directory)?.sync_all()?;
+    Ok(())
 }
 
 /// The formats of hearsay versions before per-field stamps: one stamp for a whole entry.
