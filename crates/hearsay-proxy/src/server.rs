@@ -51,6 +51,8 @@ pub struct Proxy {
     /// Client connections this node holds at most (all listeners together): what its file
     /// descriptors allow once upstream connections and a reserve are set aside.
     connection_budget: u64,
+    /// Closed connections that may linger at once (from the budget).
+    max_lingering: usize,
     /// Over how long a drain closes idle connections (`node.close_spread`).
     close_spread: Duration,
     /// The spread of the drain under way, in nanoseconds (set when it begins).
@@ -94,6 +96,7 @@ impl Proxy {
             .collect::<Result<Vec<_>, ProxyError>>()?;
         let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let connection_budget = connection_budget(open_files_limit());
         Ok(Arc::new(Proxy {
             listeners,
             pools,
@@ -104,7 +107,8 @@ impl Proxy {
             refusing: Arc::default(),
             lingering: Arc::default(),
             tasks: TaskTracker::new(),
-            connection_budget: connection_budget(open_files_limit()),
+            connection_budget,
+            max_lingering: max_lingering(connection_budget),
             close_spread: config.node.close_spread,
             drain_spread_nanos: std::sync::atomic::AtomicU64::new(0),
         }))
@@ -269,7 +273,7 @@ impl Proxy {
             drain: self.drain.clone(),
             abort: self.abort.clone(),
             lingering: Arc::clone(&self.lingering),
-            max_lingering: max_lingering(self.connection_budget),
+            max_lingering: self.max_lingering,
         };
         let connection = Arc::clone(&context.registration.connection);
         self.tasks
@@ -332,18 +336,14 @@ impl Proxy {
     /// in-flight requests finish within `grace`, then drop what is left.
     pub async fn shutdown(&self, grace: Duration) {
         tracing::info!(grace = ?grace, open = self.registry.connections().len(), "draining connections");
-        let spread = self.close_spread.min(grace / 2);
-        self.drain_spread_nanos.store(
-            u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        let spread = u64::try_from(self.close_spread.min(grace / 2).as_nanos()).unwrap_or(u64::MAX);
+        self.drain_spread_nanos.store(spread, Ordering::Relaxed);
         self.drain.cancel();
         // Connection tasks wait on their own wake-up only (not on shared tokens): tell each. One
         // registered after this loop sees the cancelled token when its task first looks. Idle
         // ones close at evenly spread moments of the close spread (at most half the grace), so
         // their clients do not all reconnect elsewhere at once; busy ones after their request.
         let connections = self.registry.connections();
-        let spread = u64::try_from(self.close_spread.min(grace / 2).as_nanos()).unwrap_or(u64::MAX);
         let start = crate::registry::now_nanos();
         let count = connections.len().max(1) as u64;
         // The first moment is one step in, not at once: a client sending its next request right

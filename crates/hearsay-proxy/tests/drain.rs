@@ -28,35 +28,25 @@ async fn reset_within(client: &mut Client, window: Duration) -> Option<std::io::
 
 /// A backend that answers every request with a 1 MiB body.
 async fn big_backend() -> std::net::SocketAddr {
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = socket.local_addr().unwrap();
-    tokio::spawn(async move {
+    support::raw_backend(|mut stream| async move {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
         loop {
-            let Ok((mut stream, _)) = socket.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buffer.drain(..end + 4);
-                        let mut answer =
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
-                        answer.resize(answer.len() + BIG, b'a');
-                        if stream.write_all(&answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                    }
+            while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                buffer.drain(..end + 4);
+                let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+                answer.resize(answer.len() + BIG, b'a');
+                if stream.write_all(&answer).await.is_err() {
+                    return;
                 }
-            });
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
         }
-    });
-    address
+    })
+    .await
 }
 
 const BIG: usize = 1 << 20;
@@ -107,13 +97,7 @@ async fn a_response_is_not_destroyed_by_closing_on_a_request_the_server_will_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_spreads_idle_closes_and_answers_requests_that_arrive_before_their_turn() {
     let backend = Backend::start("a").await;
-    let proxy = TestProxy::from_config(&format!(
-        "[node]\nid = \"test\"\nclose_spread = \"600ms\"\n\
-         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\nbackends = [\"{}\"]\n",
-        backend.address
-    ))
-    .await;
+    let proxy = TestProxy::start_with_node("close_spread = \"600ms\"", &[backend.address]).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
         let mut client = Client::connect(proxy.address).await;
@@ -163,13 +147,7 @@ async fn a_drain_spreads_idle_closes_and_answers_requests_that_arrive_before_the
 
     // Without requests, the closes themselves are spread: the last is at least ~300 ms after
     // the first (its moment comes no earlier, however busy the machine).
-    let proxy = TestProxy::from_config(&format!(
-        "[node]\nid = \"test\"\nclose_spread = \"600ms\"\n\
-         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\nbackends = [\"{}\"]\n",
-        backend.address
-    ))
-    .await;
+    let proxy = TestProxy::start_with_node("close_spread = \"600ms\"", &[backend.address]).await;
     let mut idle = Vec::new();
     for _ in 0..4 {
         let mut client = Client::connect(proxy.address).await;

@@ -251,13 +251,7 @@ async fn request_bodies_stream_to_the_backend() {
 async fn graceful_shutdown_finishes_in_flight_requests_and_closes_idle_connections_at_once() {
     let backend = Backend::start("b1").await;
     // No close spread: idle connections close the moment the drain begins.
-    let proxy = TestProxy::from_config(&format!(
-        "[node]\nid = \"test\"\nclose_spread = \"0s\"\n\
-         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\nbackends = [\"{}\"]\n",
-        backend.address
-    ))
-    .await;
+    let proxy = TestProxy::start_with_node("close_spread = \"0s\"", &[backend.address]).await;
     let mut idle = Client::connect(proxy.address).await;
     assert_eq!(idle.get("/").await.status, 200);
     let mut busy = Client::connect(proxy.address).await;

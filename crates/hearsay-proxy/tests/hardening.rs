@@ -16,55 +16,49 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// body (as a backend answering 401 or 413 to an upload does), then reads what body comes. It
 /// records the request line of every head it sees.
 async fn early_answering_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = socket.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = socket.accept().await else {
-                return;
-            };
-            let record = Arc::clone(&record);
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-                    buffer.drain(..end + 4);
-                    record
-                        .lock()
-                        .unwrap()
-                        .push(head.lines().next().unwrap_or_default().to_owned());
-                    let length: usize = head
-                        .lines()
-                        .filter_map(|line| line.split_once(':'))
-                        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, value)| value.trim().parse().ok())
-                        .unwrap_or(0);
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
+    let address = support::raw_backend(move |mut stream| {
+        let record = Arc::clone(&record);
+        async move {
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
                     }
-                    // Then the body, as far as it comes.
-                    while buffer.len() < length {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buffer.drain(..length);
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                buffer.drain(..end + 4);
+                record
+                    .lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or_default().to_owned());
+                let length: usize = head
+                    .lines()
+                    .filter_map(|line| line.split_once(':'))
+                    .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, value)| value.trim().parse().ok())
+                    .unwrap_or(0);
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(answer).await.is_err() {
+                    return;
                 }
-            });
+                // Then the body, as far as it comes.
+                while buffer.len() < length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buffer.drain(..length);
+            }
         }
-    });
+    })
+    .await;
     (address, seen)
 }
 
@@ -176,14 +170,7 @@ async fn uploads_cut_short_by_their_clients_eject_no_backend() {
 
 /// A backend that frames its response with both Content-Length (wrong) and chunked coding.
 async fn both_framings_backend() -> SocketAddr {
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = socket.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
+    support::raw_backend(|mut stream| async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
@@ -202,10 +189,8 @@ async fn both_framings_backend() -> SocketAddr {
                         }
                     }
                 }
-            });
-        }
-    });
-    address
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -261,6 +261,19 @@ impl TestProxy {
         TestProxy::from_config(&text).await
     }
 
+    /// Starts a proxy with `[node]` keys (e.g. `close_spread`), one listener "web" and a pool
+    /// "app" of `backends`.
+    pub async fn start_with_node(node_keys: &str, backends: &[SocketAddr]) -> TestProxy {
+        let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+        TestProxy::from_config(&format!(
+            "[node]\nid = \"test\"\n{node_keys}\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+             [[pool]]\nname = \"app\"\nbackends = [{}]\n",
+            backends.join(", ")
+        ))
+        .await
+    }
+
     /// Starts a proxy from a whole config text (its first listener is the one under test).
     pub async fn from_config(text: &str) -> TestProxy {
         let config = Config::parse(text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
@@ -442,6 +455,22 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     condition()
+}
+
+/// A raw-socket backend on 127.0.0.1 port 0: `serve` runs for every accepted connection.
+pub async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    address
 }
 
 /// An address nothing listens on.
