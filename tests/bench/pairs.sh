@@ -3,14 +3,15 @@
 # of ../shared/bench/peers.sh on a noisy machine: prints each pair's rps ratio (hearsay/HAProxy),
 # their median, and each proxy's CPU time per request (from /proc, user + system).
 # Same layout as peers.sh: backend (nginx) and wrk on CPU 0, each proxy with one thread on CPU 1.
-# Usage: tests/bench/pairs.sh [keepalive|close] [PAIRS] [SECONDS]   (from the repository root)
+# Usage: tests/bench/pairs.sh [keepalive|close] [PAIRS] [SECONDS]   (from the repository root;
+# BIN=/path/to/hearsay measures that binary instead of building target/release/hearsay)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=${1:-keepalive} PAIRS=${2:-10} DUR=${3:-3}
 for t in wrk:wrk nginx:nginx-light haproxy:haproxy curl:curl; do
   command -v "${t%%:*}" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${t#*:}" >/dev/null; }
 done
-cargo build --release --locked -p hearsay
+[[ -n ${BIN:-} ]] || { cargo build --release --locked -p hearsay; BIN=$PWD/target/release/hearsay; }
 W=$(mktemp -d /tmp/pairs.XXXX); trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
 cat >"$W/backend.conf" <<C
 worker_processes 1; daemon off; pid $W/b.pid; error_log $W/b.err;
@@ -38,7 +39,7 @@ C
 sed -e 's/KEEPALIVE/75s/' -e "s#/tmp/hearsay-bench#$W/data#" tests/bench/hearsay.toml >"$W/hearsay.toml"
 taskset -c 0 nginx -c "$W/backend.conf" -p "$W" & sleep 0.3
 taskset -c 1 haproxy -f "$W/haproxy.cfg" -q & haproxy_pid=$!
-taskset -c 1 target/release/hearsay --log-level warn run --config "$W/hearsay.toml" >"$W/hearsay.log" 2>&1 & hearsay_pid=$!
+taskset -c 1 "$BIN" --log-level warn run --config "$W/hearsay.toml" >"$W/hearsay.log" 2>&1 & hearsay_pid=$!
 sleep 1
 for port in 18082 18083; do curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "port $port not answering"; exit 1; }; done
 hdr=(); [[ $MODE == close ]] && hdr=(-H 'Connection: close')

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks hearsay side by side with NGINX and HAProxy using the shared scripts.
-# Usage: tests/bench/run.sh [peers|idle|all] (from the repository root; builds a release binary).
+# Usage: tests/bench/run.sh [peers|idle|all] (from the repository root; builds a release binary,
+# or measures the binary BIN=/path/to/hearsay, e.g. an older build to compare with).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BENCH=${BENCH_DIR:-../shared/bench}
-cargo build --release --locked -p hearsay
-BIN=$PWD/target/release/hearsay CONF=$PWD/tests/bench/hearsay.toml
+[[ -n ${BIN:-} ]] || { cargo build --release --locked -p hearsay; BIN=$PWD/target/release/hearsay; }
+CONF=$PWD/tests/bench/hearsay.toml
 what=${1:-all}
 if [[ $what == peers || $what == all ]]; then
   SUBJECT_CMD="sed 's/KEEPALIVE/75s/' $CONF > /tmp/hearsay-bench-peers.toml && exec $BIN --log-level warn run --config /tmp/hearsay-bench-peers.toml" \
