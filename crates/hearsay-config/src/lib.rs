@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use file::{read_regular_file, FileError};
 pub use hearsay_balancer::Algorithm;
 pub use ipnet::IpNet;
 pub use validate::{
