@@ -784,3 +784,200 @@ fn hearsay_ctl_prints_tables_and_changes_settings() {
     assert!(!unauthenticated.status.success());
     assert!(String::from_utf8_lossy(&unauthenticated.stderr).contains("Unauthenticated"));
 }
+
+/// A CA, the admin API's certificate (for 127.0.0.1 and localhost) and two client certificates:
+/// one the CA signed, one from a stranger CA. PEM files in a scratch directory.
+struct AdminPki {
+    dir: std::path::PathBuf,
+}
+
+impl AdminPki {
+    fn new() -> AdminPki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = std::path::PathBuf::from(temp_data_dir()).join("pki");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+        let leaf = |name: &str, names: &[&str], issuer: &CertifiedIssuer<'_, KeyPair>| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, issuer)
+                .unwrap();
+            write(&format!("{name}.crt"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        let ours = ca("hearsay admin test CA");
+        let stranger = ca("some other CA");
+        write("ca.pem", ours.pem());
+        leaf("server", &["localhost", "127.0.0.1"], &ours);
+        leaf("client", &["ops.example"], &ours);
+        leaf("stranger", &["ops.example"], &stranger);
+        AdminPki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn start_node(&self, client_ca: bool) -> Node {
+        let client_ca = if client_ca {
+            format!(", client_ca = \"{}\"", self.path("ca.pem"))
+        } else {
+            String::new()
+        };
+        let (backend, _) = start_backend();
+        Node::start(&format!(
+            "[node]\nid = \"admin-tls\"\ndata_dir = \"{}\"\nshutdown_grace = \"2s\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\"{client_ca} }}\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+             [[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+            temp_data_dir(),
+            self.path("server.crt"),
+            self.path("server.key"),
+        ))
+    }
+
+    /// grpcurl over TLS (trusting our CA), with the client certificate `client` if any.
+    fn grpcurl(&self, node: &Node, client: Option<&str>, token: bool, args: &[&str]) -> Grpcurl {
+        let mut command = Command::new(grpcurl_binary());
+        command.args(["-max-time", "10", "-cacert", &self.path("ca.pem")]);
+        if let Some(client) = client {
+            command.args(["-cert", &self.path(&format!("{client}.crt"))]);
+            command.args(["-key", &self.path(&format!("{client}.key"))]);
+        }
+        if token {
+            command.args(["-H", &format!("authorization: Bearer {TOKEN}")]);
+        }
+        command.arg(node.admin.to_string()).args(args);
+        Grpcurl {
+            output: command.output().expect("grpcurl runs"),
+        }
+    }
+}
+
+#[test]
+fn tls_admin_api_serves_grpcurl_and_ctl_over_tls_only() {
+    let pki = AdminPki::new();
+    let node = pki.start_node(false);
+
+    let services = pki.grpcurl(&node, None, true, &["list"]).json();
+    assert!(
+        services
+            .lines()
+            .any(|line| line == "hearsay.admin.v1.Admin"),
+        "{services}"
+    );
+    let health = pki
+        .grpcurl(&node, None, true, &["grpc.health.v1.Health/Check"])
+        .json();
+    assert!(health.contains("\"status\": \"SERVING\""), "{health}");
+    // The token stays required over TLS.
+    let refused = pki.grpcurl(&node, None, false, &["list"]).error();
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+    // Clear text gets no answer.
+    let plain = Grpcurl {
+        output: Command::new(grpcurl_binary())
+            .args(["-plaintext", "-connect-timeout", "2", "-max-time", "3"])
+            .args(["-H", &format!("authorization: Bearer {TOKEN}")])
+            .arg(node.admin.to_string())
+            .arg("list")
+            .output()
+            .unwrap(),
+    }
+    .error();
+    assert!(!plain.contains("hearsay.admin.v1.Admin"), "{plain}");
+
+    // hearsay ctl: TLS with --cacert; the client address is still seen (writes record it).
+    let output = Command::new(support::HEARSAY)
+        .args(["ctl", "--admin", &node.admin.to_string()])
+        .args(["--cacert", &pki.path("ca.pem"), "status"])
+        .env("HEARSAY_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.starts_with("node admin-tls (hearsay "),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(support::HEARSAY)
+        .args(["ctl", "--admin", &node.admin.to_string(), "status"])
+        .env("HEARSAY_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "ctl without --cacert speaks clear text: refused"
+    );
+}
+
+#[test]
+fn tls_admin_api_with_client_ca_requires_a_client_certificate_it_signed() {
+    let pki = AdminPki::new();
+    let node = pki.start_node(true);
+
+    let services = pki.grpcurl(&node, Some("client"), true, &["list"]).json();
+    assert!(
+        services
+            .lines()
+            .any(|line| line == "hearsay.admin.v1.Admin"),
+        "{services}"
+    );
+    let listeners = pki
+        .grpcurl(
+            &node,
+            Some("client"),
+            true,
+            &["hearsay.admin.v1.Admin/ListListeners"],
+        )
+        .json();
+    assert!(listeners.contains("\"name\": \"web\""), "{listeners}");
+
+    // No client certificate, or one from another CA: the handshake fails.
+    for client in [None, Some("stranger")] {
+        let refused = pki.grpcurl(&node, client, true, &["list"]).error();
+        assert!(
+            refused.contains("Failed to dial target host"),
+            "{client:?}: {refused}"
+        );
+    }
+    // A certificate is not a token: the bearer token is still the second factor.
+    let no_token = pki.grpcurl(&node, Some("client"), false, &["list"]).error();
+    assert!(no_token.contains("Unauthenticated"), "{no_token}");
+
+    // hearsay ctl with --cert/--key from the environment.
+    let ctl_with = |cert: Option<&str>| {
+        let mut command = Command::new(support::HEARSAY);
+        command
+            .args(["ctl", "--admin", &node.admin.to_string(), "listeners"])
+            .env("HEARSAY_ADMIN_TOKEN", TOKEN)
+            .env("HEARSAY_ADMIN_CACERT", pki.path("ca.pem"));
+        if let Some(cert) = cert {
+            command
+                .env("HEARSAY_ADMIN_CERT", pki.path(&format!("{cert}.crt")))
+                .env("HEARSAY_ADMIN_KEY", pki.path(&format!("{cert}.key")));
+        }
+        command.output().unwrap()
+    };
+    let output = ctl_with(Some("client"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("web"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = ctl_with(None);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}

@@ -20,6 +20,28 @@ pub struct CtlArgs {
     /// Admin token (sent as "authorization: Bearer <token>").
     #[arg(long, env = "HEARSAY_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) to verify a TLS admin API with; turns TLS on.
+    #[arg(long, env = "HEARSAY_ADMIN_CACERT", value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for an admin API that requires one (admin.tls.client_ca).
+    #[arg(
+        long,
+        env = "HEARSAY_ADMIN_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "HEARSAY_ADMIN_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    key: Option<std::path::PathBuf>,
+    /// Name to verify the admin API's certificate against (default: the host of --admin).
+    #[arg(long, env = "HEARSAY_ADMIN_SERVER_NAME")]
+    server_name: Option<String>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -230,17 +252,58 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The TLS settings of `--cacert`, `--cert`/`--key` and `--server-name`; `None` without `--cacert`.
+fn client_tls(args: &CtlArgs) -> Result<Option<tonic::transport::ClientTlsConfig>, CtlError> {
+    let Some(cacert) = &args.cacert else {
+        if args.cert.is_some() {
+            return Err(CtlError::Usage(
+                "--cert needs --cacert (the CA that signed the admin API's certificate)".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|error| CtlError::Usage(format!("{flag} {}: {error}", path.display())))
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(read("--cacert", cacert)?),
+    );
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read("--cert", cert)?,
+            read("--key", key)?,
+        ));
+    }
+    if let Some(name) = &args.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Some(tls))
+}
+
 /// Runs a ctl command and returns what to print.
 pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
-    let address = if args.admin.contains("://") {
-        args.admin.clone()
-    } else {
-        format!("http://{}", args.admin)
+    let tls = client_tls(&args)?;
+    let address = match (args.admin.contains("://"), tls.is_some()) {
+        (true, _) => args.admin.clone(),
+        (false, true) => format!("https://{}", args.admin),
+        (false, false) => format!("http://{}", args.admin),
     };
-    let endpoint = Endpoint::from_shared(address.clone())
+    if address.starts_with("https://") && tls.is_none() {
+        return Err(CtlError::Usage(
+            "an https admin address needs --cacert (the CA that signed the admin API's certificate)"
+                .to_owned(),
+        ));
+    }
+    let mut endpoint = Endpoint::from_shared(address.clone())
         .map_err(|_| CtlError::Usage(format!("--admin {:?} is not an address", args.admin)))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|error| CtlError::Usage(format!("TLS settings: {}", root_cause(&error))))?;
+    }
     let channel = endpoint
         .connect()
         .await

@@ -44,18 +44,52 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("admin server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot read {}: {reason}", .path.display())]
+    TlsFile {
+        path: std::path::PathBuf,
+        reason: std::io::Error,
+    },
+}
+
+/// How long a client may take over the TLS handshake of the admin API.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// tonic's TLS settings from the (already checked) files of `[admin] tls`.
+fn server_tls(
+    tls: &hearsay_config::AdminTls,
+) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|reason| ServeError::TlsFile {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let mut config = tonic::transport::ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
 }
 
 /// Serves the admin API on `listener` until `shutdown` is cancelled. When `token` is set, every
-/// call except the health service needs `authorization: Bearer <token>`.
+/// call except the health service needs `authorization: Bearer <token>`. With `tls` the API is
+/// served over TLS only, and with its `client_ca` only to clients with a certificate it signed.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     cluster: Arc<hearsay_cluster::Cluster>,
     node: NodeInfo,
     token: Option<String>,
+    tls: Option<hearsay_config::AdminTls>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        server = server.tls_config(server_tls(tls)?)?;
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
@@ -86,7 +120,7 @@ pub async fn serve(
                 .await;
         }
     };
-    tonic::transport::Server::builder()
+    server
         .add_service(health_service)
         .add_service(admin)
         .add_service(reflection_v1)

@@ -16,7 +16,7 @@ pub(crate) const CONFIG_FILE_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Why a file could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(crate) enum FileError {
     #[error("cannot read {}: {source}", quote(&.path.to_string_lossy()))]
     Read {
         path: PathBuf,
@@ -32,7 +32,7 @@ pub enum FileError {
 /// The text of a regular file of at most `limit` bytes. Anything else (FIFO, socket, device,
 /// directory) is refused *before* it is opened: opening a FIFO blocks until a writer appears.
 /// Symbolic links are followed (mounted secrets usually are links).
-pub fn read_regular_file(path: &Path, limit: u64) -> Result<String, FileError> {
+pub(crate) fn read_regular_file(path: &Path, limit: u64) -> Result<String, FileError> {
     let read_error = |source| FileError::Read {
         path: path.to_owned(),
         source,

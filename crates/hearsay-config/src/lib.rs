@@ -16,7 +16,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{read_regular_file, FileError};
 pub use hearsay_balancer::Algorithm;
 pub use ipnet::IpNet;
 pub use validate::{
@@ -73,8 +72,21 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token every admin call but the health check must carry; `None` = no auth.
     pub token: Option<String>,
-    /// Accept unauthenticated admin access on a non-loopback address.
+    /// Accept admin access without TLS, or without a token or client certificate, on a
+    /// non-loopback address.
     pub insecure: bool,
+    /// TLS for the admin API (and mTLS with `client_ca`).
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin API's certificate, and the CA its clients' certificates must be signed by.
+/// The files were read and checked when the config was loaded; the server reads them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, only clients with a certificate signed by this CA get in (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -83,6 +95,7 @@ impl fmt::Debug for AdminConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("insecure", &self.insecure)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -107,6 +107,15 @@ pub(crate) struct RawAdmin {
     pub token: Option<String>,
     pub token_file: Option<String>,
     pub insecure: Option<bool>,
+    pub tls: Option<RawAdminTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdminTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

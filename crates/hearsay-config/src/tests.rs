@@ -1,5 +1,6 @@
 //! Table-driven tests of good and bad config files.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{Algorithm, Config, ConfigError, OverLimitAction};
@@ -279,8 +280,19 @@ fn admin_section_defaults_and_guards() {
         "[admin]\nlisten = \"0.0.0.0:9100\"\ntoken = \"0123456789abcdef\"\n{}",
         with_listener("")
     );
+    let found = problems(&with_token);
     assert_eq!(
-        Config::parse(&with_token).unwrap().admin.token.as_deref(),
+        found,
+        ["admin.listen: 0.0.0.0:9100 is not a loopback address and the admin API has no TLS: its \
+          token and its answers would cross the network in clear text; set admin.tls = { cert = \
+          \"...\", key = \"...\" }, or insecure = true"],
+    );
+    let local_token = format!(
+        "[admin]\ntoken = \"0123456789abcdef\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        Config::parse(&local_token).unwrap().admin.token.as_deref(),
         Some("0123456789abcdef")
     );
     let short = format!("[admin]\ntoken = \"short\"\n{}", with_listener(""));
@@ -831,5 +843,121 @@ fn the_config_file_is_read_up_to_a_limit() {
             .to_string()
             .starts_with("cannot read config file /nonexistent/hearsay.toml: "),
         "{error}"
+    );
+}
+
+/// A CA, and a server certificate it signed, written to a scratch directory.
+struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    fn new(name: &str) -> TlsFiles {
+        let dir =
+            std::env::temp_dir().join(format!("hearsay-config-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["admin.example".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("admin.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("admin.key"), key.serialize_pem()).unwrap();
+        std::fs::write(
+            dir.join("other.key"),
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        TlsFiles { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn admin_tls_files_are_read_and_checked() {
+    let files = TlsFiles::new("admin");
+    let config = |tls: String, rest: &str| {
+        format!(
+            "[admin]\nlisten = \"0.0.0.0:9100\"\n{rest}tls = {{ {tls} }}\n{}",
+            with_listener("")
+        )
+    };
+    let good = format!(
+        "cert = \"{}\", key = \"{}\"",
+        files.path("admin.crt"),
+        files.path("admin.key")
+    );
+
+    // TLS and a token: a non-loopback admin API is fine.
+    let parsed = Config::parse(&config(good.clone(), "token = \"0123456789abcdef\"\n")).unwrap();
+    let tls = parsed.admin.tls.unwrap();
+    assert_eq!(tls.cert, PathBuf::from(files.path("admin.crt")));
+    assert_eq!(tls.client_ca, None);
+
+    // TLS without a token nor client certificates: anyone could still reconfigure the node.
+    let found = problems(&config(good.clone(), ""));
+    assert!(
+        found.len() == 1 && found[0].contains("no admin token is set"),
+        "{found:?}"
+    );
+    // Client certificates stand in for the token.
+    let mtls = format!("{good}, client_ca = \"{}\"", files.path("ca.pem"));
+    let parsed = Config::parse(&config(mtls, "")).unwrap();
+    assert_eq!(
+        parsed.admin.tls.unwrap().client_ca,
+        Some(PathBuf::from(files.path("ca.pem")))
+    );
+
+    // Files that cannot serve are named.
+    let mismatch = format!(
+        "cert = \"{}\", key = \"{}\"",
+        files.path("admin.crt"),
+        files.path("other.key")
+    );
+    let found = problems(&config(mismatch, "insecure = true\n"));
+    assert_eq!(
+        found,
+        [format!(
+            "admin.tls: {}: the key does not belong to the certificate in {}",
+            files.path("other.key"),
+            files.path("admin.crt")
+        )]
+    );
+    let bad_ca = format!("{good}, client_ca = \"{}\"", files.path("admin.key"));
+    let found = problems(&config(bad_ca, "insecure = true\n"));
+    assert_eq!(
+        found,
+        [format!(
+            "admin.tls.client_ca: {}: no certificate found (expected PEM blocks \"-----BEGIN CERTIFICATE-----\")",
+            files.path("admin.key")
+        )]
+    );
+    let half = format!("cert = \"{}\"", files.path("admin.crt"));
+    let found = problems(&config(half, "insecure = true\n"));
+    assert_eq!(
+        found,
+        ["admin.tls: needs both cert (PEM certificate chain file) and key (PEM private key file)"]
+    );
+    let unknown = format!("{good}, ciphers = \"weak\"");
+    let found = problems(&config(unknown, "insecure = true\n"));
+    assert!(
+        found.len() == 1 && found[0].starts_with("admin"),
+        "{found:?}"
     );
 }

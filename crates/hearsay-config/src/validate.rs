@@ -11,18 +11,18 @@ use serde::Deserialize;
 use crate::excerpt::{bounded, excerpt, quote, MESSAGE_LIMIT, QUOTE_LIMIT};
 use crate::file::{read_regular_file, SECRET_FILE_LIMIT};
 use crate::raw::{
-    RawAdmin, RawBackend, RawCluster, RawHealthCheck, RawListener, RawNode, RawOutlier, RawPool,
-    RawRuntime, RawSecret, RawTcpKeepalive,
+    RawAdmin, RawAdminTls, RawBackend, RawCluster, RawHealthCheck, RawListener, RawNode,
+    RawOutlier, RawPool, RawRuntime, RawSecret, RawTcpKeepalive,
 };
 use crate::{
-    format_duration, host_name, AdminConfig, Algorithm, BackendConfig, BackendStateConfig,
-    ClusterConfig, Config, ConfigError, HealthCheckConfig, HealthCheckKind, IpNet, ListenerConfig,
-    ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction, PoolConfig, Problem,
-    RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CLOSE_SPREAD,
-    DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_PUBLISHED_CLIENTS,
-    DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT, MAX_PUBLISHED_CLIENTS, MAX_REQUEST_HEADER_SIZE,
-    MIN_REQUEST_HEADER_SIZE,
+    format_duration, host_name, AdminConfig, AdminTls, Algorithm, BackendConfig,
+    BackendStateConfig, ClusterConfig, Config, ConfigError, HealthCheckConfig, HealthCheckKind,
+    IpNet, ListenerConfig, ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction,
+    PoolConfig, Problem, RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_CLOSE_SPREAD, DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE,
+    DEFAULT_PUBLISHED_CLIENTS, DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
+    MAX_PUBLISHED_CLIENTS, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
 };
 
 const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "cluster", "listener", "pool"];
@@ -358,20 +358,69 @@ fn admin(checker: &mut Checker, raw: RawAdmin) -> AdminConfig {
         }
     }
     let insecure = raw.insecure.unwrap_or(false);
-    if token.is_none() && !insecure && !listen.ip().is_loopback() {
-        checker.problem(
-            "admin.listen",
-            format!(
-                "{listen} is not a loopback address and no admin token is set: anyone who can reach it \
-                 could reconfigure the node; set admin.token or admin.token_file, or insecure = true"
-            ),
-        );
+    let tls = raw.tls.and_then(|raw| admin_tls(checker, raw));
+    let client_certificates = tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+    if !insecure && !listen.ip().is_loopback() {
+        if token.is_none() && !client_certificates {
+            checker.problem(
+                "admin.listen",
+                format!(
+                    "{listen} is not a loopback address and no admin token is set: anyone who can reach it \
+                     could reconfigure the node; set admin.token or admin.token_file (or admin.tls.client_ca \
+                     for client certificates), or insecure = true"
+                ),
+            );
+        }
+        if tls.is_none() {
+            checker.problem(
+                "admin.listen",
+                format!(
+                    "{listen} is not a loopback address and the admin API has no TLS: its token and its \
+                     answers would cross the network in clear text; set admin.tls = {{ cert = \"...\", \
+                     key = \"...\" }}, or insecure = true"
+                ),
+            );
+        }
     }
     AdminConfig {
         listen,
         token,
         insecure,
+        tls,
     }
+}
+
+/// `[admin] tls = { cert, key, client_ca }`: the files must exist and be usable now (the key
+/// matching the certificate, the certificate valid), so `check-config` finds what the start would.
+fn admin_tls(checker: &mut Checker, raw: RawAdminTls) -> Option<AdminTls> {
+    let (Some(cert), Some(key)) = (raw.cert, raw.key) else {
+        checker.problem(
+            "admin.tls",
+            "needs both cert (PEM certificate chain file) and key (PEM private key file)",
+        );
+        return None;
+    };
+    let files = hearsay_tls::CertificateFiles {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+    };
+    let mut usable = true;
+    if let Err(error) = hearsay_tls::Certificate::load(&files, std::time::SystemTime::now()) {
+        checker.problem("admin.tls", error.to_string());
+        usable = false;
+    }
+    let client_ca = raw.client_ca.map(PathBuf::from);
+    if let Some(path) = &client_ca {
+        if let Err(error) = hearsay_tls::read_ca_file(path) {
+            checker.problem("admin.tls.client_ca", error.to_string());
+            usable = false;
+        }
+    }
+    usable.then_some(AdminTls {
+        cert: files.cert,
+        key: files.key,
+        client_ca,
+    })
 }
 
 fn socket_address(checker: &mut Checker, path: &str, text: &str) -> Option<SocketAddr> {

@@ -4,6 +4,7 @@
 //! fingerprint) is kept next to it.
 
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,13 +97,56 @@ impl Certificate {
     }
 }
 
-fn read(path: &Path, limit: u64) -> Result<String, TlsError> {
-    hearsay_config::read_regular_file(path, limit).map_err(TlsError::File)
+/// The bytes of a regular file of at most `limit` bytes. A FIFO or device is refused before it
+/// is opened (opening a FIFO blocks until a writer appears); links are followed (mounted secrets
+/// usually are links).
+fn read(path: &Path, limit: u64) -> Result<Vec<u8>, TlsError> {
+    let unreadable = |source: std::io::Error| TlsError::Read {
+        path: path.to_owned(),
+        reason: source.to_string(),
+    };
+    let regular = |metadata: std::fs::Metadata| {
+        if !metadata.is_file() {
+            return Err(TlsError::NotRegular {
+                path: path.to_owned(),
+            });
+        }
+        Ok(())
+    };
+    regular(std::fs::metadata(path).map_err(unreadable)?)?;
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // The name may have been pointed elsewhere since the check: look at what was opened.
+    regular(file.metadata().map_err(unreadable)?)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > limit {
+        return Err(TlsError::TooLarge {
+            path: path.to_owned(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The certificates of a CA file (PEM), to verify peers with: at least one, each parseable.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = read_chain(path)?;
+    for certificate in &certificates {
+        x509_parser::parse_x509_certificate(certificate).map_err(|error| {
+            TlsError::BadCertificate {
+                path: path.to_owned(),
+                detail: error.to_string(),
+            }
+        })?;
+    }
+    Ok(certificates)
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let text = read(path, CHAIN_FILE_LIMIT)?;
-    let chain = CertificateDer::pem_slice_iter(text.as_bytes())
+    let bytes = read(path, CHAIN_FILE_LIMIT)?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, pem::Error>>()
         .map_err(|error| TlsError::BadPem {
             path: path.to_owned(),
@@ -117,8 +161,8 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let text = read(path, KEY_FILE_LIMIT)?;
-    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|error| match error {
+    let bytes = read(path, KEY_FILE_LIMIT)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|error| match error {
         pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_owned(),
         },

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 
-pub use certificate::{fingerprint, Certificate, CertificateFiles, CertificateInfo};
+pub use certificate::{fingerprint, read_ca_file, Certificate, CertificateFiles, CertificateInfo};
 pub use reload::ListenerCertificates;
 pub use rustls;
 pub use sni::{CertificateSet, SniResolver};
@@ -26,8 +26,12 @@ pub use sni::{CertificateSet, SniResolver};
 /// Why TLS material cannot be used. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{0}")]
-    File(#[from] hearsay_config::FileError),
+    #[error("cannot read {}: {reason}", .path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("{} is not a regular file", .path.display())]
+    NotRegular { path: PathBuf },
+    #[error("{} is larger than {limit} bytes", .path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("{}: no certificate found (expected PEM blocks \"-----BEGIN CERTIFICATE-----\")", .path.display())]
     NoCertificate { path: PathBuf },
     #[error("{}: no private key found (expected a PEM PKCS#8, RSA or EC private key)", .path.display())]

@@ -516,3 +516,23 @@ fn a_reload_serves_the_new_certificate_and_a_bad_one_keeps_the_old() {
     let client = handshake(&config, ca.client(BOTH), "a.example.com").unwrap();
     assert_eq!(served(&client), reloaded.certificates()[0].info.sha256);
 }
+
+#[test]
+fn a_ca_file_is_read_and_checked() {
+    let scratch = Scratch::new("ca");
+    let ca = Ca::new("Test CA");
+    let path = scratch.write("ca.pem", &ca.issuer.pem());
+    assert_eq!(read_ca_file(&path).unwrap(), [ca.issuer.der().clone()]);
+    let empty = scratch.write("empty.pem", "");
+    let message = read_ca_file(&empty).unwrap_err().to_string();
+    assert!(
+        message.contains("empty.pem: no certificate found"),
+        "{message}"
+    );
+    let huge = scratch.write("huge.pem", &"x".repeat(1024 * 1024 + 1));
+    let message = read_ca_file(&huge).unwrap_err().to_string();
+    assert!(
+        message.contains("huge.pem is larger than 1048576 bytes"),
+        "{message}"
+    );
+}

@@ -157,8 +157,14 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             started_at: std::time::SystemTime::now(),
             admin_address,
         };
-        if config.admin.token.is_none() && !admin_address.ip().is_loopback() {
-            tracing::warn!(address = %admin_address, "admin API open without a token (admin.insecure = true)");
+        if !admin_address.ip().is_loopback() {
+            let client_certificates = config.admin.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+            if config.admin.token.is_none() && !client_certificates {
+                tracing::warn!(address = %admin_address, "admin API open without a token or client certificates (admin.insecure = true)");
+            }
+            if config.admin.tls.is_none() {
+                tracing::warn!(address = %admin_address, "admin API without TLS on a non-loopback address: tokens and answers cross the network in clear text (admin.insecure = true)");
+            }
         }
         let mut admin = tokio::spawn(hearsay_admin::serve(
             admin_socket,
@@ -166,9 +172,16 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             Arc::clone(&cluster),
             node,
             config.admin.token.clone(),
+            config.admin.tls.clone(),
             stop_admin.clone(),
         ));
-        tracing::info!(address = %admin_address, auth = config.admin.token.is_some(), "admin API listening");
+        tracing::info!(
+            address = %admin_address,
+            auth = config.admin.token.is_some(),
+            tls = config.admin.tls.is_some(),
+            client_certificates = config.admin.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+            "admin API listening"
+        );
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), connection_budget = proxy.connection_budget(), "node started");
         tokio::select! {
             () = signals.stop() => {}
