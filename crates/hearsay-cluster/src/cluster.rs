@@ -1,24 +1,13 @@
 //! The node's view of its cluster: membership, replicated entries, shared health and
 //! cluster-wide client counts, kept in step with chitchat by one loop per node.
 //!
-//! Gossip key schema (each node's own chitchat state):
-//!
-//! | key | value | meaning |
-//! |---|---|---|
-//! | `node:admin`, `node:version`, `node:listeners` | text | what `ListMembers` shows |
-//! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
-//! | `node:ready` | `1` / `0` | listeners bound |
-//! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON [`Entry`]: stamped fields | replicated settings, merged field by field by every node |
-//! | `c:<listener>/<client key>` | `<count>` / `<count>e` | this node's open connections of one client it leads / echoes (see [`client_counts`]) |
-//! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
-//! | `e:<pool>/<backend>` | `<until>,<since>` unix ms | this node's passive ejection: until then, begun then |
-//! | `p:<pool>/<backend>` | unix ms | start of this prober's latest passing check (while its verdict is healthy and some node ejects the backend) |
+//! The gossip keys and their values are in [`crate::keys`].
 //!
 //! The proxy never waits on any of this: the loop pushes typed results into the proxy's own
 //! structures (listener settings, remote client counts, backend health) once per gossip round.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,22 +25,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client_counts;
 use crate::hlc::unix_millis;
+use crate::keys::{
+    self, backend_key, listener_key, Announced, BACKEND_PREFIX, COUNT_PREFIX, EJECTION_PREFIX,
+    KEY_ADMIN, KEY_LISTENERS, KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX,
+    VERDICT_PREFIX,
+};
 use crate::replicated::{
-    self, backend_key, listener_key, BackendStateValue, Entry, FileValues, ListenerField, Loaded,
-    Origin, Source, Store, Write, BACKEND_PREFIX, LISTENER_PREFIX,
+    self, BackendStateValue, Entry, FileValues, ListenerField, Loaded, Origin, Source, Store, Write,
 };
 use crate::shared_health;
 use crate::transport::{GossipTransport, Keyring, TransportStats};
 
-const COUNT_PREFIX: &str = "c:";
-const VERDICT_PREFIX: &str = "h:";
-const EJECTION_PREFIX: &str = "e:";
-const PASS_PREFIX: &str = "p:";
-const KEY_ADMIN: &str = "node:admin";
-const KEY_VERSION: &str = "node:version";
-const KEY_LISTENERS: &str = "node:listeners";
-const KEY_STATE: &str = "node:state";
-const KEY_READY: &str = "node:ready";
 /// Largest count believed from a peer.
 const MAX_PEER_COUNT: u32 = 10_000_000;
 /// Longest ejection believed from a peer.
@@ -98,15 +82,6 @@ impl MemberState {
             1 => MemberState::Draining,
             2 => MemberState::Dead,
             _ => MemberState::Left,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            MemberState::Alive => "alive",
-            MemberState::Draining => "draining",
-            MemberState::Dead => "dead",
-            MemberState::Left => "left",
         }
     }
 }
@@ -266,10 +241,6 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-fn pool_backend(pool: &str, address: &str) -> String {
-    format!("{pool}/{address}")
-}
-
 impl Cluster {
     /// Loads the persisted entries, applies them, and joins the cluster when one is configured.
     pub async fn start(
@@ -400,8 +371,8 @@ impl Cluster {
             (KEY_ADMIN.to_owned(), options.admin_address.to_string()),
             (KEY_VERSION.to_owned(), options.version.clone()),
             (KEY_LISTENERS.to_owned(), listeners.join(",")),
-            (KEY_STATE.to_owned(), MemberState::Alive.as_str().to_owned()),
-            (KEY_READY.to_owned(), "0".to_owned()),
+            (KEY_STATE.to_owned(), Announced::Alive.encode().to_owned()),
+            (KEY_READY.to_owned(), keys::encode_ready(false).to_owned()),
         ];
         initial.extend(
             store
@@ -784,7 +755,7 @@ impl Cluster {
             return Vec::new();
         }
         let views = self.views.load();
-        let id = pool_backend(pool, &backend.address);
+        let id = keys::backend_id(pool, &backend.address);
         let probers = views.probers.get(&id);
         let mut all = vec![BackendView {
             node_id: self.node_id.clone(),
@@ -810,7 +781,7 @@ impl Cluster {
             let mut chitchat = gossip.chitchat.lock().await;
             chitchat
                 .self_node_state()
-                .set(KEY_STATE, MemberState::Draining.as_str());
+                .set(KEY_STATE, Announced::Draining.encode());
         }
     }
 
@@ -827,8 +798,8 @@ impl Cluster {
         {
             let mut chitchat = gossip.chitchat.lock().await;
             let state = chitchat.self_node_state();
-            state.set(KEY_STATE, MemberState::Left.as_str());
-            state.set(KEY_READY, "0");
+            state.set(KEY_STATE, Announced::Left.encode());
+            state.set(KEY_READY, keys::encode_ready(false));
         }
         // chitchat does not say which peers have seen our latest version; a few rounds let the
         // news reach every node of a small cluster (and the failure detector covers the rest).
@@ -899,14 +870,14 @@ impl Cluster {
             let mut ages: HashMap<String, Duration> = HashMap::new();
             for (id, state) in chitchat.node_states() {
                 let is_self = *id == self_id;
-                let announced = state.get(KEY_STATE).unwrap_or("alive");
+                let announced = Announced::decode(state.get(KEY_STATE));
                 let member_state = if is_self {
                     MemberState::from_code(self.state.load(Ordering::Relaxed))
-                } else if announced == "left" {
+                } else if announced == Announced::Left {
                     MemberState::Left
                 } else if !live.contains(id) {
                     MemberState::Dead
-                } else if announced == "draining" {
+                } else if announced == Announced::Draining {
                     MemberState::Draining
                 } else {
                     MemberState::Alive
@@ -927,30 +898,13 @@ impl Cluster {
                     generation: id.generation_id,
                     state: member_state,
                     gossip_address: id.gossip_advertise_addr,
-                    admin_address: state
-                        .get(KEY_ADMIN)
-                        .unwrap_or_default()
-                        .chars()
-                        .take(128)
-                        .collect(),
-                    version: state
-                        .get(KEY_VERSION)
-                        .unwrap_or_default()
-                        .chars()
-                        .take(64)
-                        .collect(),
-                    listeners: state
-                        .get(KEY_LISTENERS)
-                        .unwrap_or_default()
-                        .split(',')
-                        .filter(|name| !name.is_empty())
-                        .take(256)
-                        .map(|name| name.chars().take(128).collect())
-                        .collect(),
+                    admin_address: keys::decode_text(state.get(KEY_ADMIN), 128),
+                    version: keys::decode_text(state.get(KEY_VERSION), 64),
+                    listeners: keys::decode_listeners(state.get(KEY_LISTENERS)),
                     ready: if is_self {
                         self.ready.load(Ordering::Relaxed)
                     } else {
-                        state.get(KEY_READY) == Some("1")
+                        keys::decode_ready(state.get(KEY_READY))
                     },
                     is_self,
                 });
@@ -983,13 +937,9 @@ impl Cluster {
             };
             let node = id.node_id.to_string();
             for (key, value) in state.iter_prefix(COUNT_PREFIX) {
-                let Some((listener, client)) = key[COUNT_PREFIX.len()..].split_once('/') else {
-                    continue;
-                };
-                let (Ok(ip), Some((count, role))) = (
-                    client.parse::<IpAddr>(),
-                    client_counts::Role::decode(&value.value),
-                ) else {
+                let (Some((listener, ip)), Some((count, role))) =
+                    (keys::parse_count_key(key), keys::decode_count(&value.value))
+                else {
                     continue;
                 };
                 let Some(settings) = self.proxy.listener(listener).map(|l| l.settings()) else {
@@ -1010,24 +960,28 @@ impl Cluster {
                     .push((node.clone(), count.min(MAX_PEER_COUNT)));
             }
             for (key, value) in state.iter_prefix(VERDICT_PREFIX) {
-                let healthy = match value.value.as_str() {
-                    "1" => true,
-                    "0" => false,
-                    _ => continue,
+                let (Some(id), Some(healthy)) = (
+                    keys::parse_backend_state_key(VERDICT_PREFIX, key),
+                    keys::decode_verdict(&value.value),
+                ) else {
+                    continue;
                 };
                 verdicts
-                    .entry(key[VERDICT_PREFIX.len()..].to_owned())
+                    .entry(id.to_owned())
                     .or_default()
                     .push((node.clone(), healthy));
             }
             for (key, value) in state.iter_prefix(EJECTION_PREFIX) {
-                let Some((until, since)) = shared_health::parse_ejection(&value.value) else {
+                let (Some(id), Some((until, since))) = (
+                    keys::parse_backend_state_key(EJECTION_PREFIX, key),
+                    keys::decode_ejection(&value.value),
+                ) else {
                     continue;
                 };
                 if until > now_ms {
                     let until = until.min(now_ms + MAX_PEER_EJECTION.as_millis() as u64);
                     ejections
-                        .entry(key[EJECTION_PREFIX.len()..].to_owned())
+                        .entry(id.to_owned())
                         .or_default()
                         .push(PeerEjection {
                             node: node.clone(),
@@ -1039,13 +993,14 @@ impl Cluster {
             // A passing check from the far future would lift every later ejection: refused.
             let latest_believable = now_ms + gossip.config.max_clock_skew.as_millis() as u64;
             for (key, value) in state.iter_prefix(PASS_PREFIX) {
-                let Ok(passed) = value.value.parse::<u64>() else {
+                let (Some(id), Some(passed)) = (
+                    keys::parse_backend_state_key(PASS_PREFIX, key),
+                    keys::decode_pass(&value.value),
+                ) else {
                     continue;
                 };
                 if passed <= latest_believable {
-                    let latest = passes
-                        .entry(key[PASS_PREFIX.len()..].to_owned())
-                        .or_insert(0);
+                    let latest = passes.entry(id.to_owned()).or_insert(0);
                     *latest = (*latest).max(passed);
                 }
             }
@@ -1090,12 +1045,12 @@ impl Cluster {
         self.publish_clients(gossip, &led_by_peers, live_ids.len(), &mut wanted);
         for pool in self.proxy.pools() {
             for backend in pool.backends().iter() {
-                let id = pool_backend(&pool.name, &backend.address);
+                let id = keys::backend_id(&pool.name, &backend.address);
                 if pool.has_health_check() && backend.probes_here() {
                     if let Some((healthy, _)) = backend.local_verdict() {
                         wanted.insert(
-                            format!("{VERDICT_PREFIX}{id}"),
-                            if healthy { "1" } else { "0" }.to_owned(),
+                            keys::backend_state_key(VERDICT_PREFIX, &id),
+                            keys::encode_verdict(healthy).to_owned(),
                         );
                     }
                 }
@@ -1104,8 +1059,8 @@ impl Cluster {
                     // Rounded up to the second, so the value does not change every round.
                     let until = (now_ms + remaining.as_millis() as u64).div_ceil(1000) * 1000;
                     wanted.insert(
-                        format!("{EJECTION_PREFIX}{id}"),
-                        shared_health::format_ejection(until, since),
+                        keys::backend_state_key(EJECTION_PREFIX, &id),
+                        keys::encode_ejection(until, since),
                     );
                 }
                 // What lifts ejections elsewhere, only while some node ejects the backend.
@@ -1118,7 +1073,10 @@ impl Cluster {
                         && pool.has_health_check()
                         && backend.probes_here()
                     {
-                        wanted.insert(format!("{PASS_PREFIX}{id}"), passed.to_string());
+                        wanted.insert(
+                            keys::backend_state_key(PASS_PREFIX, &id),
+                            keys::encode_pass(passed),
+                        );
                     }
                 }
             }
@@ -1143,11 +1101,7 @@ impl Cluster {
         }
         self_state.set(
             KEY_READY,
-            if self.ready.load(Ordering::Relaxed) {
-                "1"
-            } else {
-                "0"
-            },
+            keys::encode_ready(self.ready.load(Ordering::Relaxed)),
         );
         if adopted || self.dirty.swap(false, Ordering::AcqRel) {
             let store = self.lock_store();
@@ -1185,7 +1139,7 @@ impl Cluster {
         for pool in self.proxy.pools() {
             let probers_per_backend = gossip.config.probers_per_backend;
             for backend in pool.backends().iter() {
-                let id = pool_backend(&pool.name, &backend.address);
+                let id = keys::backend_id(&pool.name, &backend.address);
                 let probers = shared_health::probers(live_ids, &id, probers_per_backend);
                 let peer_verdicts = peers.verdicts.get(&id).map_or(&[][..], Vec::as_slice);
                 if pool.has_health_check() {
@@ -1336,8 +1290,8 @@ impl Cluster {
             }
             for (key, count, role) in selection.entries {
                 wanted.insert(
-                    format!("{COUNT_PREFIX}{}/{}", listener.name, key),
-                    role.encode(count),
+                    keys::count_key(&listener.name, &key),
+                    keys::encode_count(count, role),
                 );
             }
         }

@@ -5,6 +5,7 @@
 mod client_counts;
 mod cluster;
 mod hlc;
+mod keys;
 mod persist;
 mod replicated;
 mod shared_health;
