@@ -8,15 +8,15 @@ mod hlc;
 mod keys;
 mod persist;
 mod replicated;
+mod round;
 mod shared_health;
 mod transport;
+mod views;
 
-pub use cluster::{
-    BackendView, ClientView, Cluster, ClusterError, ClusterOptions, Member, MemberState, NodeCount,
-    SettingOrigin,
-};
+pub use cluster::{Cluster, ClusterError, ClusterOptions, SettingOrigin};
 pub use replicated::{FileValues, ListenerField, Source};
 pub use transport::TransportStats;
+pub use views::{BackendView, ClientView, Member, MemberState, NodeCount};
 
 /// A deterministic xorshift generator for the tests that throw random input at parsers.
 #[cfg(test)]
