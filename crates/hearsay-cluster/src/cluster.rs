@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use hearsay_config::{ClusterConfig, ListenerSettings};
 use hearsay_proxy::{
@@ -39,7 +40,7 @@ use crate::transport::{GossipTransport, Keyring, TransportStats};
 use crate::views::{BackendView, ClientView, Member, MemberState, NodeCount};
 
 /// What a node needs to join its cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterOptions {
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -49,6 +50,24 @@ pub struct ClusterOptions {
     pub config: Option<ClusterConfig>,
     /// The config file's values of the replicated settings ([`FileValues::of`]).
     pub file: FileValues,
+    /// What gossip travels over. `None`: the authenticated UDP transport `config` describes
+    /// (sealed under its keys, or plain on loopback); tests pass chitchat's in-process
+    /// [`ChannelTransport`](chitchat::transport::ChannelTransport). An injected transport is
+    /// trusted as it is: it is not sealed and has no transport counters.
+    pub transport: Option<Arc<dyn Transport>>,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("node_id", &self.node_id)
+            .field("data_dir", &self.data_dir)
+            .field("admin_address", &self.admin_address)
+            .field("version", &self.version)
+            .field("config", &self.config)
+            .field("injected_transport", &self.transport.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,19 +311,28 @@ impl Cluster {
                 .iter()
                 .map(|(key, entry)| (key.clone(), entry.to_json())),
         );
-        let keyring = Keyring::new(&config.keys);
-        let authenticated = keyring.is_some();
-        let transport = GossipTransport {
-            keyring,
-            cluster_id: config.cluster_id.clone(),
-            advertise: config.advertise,
-            max_clock_skew: config.max_clock_skew,
-            stats: Arc::default(),
+        let (handle, stats, authenticated) = match &options.transport {
+            Some(transport) => (
+                spawn_chitchat(chitchat_config, initial, transport.as_ref()).await,
+                Arc::default(),
+                false,
+            ),
+            None => {
+                let keyring = Keyring::new(&config.keys);
+                let authenticated = keyring.is_some();
+                let transport = GossipTransport {
+                    keyring,
+                    cluster_id: config.cluster_id.clone(),
+                    advertise: config.advertise,
+                    max_clock_skew: config.max_clock_skew,
+                    stats: Arc::default(),
+                };
+                let stats = Arc::clone(&transport.stats);
+                let handle = spawn_chitchat(chitchat_config, initial, &transport).await;
+                (handle, stats, authenticated)
+            }
         };
-        let stats = Arc::clone(&transport.stats);
-        let handle = spawn_chitchat(chitchat_config, initial, &transport)
-            .await
-            .map_err(ClusterError::Gossip)?;
+        let handle = handle.map_err(ClusterError::Gossip)?;
         tracing::info!(
             node = %options.node_id,
             generation,

@@ -13,6 +13,10 @@ mod shared_health;
 mod transport;
 mod views;
 
+/// The transport gossip travels over ([`ClusterOptions::transport`]): chitchat's trait, whose
+/// methods return `anyhow::Result` (so `anyhow` is part of this crate's API there), and its
+/// in-process implementation for tests.
+pub use chitchat::transport::{ChannelTransport, Transport};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, SettingOrigin};
 pub use replicated::{FileValues, ListenerField, Source};
 pub use transport::TransportStats;
