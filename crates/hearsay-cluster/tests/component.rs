@@ -60,30 +60,25 @@ async fn start(
     transport: &ChannelTransport,
     listener_keys: &str,
 ) -> Node {
-    start_forgetting_after(
-        name,
-        port,
-        seeds,
-        transport,
-        listener_keys,
-        Duration::from_secs(3600),
-    )
-    .await
+    let forget = Duration::from_secs(3600);
+    start_node(name, port, seeds, transport, listener_keys, "", forget).await
 }
 
-/// [`start`], with the time a dead node's state is kept (`cluster.dead_node_grace`).
-async fn start_forgetting_after(
+/// [`start`], with keys of the pool `app` (of one backend, `127.0.0.1:9`, where nothing
+/// listens) and the time a dead node's state is kept (`cluster.dead_node_grace`).
+async fn start_node(
     name: &str,
     port: u16,
     seeds: &[u16],
     transport: &ChannelTransport,
     listener_keys: &str,
+    pool_keys: &str,
     dead_node_grace: Duration,
 ) -> Node {
     let text = format!(
         "[node]\nid = \"{name}\"\n\
          [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener_keys}\n\
-         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n"
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n{pool_keys}\n"
     );
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
     let proxy = Proxy::new(&config).unwrap();
@@ -234,8 +229,8 @@ async fn two_writes_of_one_setting_end_with_the_later_stamp_everywhere() {
 async fn a_dead_writers_setting_reaches_a_node_that_joins_after_it_was_forgotten() {
     let transport = ChannelTransport::default();
     let forget = Duration::from_millis(500);
-    let a = start_forgetting_after("a", 21, &[22], &transport, "", forget).await;
-    let b = start_forgetting_after("b", 22, &[21], &transport, "", forget).await;
+    let a = start_node("a", 21, &[22], &transport, "", "", forget).await;
+    let b = start_node("b", 22, &[21], &transport, "", "", forget).await;
     set_keepalive(&a, Duration::from_secs(9));
     until("b has a's write", || {
         keepalive(&b) == Duration::from_secs(9)
@@ -255,7 +250,7 @@ async fn a_dead_writers_setting_reaches_a_node_that_joins_after_it_was_forgotten
         b.cluster.members().iter().all(|m| m.node_id != "a")
     })
     .await;
-    let c = start_forgetting_after("c", 23, &[22], &transport, "", forget).await;
+    let c = start_node("c", 23, &[22], &transport, "", "", forget).await;
     until("c has a's write, from b's own state", || {
         keepalive(&c) == Duration::from_secs(9)
     })
@@ -264,25 +259,54 @@ async fn a_dead_writers_setting_reaches_a_node_that_joins_after_it_was_forgotten
     assert!(c.cluster.members().iter().all(|m| m.node_id != "a"));
 }
 
+/// A dead node's client counts and ejections stop counting once it is declared dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_nodes_client_counts_stop_counting() {
+async fn a_dead_nodes_client_counts_and_ejections_stop_counting() {
     let transport = ChannelTransport::default();
     let limit = "max_connections_per_client = 10";
-    let a = start("a", 31, &[32], &transport, limit).await;
-    let b = start("b", 32, &[31], &transport, limit).await;
+    // One failure ejects the pool's only backend (where nothing listens) for a minute.
+    let outlier = "[pool.outlier]\nconsecutive_failures = 1\nbase_ejection = \"60s\"\n\
+                   max_ejected_percent = 100";
+    let forget = Duration::from_secs(3600);
+    let a = start_node("a", 31, &[32], &transport, limit, outlier, forget).await;
+    let b = start_node("b", 32, &[31], &transport, limit, outlier, forget).await;
     let client = ClientKey::new("192.0.2.1".parse().unwrap(), 64);
     let table = &b.proxy.listener("web").unwrap().clients;
     // 6 of 10 on b: over the publish threshold (3 with two nodes), so b leads the client.
     let held: Vec<_> = (0..6)
         .map(|_| table.try_admit(client, None).unwrap())
         .collect();
+    // b forwards a request to the backend, fails to connect and ejects it.
+    let b_backend = b.proxy.pools()[0].backend("127.0.0.1:9").unwrap();
+    for (listener, socket) in b.proxy.bind().unwrap() {
+        let address = socket.local_addr().unwrap();
+        b.proxy.serve(listener, socket);
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    until("b ejects the backend", || {
+        b_backend.local_ejection().is_some()
+    })
+    .await;
+
     let a_web = a.proxy.listener("web").unwrap();
-    until("a counts b's 6", || a_web.remote_count(&client) == 6).await;
+    let a_backend = a.proxy.pools()[0].backend("127.0.0.1:9").unwrap();
+    until("a counts b's 6 and honours b's ejection", || {
+        a_web.remote_count(&client) == 6 && !a_backend.health().healthy
+    })
+    .await;
     assert_eq!(a.cluster.client("web", &client, 0).total, 6);
+    assert!(
+        a_backend.local_ejection().is_none(),
+        "b's ejection, not a's"
+    );
     cut(&transport, &a, &b).await;
     until(
-        "a declares b dead and stops counting its connections",
-        || a_web.remote_count(&client) == 0,
+        "a declares b dead and stops counting its connections and ejection",
+        || a_web.remote_count(&client) == 0 && a_backend.health().healthy,
     )
     .await;
     assert!(a
@@ -291,6 +315,7 @@ async fn a_dead_nodes_client_counts_stop_counting() {
         .iter()
         .any(|m| m.node_id == "b" && m.state == MemberState::Dead));
     assert_eq!(a.cluster.client("web", &client, 0).total, 0);
+    assert!(b_backend.local_ejection().is_some(), "b still ejects it");
     drop(held);
 }
 
