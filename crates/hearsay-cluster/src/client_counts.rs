@@ -28,28 +28,6 @@ pub enum Role {
     Echo,
 }
 
-impl Role {
-    /// The gossiped value: `<count>` for a lead, `<count>e` for an echo.
-    pub fn encode(self, count: u32) -> String {
-        match self {
-            Role::Lead => count.to_string(),
-            Role::Echo => format!("{count}e"),
-        }
-    }
-
-    /// Parses a gossiped value strictly (a bare count, from any node, is a lead).
-    pub fn decode(value: &str) -> Option<(u32, Role)> {
-        let (digits, role) = match value.strip_suffix('e') {
-            Some(digits) => (digits, Role::Echo),
-            None => (value, Role::Lead),
-        };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some((digits.parse().ok()?, role))
-    }
-}
-
 /// What a node publishes for one listener.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Selection {
@@ -172,26 +150,6 @@ mod tests {
         }
         assert_eq!(pigeonhole_threshold(u32::MAX, 1), u32::MAX, "saturates");
         assert_eq!(pigeonhole_threshold(7, 0), 8, "no nodes counts as one");
-    }
-
-    #[test]
-    fn values_say_lead_or_echo_and_are_parsed_strictly() {
-        assert_eq!(Role::decode(&Role::Lead.encode(12)), Some((12, Role::Lead)));
-        assert_eq!(Role::decode(&Role::Echo.encode(0)), Some((0, Role::Echo)));
-        for bad in [
-            "",
-            "e",
-            "ee",
-            "1ee",
-            "-1",
-            "+1",
-            " 1",
-            "1 e",
-            "0x1",
-            "99999999999",
-        ] {
-            assert_eq!(Role::decode(bad), None, "{bad:?}");
-        }
     }
 
     /// Ten nodes, each holding one connection of each of 1,000 clients (a thin spread), limit 5:

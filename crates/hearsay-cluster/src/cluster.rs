@@ -1,30 +1,20 @@
 //! The node's view of its cluster: membership, replicated entries, shared health and
 //! cluster-wide client counts, kept in step with chitchat by one loop per node.
 //!
-//! Gossip key schema (each node's own chitchat state):
-//!
-//! | key | value | meaning |
-//! |---|---|---|
-//! | `node:admin`, `node:version`, `node:listeners` | text | what `ListMembers` shows |
-//! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
-//! | `node:ready` | `1` / `0` | listeners bound |
-//! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON [`Entry`]: stamped fields | replicated settings, merged field by field by every node |
-//! | `c:<listener>/<client key>` | `<count>` / `<count>e` | this node's open connections of one client it leads / echoes (see [`client_counts`]) |
-//! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
-//! | `e:<pool>/<backend>` | `<until>,<since>` unix ms | this node's passive ejection: until then, begun then |
-//! | `p:<pool>/<backend>` | unix ms | start of this prober's latest passing check (while its verdict is healthy and some node ejects the backend) |
+//! The gossip keys and their values are in [`crate::keys`].
 //!
 //! The proxy never waits on any of this: the loop pushes typed results into the proxy's own
 //! structures (listener settings, remote client counts, backend health) once per gossip round.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use hearsay_config::{ClusterConfig, ListenerSettings};
 use hearsay_proxy::{
@@ -34,31 +24,23 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client_counts;
 use crate::hlc::unix_millis;
-use crate::replicated::{
-    self, backend_key, listener_key, BackendStateValue, Entry, FileValues, ListenerField, Loaded,
-    Origin, Source, Store, Write, BACKEND_PREFIX, LISTENER_PREFIX,
+use crate::keys::{
+    self, backend_key, listener_key, Announced, BACKEND_PREFIX, EJECTION_PREFIX, KEY_ADMIN,
+    KEY_LISTENERS, KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX,
 };
-use crate::shared_health;
+use crate::replicated::{
+    self, BackendStateValue, Entry, FileValues, ListenerField, Loaded, Origin, Source, Store, Write,
+};
+use crate::round::{
+    self, BackendRound, LocalBackend, LocalListener, NodeInput, Observation, PublishedClients,
+    RemoteClients, RoundInput, Trim,
+};
 use crate::transport::{GossipTransport, Keyring, TransportStats};
-
-const COUNT_PREFIX: &str = "c:";
-const VERDICT_PREFIX: &str = "h:";
-const EJECTION_PREFIX: &str = "e:";
-const PASS_PREFIX: &str = "p:";
-const KEY_ADMIN: &str = "node:admin";
-const KEY_VERSION: &str = "node:version";
-const KEY_LISTENERS: &str = "node:listeners";
-const KEY_STATE: &str = "node:state";
-const KEY_READY: &str = "node:ready";
-/// Largest count believed from a peer.
-const MAX_PEER_COUNT: u32 = 10_000_000;
-/// Longest ejection believed from a peer.
-const MAX_PEER_EJECTION: Duration = Duration::from_secs(3600);
+use crate::views::{BackendView, ClientView, Member, MemberState, NodeCount};
 
 /// What a node needs to join its cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterOptions {
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -68,6 +50,24 @@ pub struct ClusterOptions {
     pub config: Option<ClusterConfig>,
     /// The config file's values of the replicated settings ([`FileValues::of`]).
     pub file: FileValues,
+    /// What gossip travels over. `None`: the authenticated UDP transport `config` describes
+    /// (sealed under its keys, or plain on loopback); tests pass chitchat's in-process
+    /// [`ChannelTransport`](chitchat::transport::ChannelTransport). An injected transport is
+    /// trusted as it is: it is not sealed and has no transport counters.
+    pub transport: Option<Arc<dyn Transport>>,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("node_id", &self.node_id)
+            .field("data_dir", &self.data_dir)
+            .field("admin_address", &self.admin_address)
+            .field("version", &self.version)
+            .field("config", &self.config)
+            .field("injected_transport", &self.transport.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,71 +76,6 @@ pub enum ClusterError {
     State(String),
     #[error("cannot start gossip: {0:#}")]
     Gossip(anyhow::Error),
-}
-
-/// A member's state as the admin API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberState {
-    Alive,
-    Draining,
-    Dead,
-    Left,
-}
-
-impl MemberState {
-    fn code(self) -> u8 {
-        self as u8
-    }
-
-    fn from_code(code: u8) -> MemberState {
-        match code {
-            0 => MemberState::Alive,
-            1 => MemberState::Draining,
-            2 => MemberState::Dead,
-            _ => MemberState::Left,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            MemberState::Alive => "alive",
-            MemberState::Draining => "draining",
-            MemberState::Dead => "dead",
-            MemberState::Left => "left",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub node_id: String,
-    pub generation: u64,
-    pub state: MemberState,
-    pub gossip_address: SocketAddr,
-    pub admin_address: String,
-    pub version: String,
-    pub listeners: Vec<String>,
-    pub ready: bool,
-    pub is_self: bool,
-}
-
-/// One node's connections of a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeCount {
-    pub node_id: String,
-    pub open_connections: u32,
-    /// How long ago this node last heard from that node.
-    pub age: Duration,
-}
-
-/// A client's connections on one listener across the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientView {
-    /// This node's count plus the latest counts live peers published.
-    pub total: u32,
-    pub nodes: Vec<NodeCount>,
-    /// How old the peers' counts may be (publish interval plus the age of the oldest).
-    pub uncertainty: Duration,
 }
 
 /// Where the current value of a replicated setting on this node came from.
@@ -173,16 +108,6 @@ impl SettingOrigin {
     }
 }
 
-/// One node's view of a backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendView {
-    pub node_id: String,
-    pub prober: bool,
-    /// The node's active-check verdict, when it has one.
-    pub verdict: Option<bool>,
-    pub ejected: bool,
-}
-
 #[derive(Debug, Default)]
 struct Views {
     members: Vec<Member>,
@@ -194,25 +119,6 @@ struct Views {
     backends: HashMap<String, Vec<BackendView>>,
     /// `pool/backend` → assigned probers.
     probers: HashMap<String, Vec<String>>,
-}
-
-/// A peer's passive ejection of a backend.
-#[derive(Debug)]
-struct PeerEjection {
-    node: String,
-    /// Unix ms.
-    until: u64,
-    /// Unix ms; `None` from a node that does not say (no check lifts it).
-    since: Option<u64>,
-}
-
-/// What live peers published about backends, read once per round (keyed by `pool/backend`).
-#[derive(Debug, Default)]
-struct PeerBackends {
-    verdicts: HashMap<String, Vec<(String, bool)>>,
-    ejections: HashMap<String, Vec<PeerEjection>>,
-    /// The start of the latest passing check a peer reported.
-    passes: HashMap<String, u64>,
 }
 
 struct Gossip {
@@ -264,10 +170,6 @@ impl std::fmt::Debug for Cluster {
             .field("gossip", &self.gossip_address())
             .finish_non_exhaustive()
     }
-}
-
-fn pool_backend(pool: &str, address: &str) -> String {
-    format!("{pool}/{address}")
 }
 
 impl Cluster {
@@ -400,8 +302,8 @@ impl Cluster {
             (KEY_ADMIN.to_owned(), options.admin_address.to_string()),
             (KEY_VERSION.to_owned(), options.version.clone()),
             (KEY_LISTENERS.to_owned(), listeners.join(",")),
-            (KEY_STATE.to_owned(), MemberState::Alive.as_str().to_owned()),
-            (KEY_READY.to_owned(), "0".to_owned()),
+            (KEY_STATE.to_owned(), Announced::Alive.encode().to_owned()),
+            (KEY_READY.to_owned(), keys::encode_ready(false).to_owned()),
         ];
         initial.extend(
             store
@@ -409,19 +311,28 @@ impl Cluster {
                 .iter()
                 .map(|(key, entry)| (key.clone(), entry.to_json())),
         );
-        let keyring = Keyring::new(&config.keys);
-        let authenticated = keyring.is_some();
-        let transport = GossipTransport {
-            keyring,
-            cluster_id: config.cluster_id.clone(),
-            advertise: config.advertise,
-            max_clock_skew: config.max_clock_skew,
-            stats: Arc::default(),
+        let (handle, stats, authenticated) = match &options.transport {
+            Some(transport) => (
+                spawn_chitchat(chitchat_config, initial, transport.as_ref()).await,
+                Arc::default(),
+                false,
+            ),
+            None => {
+                let keyring = Keyring::new(&config.keys);
+                let authenticated = keyring.is_some();
+                let transport = GossipTransport {
+                    keyring,
+                    cluster_id: config.cluster_id.clone(),
+                    advertise: config.advertise,
+                    max_clock_skew: config.max_clock_skew,
+                    stats: Arc::default(),
+                };
+                let stats = Arc::clone(&transport.stats);
+                let handle = spawn_chitchat(chitchat_config, initial, &transport).await;
+                (handle, stats, authenticated)
+            }
         };
-        let stats = Arc::clone(&transport.stats);
-        let handle = spawn_chitchat(chitchat_config, initial, &transport)
-            .await
-            .map_err(ClusterError::Gossip)?;
+        let handle = handle.map_err(ClusterError::Gossip)?;
         tracing::info!(
             node = %options.node_id,
             generation,
@@ -784,7 +695,7 @@ impl Cluster {
             return Vec::new();
         }
         let views = self.views.load();
-        let id = pool_backend(pool, &backend.address);
+        let id = keys::backend_id(pool, &backend.address);
         let probers = views.probers.get(&id);
         let mut all = vec![BackendView {
             node_id: self.node_id.clone(),
@@ -810,7 +721,7 @@ impl Cluster {
             let mut chitchat = gossip.chitchat.lock().await;
             chitchat
                 .self_node_state()
-                .set(KEY_STATE, MemberState::Draining.as_str());
+                .set(KEY_STATE, Announced::Draining.encode());
         }
     }
 
@@ -827,8 +738,8 @@ impl Cluster {
         {
             let mut chitchat = gossip.chitchat.lock().await;
             let state = chitchat.self_node_state();
-            state.set(KEY_STATE, MemberState::Left.as_str());
-            state.set(KEY_READY, "0");
+            state.set(KEY_STATE, Announced::Left.encode());
+            state.set(KEY_READY, keys::encode_ready(false));
         }
         // chitchat does not say which peers have seen our latest version; a few rounds let the
         // news reach every node of a small cluster (and the failure detector covers the rest).
@@ -854,278 +765,171 @@ impl Cluster {
         }
     }
 
-    /// One round: adopt newer entries, publish ours, and recompute what the proxy uses.
+    /// One round: read every node's gossip state and this node's own, decide ([`round::observe`],
+    /// pure), apply the decisions to the proxy and the store, publish this node's state.
     async fn tick(&self) {
         let Some(gossip) = &self.gossip else {
             return;
         };
-        let now_ms = unix_millis();
+        let (observation, handles) = {
+            let chitchat = gossip.chitchat.lock().await;
+            self.observe(gossip, &chitchat)
+        };
+        let Observation {
+            offered,
+            members,
+            ages,
+            clients,
+            remote,
+            trims,
+            backends,
+            published_clients,
+            publish,
+        } = observation;
+        self.apply_clients(gossip, remote, &trims, &published_clients);
+        let (backend_views, probers) = self.apply_backends(&handles, backends);
+        // Adopting persists to disk: not while holding chitchat's lock.
+        let adopted = self.adopt(offered);
+        self.publish(gossip, publish, adopted).await;
+        self.views.store(Arc::new(Views {
+            members,
+            clients,
+            ages,
+            backends: backend_views,
+            probers,
+        }));
+    }
+
+    /// The round's input (chitchat's node states, this node's listeners and backends) and what
+    /// [`round::observe`] decides from it, with the backends it decided for (in its order).
+    fn observe(
+        &self,
+        gossip: &Gossip,
+        chitchat: &chitchat::Chitchat,
+    ) -> (Observation, Vec<(Arc<Pool>, Arc<Backend>)>) {
         let now = Instant::now();
-        let chitchat = gossip.chitchat.lock().await;
-        let self_id = gossip.self_id.clone();
-        let live: HashSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
-
-        // Replicated entries from every node's state (dead ones too: entries outlive writers).
-        // Once converged every node holds the same text, so only a differing one is parsed.
-        let own = chitchat.node_state(&self_id);
-        let mut offered: Vec<(String, Entry)> = Vec::new();
-        for (id, state) in chitchat.node_states() {
-            if *id == self_id {
-                continue;
-            }
-            for prefix in [LISTENER_PREFIX, BACKEND_PREFIX] {
-                for (key, value) in state.iter_prefix(prefix) {
-                    if own.and_then(|own| own.get(key)) == Some(value.value.as_str()) {
-                        continue;
-                    }
-                    match Entry::parse(key, &value.value, now_ms) {
-                        Ok(entry) => offered.push((key.to_owned(), entry)),
-                        Err(error) => {
-                            tracing::debug!(node = %id.node_id, %key, %error, "ignored a malformed replicated entry")
-                        }
-                    }
-                }
-            }
-        }
-
-        // Members, heartbeats, and which peers count.
-        let (mut members, counting, ages) = {
-            let mut heard = gossip
-                .heard
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            let mut members: Vec<Member> = Vec::new();
-            let mut counting: Vec<ChitchatId> = Vec::new();
-            let mut ages: HashMap<String, Duration> = HashMap::new();
-            for (id, state) in chitchat.node_states() {
-                let is_self = *id == self_id;
-                let announced = state.get(KEY_STATE).unwrap_or("alive");
-                let member_state = if is_self {
-                    MemberState::from_code(self.state.load(Ordering::Relaxed))
-                } else if announced == "left" {
-                    MemberState::Left
-                } else if !live.contains(id) {
-                    MemberState::Dead
-                } else if announced == "draining" {
-                    MemberState::Draining
-                } else {
-                    MemberState::Alive
-                };
-                if !is_self {
-                    let heartbeat = state.heartbeat();
-                    let entry = heard.entry(id.clone()).or_insert((heartbeat, now));
-                    if entry.0 != heartbeat {
-                        *entry = (heartbeat, now);
-                    }
-                    if matches!(member_state, MemberState::Alive | MemberState::Draining) {
-                        counting.push(id.clone());
-                        ages.insert(id.node_id.to_string(), now.duration_since(entry.1));
-                    }
-                }
-                members.push(Member {
-                    node_id: id.node_id.to_string(),
-                    generation: id.generation_id,
-                    state: member_state,
-                    gossip_address: id.gossip_advertise_addr,
-                    admin_address: state
-                        .get(KEY_ADMIN)
-                        .unwrap_or_default()
-                        .chars()
-                        .take(128)
-                        .collect(),
-                    version: state
-                        .get(KEY_VERSION)
-                        .unwrap_or_default()
-                        .chars()
-                        .take(64)
-                        .collect(),
-                    listeners: state
-                        .get(KEY_LISTENERS)
-                        .unwrap_or_default()
-                        .split(',')
-                        .filter(|name| !name.is_empty())
-                        .take(256)
-                        .map(|name| name.chars().take(128).collect())
-                        .collect(),
-                    ready: if is_self {
-                        self.ready.load(Ordering::Relaxed)
-                    } else {
-                        state.get(KEY_READY) == Some("1")
-                    },
-                    is_self,
-                });
-            }
-            heard.retain(|id, _| chitchat.node_states().contains_key(id));
-            (members, counting, ages)
-        };
-        // A restarted node shows once, by its newest generation.
-        let newest: HashMap<String, u64> =
-            members.iter().fold(HashMap::new(), |mut newest, member| {
-                let generation = newest.entry(member.node_id.clone()).or_insert(0);
-                *generation = (*generation).max(member.generation);
-                newest
-            });
-        members.retain(|member| newest.get(&member.node_id) == Some(&member.generation));
-        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-
-        // Peers' client counts, verdicts and ejections.
-        let mut clients: HashMap<String, HashMap<ClientKey, Vec<(String, u32)>>> = HashMap::new();
-        // Per listener: the clients some live peer leads (this node echoes its count of them).
-        let mut led_by_peers: HashMap<String, HashSet<ClientKey>> = HashMap::new();
-        let mut verdicts: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-        // Per backend: the peers ejecting it, with the end and start of each ejection.
-        let mut ejections: HashMap<String, Vec<PeerEjection>> = HashMap::new();
-        // Per backend: the start of the latest passing check a peer reported.
-        let mut passes: HashMap<String, u64> = HashMap::new();
-        for id in &counting {
-            let Some(state) = chitchat.node_state(id) else {
-                continue;
-            };
-            let node = id.node_id.to_string();
-            for (key, value) in state.iter_prefix(COUNT_PREFIX) {
-                let Some((listener, client)) = key[COUNT_PREFIX.len()..].split_once('/') else {
-                    continue;
-                };
-                let (Ok(ip), Some((count, role))) = (
-                    client.parse::<IpAddr>(),
-                    client_counts::Role::decode(&value.value),
-                ) else {
-                    continue;
-                };
-                let Some(settings) = self.proxy.listener(listener).map(|l| l.settings()) else {
-                    continue;
-                };
-                let client_key = ClientKey::new(ip, settings.client_ipv6_prefix);
-                if role == client_counts::Role::Lead {
-                    led_by_peers
-                        .entry(listener.to_owned())
-                        .or_default()
-                        .insert(client_key);
-                }
-                clients
-                    .entry(listener.to_owned())
-                    .or_default()
-                    .entry(client_key)
-                    .or_default()
-                    .push((node.clone(), count.min(MAX_PEER_COUNT)));
-            }
-            for (key, value) in state.iter_prefix(VERDICT_PREFIX) {
-                let healthy = match value.value.as_str() {
-                    "1" => true,
-                    "0" => false,
-                    _ => continue,
-                };
-                verdicts
-                    .entry(key[VERDICT_PREFIX.len()..].to_owned())
-                    .or_default()
-                    .push((node.clone(), healthy));
-            }
-            for (key, value) in state.iter_prefix(EJECTION_PREFIX) {
-                let Some((until, since)) = shared_health::parse_ejection(&value.value) else {
-                    continue;
-                };
-                if until > now_ms {
-                    let until = until.min(now_ms + MAX_PEER_EJECTION.as_millis() as u64);
-                    ejections
-                        .entry(key[EJECTION_PREFIX.len()..].to_owned())
-                        .or_default()
-                        .push(PeerEjection {
-                            node: node.clone(),
-                            until,
-                            since,
-                        });
-                }
-            }
-            // A passing check from the far future would lift every later ejection: refused.
-            let latest_believable = now_ms + gossip.config.max_clock_skew.as_millis() as u64;
-            for (key, value) in state.iter_prefix(PASS_PREFIX) {
-                let Ok(passed) = value.value.parse::<u64>() else {
-                    continue;
-                };
-                if passed <= latest_believable {
-                    let latest = passes
-                        .entry(key[PASS_PREFIX.len()..].to_owned())
-                        .or_insert(0);
-                    *latest = (*latest).max(passed);
-                }
-            }
-        }
-        let mut live_ids: Vec<&str> = counting.iter().map(|id| &*id.node_id).collect();
-        live_ids.push(&self.node_id);
-        live_ids.sort_unstable();
-        live_ids.dedup();
-
-        // Push to the proxy: remote counts, probers, shared health, remote ejections.
-        for listener in self.proxy.listeners() {
-            let remote = clients
-                .get(&*listener.name)
-                .map(|per_key| {
-                    per_key
-                        .iter()
-                        .map(|(key, per_node)| {
-                            (
-                                *key,
-                                per_node
-                                    .iter()
-                                    .map(|(_, count)| *count)
-                                    .fold(0u32, u32::saturating_add),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            listener.set_remote_clients(remote);
-            self.trim(gossip, listener, clients.get(&*listener.name), &ages, now);
-        }
-        let peer_backends = PeerBackends {
-            verdicts,
-            ejections,
-            passes,
-        };
-        let (backend_views, probers_of) =
-            self.backends_round(gossip, &counting, &live_ids, &peer_backends, now_ms);
-
-        // Publish this node's own state.
-        let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-        self.publish_clients(gossip, &led_by_peers, live_ids.len(), &mut wanted);
+        let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+        let ages = heartbeat_ages(gossip, chitchat, now);
+        let nodes = chitchat
+            .node_states()
+            .iter()
+            .map(|(id, state)| NodeInput {
+                id,
+                live: live.contains(id),
+                age: ages.get(id).copied().unwrap_or_default(),
+                state,
+            })
+            .collect();
+        let listeners = self
+            .proxy
+            .listeners()
+            .iter()
+            .map(|listener| LocalListener {
+                name: &listener.name,
+                settings: listener.settings(),
+                clients: &*listener.clients,
+            })
+            .collect();
+        let mut handles = Vec::new();
+        let mut backends = Vec::new();
         for pool in self.proxy.pools() {
             for backend in pool.backends().iter() {
-                let id = pool_backend(&pool.name, &backend.address);
-                if pool.has_health_check() && backend.probes_here() {
-                    if let Some((healthy, _)) = backend.local_verdict() {
-                        wanted.insert(
-                            format!("{VERDICT_PREFIX}{id}"),
-                            if healthy { "1" } else { "0" }.to_owned(),
-                        );
-                    }
-                }
-                let ejected_here = backend.local_ejection();
-                if let Some((remaining, since)) = ejected_here {
-                    // Rounded up to the second, so the value does not change every round.
-                    let until = (now_ms + remaining.as_millis() as u64).div_ceil(1000) * 1000;
-                    wanted.insert(
-                        format!("{EJECTION_PREFIX}{id}"),
-                        shared_health::format_ejection(until, since),
-                    );
-                }
-                // What lifts ejections elsewhere, only while some node ejects the backend.
-                let ejected_somewhere =
-                    ejected_here.is_some() || peer_backends.ejections.contains_key(&id);
-                let healthy_here = backend.local_verdict().is_some_and(|(healthy, _)| healthy);
-                if let Some(passed) = backend.last_pass() {
-                    if ejected_somewhere
-                        && healthy_here
-                        && pool.has_health_check()
-                        && backend.probes_here()
-                    {
-                        wanted.insert(format!("{PASS_PREFIX}{id}"), passed.to_string());
-                    }
-                }
+                backends.push(LocalBackend {
+                    pool: pool.name.to_string(),
+                    address: backend.address.clone(),
+                    health_check: pool.has_health_check(),
+                    unejects_on_healthy_check: pool.unejects_on_healthy_check(),
+                    verdict: backend.local_verdict(),
+                    ejection: backend.local_ejection(),
+                    last_pass: backend.last_pass(),
+                    checked_healthy: backend.checked_healthy(),
+                });
+                handles.push((Arc::clone(pool), Arc::clone(backend)));
             }
         }
-        // Adopting persists to disk: not while holding chitchat's lock.
-        drop(chitchat);
-        let adopted = self.adopt(offered);
+        let recently_trimmed: HashSet<(String, ClientKey)> = {
+            let settle = gossip.config.gossip_interval * 3;
+            let mut trimmed = gossip
+                .trimmed
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            trimmed.retain(|_, at| now.duration_since(*at) < settle * 2);
+            trimmed.keys().cloned().collect()
+        };
+        let input = RoundInput {
+            self_id: &gossip.self_id,
+            nodes,
+            self_state: MemberState::from_code(self.state.load(Ordering::Relaxed)),
+            self_ready: self.ready.load(Ordering::Relaxed),
+            listeners,
+            backends,
+            recently_trimmed: &recently_trimmed,
+            config: &gossip.config,
+            now_ms: unix_millis(),
+        };
+        (round::observe(&input), handles)
+    }
+
+    /// Pushes the peers' client counts into admission, closes this node's share of surplus
+    /// connections, and accounts for counts the cap on published entries left out.
+    fn apply_clients(
+        &self,
+        gossip: &Gossip,
+        remote: Vec<(String, RemoteClients)>,
+        trims: &[Trim],
+        published: &[PublishedClients],
+    ) {
+        for (name, remote) in remote {
+            if let Some(listener) = self.proxy.listener(&name) {
+                listener.set_remote_clients(remote);
+            }
+        }
+        for trim in trims {
+            self.close_surplus(gossip, trim);
+        }
+        let mut capped = gossip
+            .capped
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        capped.retain(|name| published.iter().any(|p| p.listener == *name));
+        for listener in published {
+            if listener.left_out > 0 {
+                gossip
+                    .unpublished_clients
+                    .fetch_add(listener.left_out as u64, Ordering::Relaxed);
+                if capped.insert(listener.listener.clone()) {
+                    tracing::warn!(listener = %listener.listener, published = listener.published, left_out = listener.left_out, threshold = listener.threshold, "client counts over cluster.published_clients: the cluster-wide cap is not guaranteed for the clients left out; raise it");
+                }
+            } else if capped.remove(&listener.listener) {
+                tracing::info!(listener = %listener.listener, published = listener.published, "client counts within cluster.published_clients again");
+            }
+        }
+    }
+
+    /// Applies each backend's round (probers, shared verdict, lifted and honoured ejections) and
+    /// returns every node's view of each backend and its probers, by `pool/backend`.
+    fn apply_backends(
+        &self,
+        handles: &[(Arc<Pool>, Arc<Backend>)],
+        rounds: Vec<BackendRound>,
+    ) -> (
+        HashMap<String, Vec<BackendView>>,
+        HashMap<String, Vec<String>>,
+    ) {
+        let mut views = HashMap::new();
+        let mut probers = HashMap::new();
+        for ((pool, backend), round) in handles.iter().zip(rounds) {
+            apply_backend(pool, backend, &round);
+            let id = keys::backend_id(&pool.name, &backend.address);
+            views.insert(id.clone(), round.views);
+            probers.insert(id, round.probers);
+        }
+        (views, probers)
+    }
+
+    /// Sets this node's published keys (counts, verdicts, ejections, passing checks: the stale
+    /// ones deleted), its readiness, and its entries when any changed.
+    async fn publish(&self, gossip: &Gossip, wanted: BTreeMap<String, String>, adopted: bool) {
         let mut chitchat = gossip.chitchat.lock().await;
         let self_state = chitchat.self_node_state();
         {
@@ -1143,202 +947,12 @@ impl Cluster {
         }
         self_state.set(
             KEY_READY,
-            if self.ready.load(Ordering::Relaxed) {
-                "1"
-            } else {
-                "0"
-            },
+            keys::encode_ready(self.ready.load(Ordering::Relaxed)),
         );
         if adopted || self.dirty.swap(false, Ordering::AcqRel) {
             let store = self.lock_store();
             for (key, entry) in &store.entries {
                 self_state.set(key, entry.to_json());
-            }
-        }
-        drop(chitchat);
-
-        self.views.store(Arc::new(Views {
-            members,
-            clients,
-            ages,
-            backends: backend_views,
-            probers: probers_of,
-        }));
-    }
-
-    /// Backends for one round: assigns probers, derives the shared verdict, ends passive
-    /// ejections (this node's and the peers' it honours) that a later passing check lifted, and
-    /// returns every node's view of each backend and its probers.
-    fn backends_round(
-        &self,
-        gossip: &Gossip,
-        counting: &[ChitchatId],
-        live_ids: &[&str],
-        peers: &PeerBackends,
-        now_ms: u64,
-    ) -> (
-        HashMap<String, Vec<BackendView>>,
-        HashMap<String, Vec<String>>,
-    ) {
-        let mut backend_views: HashMap<String, Vec<BackendView>> = HashMap::new();
-        let mut probers_of: HashMap<String, Vec<String>> = HashMap::new();
-        for pool in self.proxy.pools() {
-            let probers_per_backend = gossip.config.probers_per_backend;
-            for backend in pool.backends().iter() {
-                let id = pool_backend(&pool.name, &backend.address);
-                let probers = shared_health::probers(live_ids, &id, probers_per_backend);
-                let peer_verdicts = peers.verdicts.get(&id).map_or(&[][..], Vec::as_slice);
-                if pool.has_health_check() {
-                    backend.set_probes_here(probers.contains(&self.node_id.as_str()));
-                    self.apply_verdict(pool, backend, &probers, peer_verdicts);
-                }
-
-                // Passive ejections, unless a check begun after them passed.
-                let passed = peers.passes.get(&id).copied().max(backend.last_pass());
-                let lifted = |since: Option<u64>| {
-                    shared_health::ejection_lifted(
-                        pool.unejects_on_healthy_check(),
-                        backend.checked_healthy(),
-                        since,
-                        passed,
-                    )
-                };
-                if let Some((_, since)) = backend.local_ejection() {
-                    if lifted(Some(since)) && backend.lift_ejection(passed.unwrap_or(0)) {
-                        tracing::info!(pool = %pool.name, backend = %backend.address, "ejection lifted: passed an active check");
-                    }
-                }
-                let peer_ejections = peers.ejections.get(&id).map_or(&[][..], Vec::as_slice);
-                let honoured: Vec<&PeerEjection> = peer_ejections
-                    .iter()
-                    .filter(|ejection| !lifted(ejection.since))
-                    .collect();
-                let was_ejected = backend.set_remote_ejection(
-                    honoured
-                        .iter()
-                        .map(|ejection| ejection.until)
-                        .max()
-                        .map(|until| Duration::from_millis(until.saturating_sub(now_ms))),
-                );
-                if was_ejected && honoured.is_empty() && !peer_ejections.is_empty() {
-                    let nodes: Vec<&str> = peer_ejections.iter().map(|e| &*e.node).collect();
-                    tracing::info!(pool = %pool.name, backend = %backend.address, ejected_by = ?nodes, "peers' ejection lifted: passed an active check");
-                }
-
-                let mut views: Vec<BackendView> = counting
-                    .iter()
-                    .map(|peer| {
-                        let node = peer.node_id.to_string();
-                        BackendView {
-                            prober: probers.contains(&node.as_str()),
-                            verdict: peer_verdicts
-                                .iter()
-                                .find(|(n, _)| *n == node)
-                                .map(|(_, healthy)| *healthy),
-                            ejected: peer_ejections.iter().any(|ejection| ejection.node == node),
-                            node_id: node,
-                        }
-                    })
-                    .collect();
-                views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-                views.dedup_by(|a, b| a.node_id == b.node_id);
-                backend_views.insert(id.clone(), views);
-                probers_of.insert(id, probers.iter().map(|p| (*p).to_owned()).collect());
-            }
-        }
-        (backend_views, probers_of)
-    }
-
-    /// Sets a backend's health from the verdicts of its probers (this node's and its peers').
-    fn apply_verdict(
-        &self,
-        pool: &Pool,
-        backend: &Backend,
-        probers: &[&str],
-        peer_verdicts: &[(String, bool)],
-    ) {
-        let mut all: Vec<(&str, bool)> = peer_verdicts
-            .iter()
-            .map(|(node, healthy)| (node.as_str(), *healthy))
-            .collect();
-        let local = backend.local_verdict();
-        if let Some((healthy, _)) = &local {
-            all.push((&self.node_id, *healthy));
-        }
-        let healthy = shared_health::verdict(probers, &all).unwrap_or(true);
-        if healthy == backend.checked_healthy() {
-            return;
-        }
-        let unhealthy_on: Vec<&str> = all
-            .iter()
-            .filter(|(_, healthy)| !healthy)
-            .map(|(node, _)| *node)
-            .collect();
-        let reason = if healthy {
-            "passing checks (cluster verdict)".to_owned()
-        } else {
-            let detail = local
-                .as_ref()
-                .filter(|(healthy, _)| !healthy)
-                .map(|(_, reason)| format!(": {reason}"))
-                .unwrap_or_default();
-            format!("failing checks on {}{detail}", unhealthy_on.join(", "))
-        };
-        pool.stats
-            .health_transitions
-            .fetch_add(1, Ordering::Relaxed);
-        if healthy {
-            tracing::info!(pool = %pool.name, backend = %backend.address, probers = ?probers, "backend healthy again (cluster verdict)");
-        } else {
-            tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?probers, unhealthy_on = ?unhealthy_on, "backend unhealthy (cluster verdict)");
-        }
-        backend.set_checked_health(healthy, reason);
-    }
-
-    /// The client counts this node publishes: per listener with a limit, the clients at or above
-    /// the publish threshold here and the ones live peers lead ([`client_counts`]), at most
-    /// `cluster.published_clients`; nothing for a listener without a limit.
-    fn publish_clients(
-        &self,
-        gossip: &Gossip,
-        led_by_peers: &HashMap<String, HashSet<ClientKey>>,
-        live_nodes: usize,
-        wanted: &mut BTreeMap<String, String>,
-    ) {
-        let none = HashSet::new();
-        let mut capped = gossip
-            .capped
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for listener in self.proxy.listeners() {
-            let settings = listener.settings();
-            let Some(limit) = settings.max_connections_per_client else {
-                capped.remove(&*listener.name);
-                continue;
-            };
-            let threshold = client_counts::publish_threshold(limit, live_nodes);
-            let selection = client_counts::select(
-                &*listener.clients,
-                led_by_peers.get(&*listener.name).unwrap_or(&none),
-                threshold,
-                gossip.config.published_clients,
-                |ip| settings.is_exempt(ip),
-            );
-            if selection.left_out > 0 {
-                gossip
-                    .unpublished_clients
-                    .fetch_add(selection.left_out as u64, Ordering::Relaxed);
-                if capped.insert(listener.name.to_string()) {
-                    tracing::warn!(listener = %listener.name, published = selection.entries.len(), left_out = selection.left_out, threshold, "client counts over cluster.published_clients: the cluster-wide cap is not guaranteed for the clients left out; raise it");
-                }
-            } else if capped.remove(&*listener.name) {
-                tracing::info!(listener = %listener.name, published = selection.entries.len(), "client counts within cluster.published_clients again");
-            }
-            for (key, count, role) in selection.entries {
-                wanted.insert(
-                    format!("{COUNT_PREFIX}{}/{}", listener.name, key),
-                    role.encode(count),
-                );
             }
         }
     }
@@ -1351,77 +965,41 @@ impl Cluster {
         })
     }
 
-    /// Once counts have converged, a client over its cluster-wide cap (gossip lag let it overshoot)
-    /// loses its newest surplus connections: each holder closes its share of the surplus
-    /// ([`trim_share`]), gracefully and idle ones first, counted as `over_limit`.
-    fn trim(
-        &self,
-        gossip: &Gossip,
-        listener: &hearsay_proxy::Listener,
-        peers: Option<&HashMap<ClientKey, Vec<(String, u32)>>>,
-        ages: &HashMap<String, Duration>,
-        now: Instant,
-    ) {
-        let Some(peers) = peers else { return };
-        let settings = listener.settings();
-        let Some(limit) = settings.max_connections_per_client else {
+    /// Closes this node's share of a client's surplus connections, gracefully and idle ones
+    /// first, then the newest, counted as `over_limit`.
+    fn close_surplus(&self, gossip: &Gossip, trim: &Trim) {
+        let Some(listener) = self.proxy.listener(&trim.listener) else {
             return;
         };
-        let settle = gossip.config.gossip_interval * 3;
-        let mut trimmed = gossip
+        let prefix = listener.settings().client_ipv6_prefix;
+        let mut mine: Vec<Arc<hearsay_proxy::Connection>> = self
+            .proxy
+            .registry()
+            .connections()
+            .into_iter()
+            .filter(|connection| {
+                let info = connection.info();
+                *info.listener == *listener.name
+                    && ClientKey::new(info.client.ip(), prefix) == trim.client
+            })
+            .collect();
+        // Idle ones first, then the newest.
+        mine.sort_by_cached_key(|connection| {
+            let info = connection.info();
+            (
+                info.state != hearsay_proxy::ConnectionState::Idle,
+                std::cmp::Reverse(info.id),
+            )
+        });
+        for connection in mine.iter().take(trim.share as usize) {
+            connection.request_close(hearsay_proxy::CloseReason::OverLimit);
+        }
+        tracing::info!(listener = %listener.name, client = %trim.client, limit = trim.limit, closed = trim.share.min(mine.len() as u32), holders = ?trim.holders, "client over its cluster-wide cap: closing this node's share of the surplus");
+        gossip
             .trimmed
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        trimmed.retain(|_, at| now.duration_since(*at) < settle * 2);
-        for (key, per_node) in peers {
-            if settings.is_exempt(key.address()) {
-                continue;
-            }
-            let local = listener.clients.count(key);
-            if local == 0 || trimmed.contains_key(&(listener.name.to_string(), *key)) {
-                continue;
-            }
-            // Only act on fresh counts: a peer not heard from lately may have closed some.
-            if per_node
-                .iter()
-                .any(|(node, _)| ages.get(node).is_none_or(|age| *age > settle))
-            {
-                continue;
-            }
-            let mut holders: Vec<(&str, u32)> = per_node
-                .iter()
-                .map(|(node, count)| (node.as_str(), *count))
-                .collect();
-            holders.push((&self.node_id, local));
-            let share = trim_share(&holders, limit, &self.node_id);
-            if share == 0 {
-                continue;
-            }
-            let mut mine: Vec<Arc<hearsay_proxy::Connection>> = self
-                .proxy
-                .registry()
-                .connections()
-                .into_iter()
-                .filter(|connection| {
-                    let info = connection.info();
-                    *info.listener == *listener.name
-                        && ClientKey::new(info.client.ip(), settings.client_ipv6_prefix) == *key
-                })
-                .collect();
-            // Idle ones first, then the newest.
-            mine.sort_by_cached_key(|connection| {
-                let info = connection.info();
-                (
-                    info.state != hearsay_proxy::ConnectionState::Idle,
-                    std::cmp::Reverse(info.id),
-                )
-            });
-            for connection in mine.iter().take(share as usize) {
-                connection.request_close(hearsay_proxy::CloseReason::OverLimit);
-            }
-            tracing::info!(listener = %listener.name, client = %key, limit, closed = share.min(mine.len() as u32), holders = ?holders, "client over its cluster-wide cap: closing this node's share of the surplus");
-            trimmed.insert((listener.name.to_string(), *key), now);
-        }
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert((trim.listener.clone(), trim.client), Instant::now());
     }
 
     /// Merges every offered entry into ours, field by field, and applies what changed. Returns
@@ -1461,72 +1039,57 @@ impl Cluster {
     }
 }
 
-/// How many of its connections of one client node `me` closes when the holders' counts add up
-/// to more than `limit`: the surplus is split in proportion to what each holder has (rounded
-/// down), and what rounding leaves goes one by one to the biggest holders (ties by node id).
-/// Every node computes the same split from the same counts, so together they close the surplus
-/// once.
-pub fn trim_share(holders: &[(&str, u32)], limit: u32, me: &str) -> u32 {
-    let total: u64 = holders.iter().map(|(_, count)| u64::from(*count)).sum();
-    if total <= u64::from(limit) {
-        return 0;
-    }
-    let surplus = total - u64::from(limit);
-    let mut order: Vec<(&str, u32)> = holders.to_vec();
-    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let mut shares: Vec<u64> = order
-        .iter()
-        .map(|(_, count)| surplus * u64::from(*count) / total)
-        .collect();
-    let mut left = surplus - shares.iter().sum::<u64>();
-    for (index, (_, count)) in order.iter().enumerate().cycle().take(order.len() * 2) {
-        if left == 0 {
-            break;
+/// How long since each node's heartbeat last moved, as seen here (remembered across rounds in
+/// `gossip.heard`; forgotten with the node).
+fn heartbeat_ages(
+    gossip: &Gossip,
+    chitchat: &chitchat::Chitchat,
+    now: Instant,
+) -> HashMap<ChitchatId, Duration> {
+    let mut heard = gossip
+        .heard
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let mut ages = HashMap::new();
+    for (id, state) in chitchat.node_states() {
+        if *id == gossip.self_id {
+            continue;
         }
-        if shares[index] < u64::from(*count) {
-            shares[index] += 1;
-            left -= 1;
+        let heartbeat = state.heartbeat();
+        let entry = heard.entry(id.clone()).or_insert((heartbeat, now));
+        if entry.0 != heartbeat {
+            *entry = (heartbeat, now);
         }
+        ages.insert(id.clone(), now.duration_since(entry.1));
     }
-    order
-        .iter()
-        .zip(shares)
-        .find(|((node, _), _)| *node == me)
-        .map_or(0, |(_, share)| share as u32)
+    heard.retain(|id, _| chitchat.node_states().contains_key(id));
+    ages
 }
 
-#[cfg(test)]
-mod tests {
-    use super::trim_share;
-
-    #[test]
-    fn the_surplus_is_split_once_across_holders() {
-        let holders = [("n1", 12), ("n2", 11), ("n3", 10)];
-        let shares: Vec<u32> = ["n1", "n2", "n3"]
-            .iter()
-            .map(|me| trim_share(&holders, 30, me))
-            .collect();
-        assert_eq!(shares.iter().sum::<u32>(), 3, "{shares:?}");
-        assert_eq!(
-            shares,
-            [2, 1, 0],
-            "rounding leftovers go to the biggest holder"
-        );
-        let skewed = [("n1", 20), ("n2", 15), ("n3", 0)];
-        let shares: Vec<u32> = ["n1", "n2", "n3"]
-            .iter()
-            .map(|me| trim_share(&skewed, 30, me))
-            .collect();
-        assert_eq!(shares, [3, 2, 0]);
-        assert_eq!(trim_share(&holders, 33, "n1"), 0);
-        assert_eq!(trim_share(&[("n1", 5)], 0, "n1"), 5);
-        assert_eq!(trim_share(&[("a", 1), ("b", 1), ("c", 1)], 1, "c"), 0);
-        assert_eq!(
-            ["a", "b", "c"]
-                .iter()
-                .map(|me| trim_share(&[("a", 1), ("b", 1), ("c", 1)], 1, me))
-                .sum::<u32>(),
-            2
-        );
+/// One backend's round, applied in the order the round decided it: prober assignment, shared
+/// verdict, this node's lifted ejection, the peers' ejection honoured.
+fn apply_backend(pool: &Pool, backend: &Backend, round: &BackendRound) {
+    if let Some(probes_here) = round.probes_here {
+        backend.set_probes_here(probes_here);
+    }
+    if let Some(change) = &round.health_change {
+        pool.stats
+            .health_transitions
+            .fetch_add(1, Ordering::Relaxed);
+        if change.healthy {
+            tracing::info!(pool = %pool.name, backend = %backend.address, probers = ?round.probers, "backend healthy again (cluster verdict)");
+        } else {
+            tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?round.probers, unhealthy_on = ?change.unhealthy_on, "backend unhealthy (cluster verdict)");
+        }
+        backend.set_checked_health(change.healthy, change.reason.clone());
+    }
+    if let Some(passed) = round.lift_local {
+        if backend.lift_ejection(passed) {
+            tracing::info!(pool = %pool.name, backend = %backend.address, "ejection lifted: passed an active check");
+        }
+    }
+    let was_ejected = backend.set_remote_ejection(round.remote_ejection);
+    if was_ejected && round.remote_ejection.is_none() && !round.ejected_by.is_empty() {
+        tracing::info!(pool = %pool.name, backend = %backend.address, ejected_by = ?round.ejected_by, "peers' ejection lifted: passed an active check");
     }
 }

@@ -5,17 +5,22 @@
 mod client_counts;
 mod cluster;
 mod hlc;
+mod keys;
 mod persist;
 mod replicated;
+mod round;
 mod shared_health;
 mod transport;
+mod views;
 
-pub use cluster::{
-    BackendView, ClientView, Cluster, ClusterError, ClusterOptions, Member, MemberState, NodeCount,
-    SettingOrigin,
-};
+/// The transport gossip travels over ([`ClusterOptions::transport`]): chitchat's trait, whose
+/// methods return `anyhow::Result` (so `anyhow` is part of this crate's API there), and its
+/// in-process implementation for tests.
+pub use chitchat::transport::{ChannelTransport, Transport};
+pub use cluster::{Cluster, ClusterError, ClusterOptions, SettingOrigin};
 pub use replicated::{FileValues, ListenerField, Source};
 pub use transport::TransportStats;
+pub use views::{BackendView, ClientView, Member, MemberState, NodeCount};
 
 /// A deterministic xorshift generator for the tests that throw random input at parsers.
 #[cfg(test)]

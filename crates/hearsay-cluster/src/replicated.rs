@@ -24,9 +24,8 @@ use hearsay_proxy::{BackendState, PoolError, Proxy};
 use serde::{Deserialize, Serialize};
 
 use crate::hlc::{Hlc, Stamp};
+use crate::keys::{backend_key, listener_key, parse_key, Target};
 
-pub const LISTENER_PREFIX: &str = "set:l:";
-pub const BACKEND_PREFIX: &str = "set:b:";
 /// Longest value accepted from a peer. The longest entry a node writes (six fields with a
 /// 128-character node id and an IPv6 peer address each) is about 2 KB.
 const MAX_VALUE_LEN: usize = 4096;
@@ -410,37 +409,6 @@ impl Entry {
             .fold(0u64, |sum, stamp| sum.saturating_add(stamp.version()))
     }
 }
-
-/// What a replicated key is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target<'a> {
-    Listener(&'a str),
-    Backend { pool: &'a str, address: &'a str },
-}
-
-pub fn listener_key(name: &str) -> String {
-    format!("{LISTENER_PREFIX}{name}")
-}
-
-pub fn backend_key(pool: &str, address: &str) -> String {
-    format!("{BACKEND_PREFIX}{pool}/{address}")
-}
-
-/// Names as the config file allows them, so a peer's key can never name more than a config
-/// could (bounded length, no control characters).
-pub fn parse_key(key: &str) -> Option<Target<'_>> {
-    if let Some(name) = key.strip_prefix(LISTENER_PREFIX) {
-        return hearsay_config::valid_name(name).then_some(Target::Listener(name));
-    }
-    let (pool, address) = key.strip_prefix(BACKEND_PREFIX)?.split_once('/')?;
-    (hearsay_config::valid_name(pool)
-        && address.len() <= MAX_ADDRESS_LEN
-        && hearsay_config::valid_backend_address(address))
-    .then_some(Target::Backend { pool, address })
-}
-
-/// The longest backend address a key may carry (a DNS name of 253 bytes and a port).
-const MAX_ADDRESS_LEN: usize = 260;
 
 /// One setting to write, before it is stamped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -70,22 +70,6 @@ pub fn ejection_lifted(
         && matches!((since, passed), (Some(since), Some(passed)) if since < passed)
 }
 
-/// A gossiped ejection (`e:` value): `<until>,<since>` in unix ms. A bare `<until>` (an older
-/// node's) is accepted with an unknown start, which no check lifts.
-pub fn parse_ejection(value: &str) -> Option<(u64, Option<u64>)> {
-    match value.split_once(',') {
-        None => Some((value.parse().ok()?, None)),
-        Some((until, since)) => {
-            let (until, since) = (until.parse::<u64>().ok()?, since.parse::<u64>().ok()?);
-            (since <= until).then_some((until, Some(since)))
-        }
-    }
-}
-
-pub fn format_ejection(until: u64, since: u64) -> String {
-    format!("{until},{since}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,18 +92,6 @@ mod tests {
                 *lifted,
                 "{uneject} {healthy} {since:?} {passed:?}"
             );
-        }
-    }
-
-    #[test]
-    fn ejection_values_are_parsed_strictly() {
-        assert_eq!(
-            parse_ejection(&format_ejection(30_000, 1_000)),
-            Some((30_000, Some(1_000)))
-        );
-        assert_eq!(parse_ejection("30000"), Some((30_000, None)));
-        for bad in ["", ",", "1,", ",1", "x,1", "1,2,3", "5,9", "-1", "1 ,0"] {
-            assert_eq!(parse_ejection(bad), None, "{bad:?}");
         }
     }
 

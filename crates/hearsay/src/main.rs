@@ -143,6 +143,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 config: config.cluster.clone(),
                 file: hearsay_cluster::FileValues::of(&config),
+                transport: None,
             },
         )
         .await?;

@@ -65,37 +65,6 @@ fn value_of(entry: &Entry, field: ListenerField) -> Option<u64> {
     }
 }
 
-#[test]
-fn keys_round_trip() {
-    assert_eq!(
-        parse_key(&listener_key("web")),
-        Some(Target::Listener("web"))
-    );
-    assert_eq!(
-        parse_key(&backend_key("app", "[::1]:9000")),
-        Some(Target::Backend {
-            pool: "app",
-            address: "[::1]:9000"
-        })
-    );
-    assert_eq!(parse_key("set:l:"), None);
-    assert_eq!(parse_key("set:b:app"), None);
-    assert_eq!(parse_key("c:web/1.2.3.4"), None);
-    // Names a config file could not hold are refused: a peer cannot grow the state with them.
-    let long = "x".repeat(65);
-    for bad in [
-        format!("set:l:{long}"),
-        "set:l:we b".to_owned(),
-        "set:l:web\n".to_owned(),
-        format!("set:b:{long}/10.0.0.1:80"),
-        "set:b:app/not an address".to_owned(),
-        format!("set:b:app/{}.example:80", "a".repeat(300)),
-        "set:b:app/10.0.0.1".to_owned(),
-    ] {
-        assert_eq!(parse_key(&bad), None, "{bad:?}");
-    }
-}
-
 /// The partition of issue 11: one side writes `header_timeout`, the other `keepalive_timeout`
 /// (and both `body_timeout`). Whatever the order of the writes and of the merges, every node
 /// ends with both different-field writes and the later same-field write.
