@@ -413,6 +413,7 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
             ..
         } = http.into_parts();
         io = tokio_io.into_inner();
+        listener.stats.on_park();
         if !read_buf.is_empty() {
             // Bytes of a next request hyper had read without parsing them: served at once.
             io.rewind(read_buf);
@@ -420,6 +421,7 @@ pub(crate) async fn serve(stream: ClientStream, mut context: Context) {
         }
         // (An empty `read_buf` still holds hyper's whole read buffer.)
         drop(read_buf);
+        let _parked = listener.stats.parked_now();
         loop {
             match check(sleep.as_mut(), None) {
                 None => {}

@@ -170,16 +170,26 @@ async fn activity_pushes_the_idle_deadline_back() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("keepalive_timeout = \"300ms\"", &[backend.address], "").await;
     let mut client = Client::connect(proxy.address).await;
-    let start = Instant::now();
-    for _ in 0..4 {
-        assert_eq!(client.get("/").await.status, 200);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Four requests 200 ms apart: 800 ms in all, more than two timeouts, on one connection.
+    for request in 1..=4 {
+        assert_eq!(client.get("/").await.status, 200, "request {request}");
+        assert!(
+            client.still_open_after(Duration::from_millis(200)).await,
+            "closed within 200 ms of request {request}, before its 300 ms timeout"
+        );
     }
-    assert!(
-        start.elapsed() > Duration::from_millis(800),
-        "kept open well past one timeout by requests"
-    );
+    let stats = proxy.stats();
+    assert_eq!((stats.accepted, stats.requests), (1, 4), "{stats:?}");
+    assert_eq!(stats.closed(CloseReason::IdleTimeout), 0, "{stats:?}");
+    // Quiet from now on: it ends at the timeout.
     assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
+    assert!(
+        eventually(Duration::from_secs(1), || proxy
+            .stats()
+            .closed(CloseReason::IdleTimeout)
+            == 1)
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
