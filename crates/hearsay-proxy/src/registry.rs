@@ -121,13 +121,6 @@ impl ListenerStats {
         self.parked.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a connection in `parked_now` while the returned guard lives (waiting on its bare
-    /// socket).
-    pub(crate) fn parked_now(&self) -> ParkedNow<'_> {
-        self.parked_now.fetch_add(1, Ordering::Relaxed);
-        ParkedNow(self)
-    }
-
     pub(crate) fn on_close(&self, reason: CloseReason) {
         self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -163,9 +156,16 @@ impl ListenerStats {
 
 /// A connection counted in [`StatsSnapshot::parked_now`] until dropped.
 #[derive(Debug)]
-pub(crate) struct ParkedNow<'a>(&'a ListenerStats);
+pub(crate) struct ParkedNow(Arc<ListenerStats>);
 
-impl Drop for ParkedNow<'_> {
+impl ParkedNow {
+    pub(crate) fn enter(stats: &Arc<ListenerStats>) -> ParkedNow {
+        stats.parked_now.fetch_add(1, Ordering::Relaxed);
+        ParkedNow(Arc::clone(stats))
+    }
+}
+
+impl Drop for ParkedNow {
     fn drop(&mut self) {
         self.0.parked_now.fetch_sub(1, Ordering::Relaxed);
     }
