@@ -1,5 +1,11 @@
 //! Keep-alive semantics seen from a real client over real sockets: short and persistent
 //! connections, idle close timing, request and age caps, header and body timeouts.
+//!
+//! The exact deadlines are unit-tested as pure functions (`connection/rules.rs`). Here, a close
+//! must never come before its deadline (a bound no load can break); how soon after it comes is
+//! checked only by the tests named `real_clock_...`, with a slack a loaded 2-core machine keeps.
+//! Elsewhere the upper bound is the wait's own limit, far from what a missing wake-up would give
+//! (a timeout that did not apply would leave the connection open for a minute or more).
 
 mod support;
 
@@ -7,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use hearsay_proxy::CloseReason;
 use support::{eventually, Backend, Client, TestProxy};
+
+/// How late a close may be seen by the `real_clock_` tests: timers of a loaded machine (the
+/// proxy's and this test's own) fire late.
+const SLACK: Duration = Duration::from_millis(250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_connections_stay_open_and_announce_the_idle_timeout() {
@@ -125,7 +135,8 @@ async fn keepalive_timeout_zero_closes_after_every_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promptly_after() {
+async fn real_clock_an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promptly_after(
+) {
     let backend = Backend::start("b1").await;
     let timeout = Duration::from_millis(400);
     let proxy = TestProxy::start("keepalive_timeout = \"400ms\"", &[backend.address], "").await;
@@ -134,7 +145,7 @@ async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promp
         clients.push(Client::connect(proxy.address).await);
     }
     // The proxy's last byte left between `sent` and `answered`, so a close before `sent + T`
-    // would be early and one after `answered + T + 50 ms` late, however late this (busy) test
+    // would be early and one after `answered + T + SLACK` late, however late this (busy) test
     // process notices what arrived.
     for client in &mut clients {
         let sent = Instant::now();
@@ -151,8 +162,8 @@ async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promp
             closed - sent
         );
         assert!(
-            closed - answered <= timeout + Duration::from_millis(50),
-            "closed {:?} after the response, more than 50 ms late",
+            closed - answered <= timeout + SLACK,
+            "closed {:?} after the response, more than {SLACK:?} late",
             closed - answered
         );
     }
@@ -168,14 +179,15 @@ async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_pushes_the_idle_deadline_back() {
     let backend = Backend::start("b1").await;
-    let proxy = TestProxy::start("keepalive_timeout = \"300ms\"", &[backend.address], "").await;
+    let proxy = TestProxy::start("keepalive_timeout = \"600ms\"", &[backend.address], "").await;
     let mut client = Client::connect(proxy.address).await;
-    // Four requests 200 ms apart: 800 ms in all, more than two timeouts, on one connection.
+    // Four requests 300 ms apart: 1.2 s in all, two timeouts, on one connection (a pause may
+    // run late by up to 300 ms before it reaches the timeout).
     for request in 1..=4 {
         assert_eq!(client.get("/").await.status, 200, "request {request}");
         assert!(
-            client.still_open_after(Duration::from_millis(200)).await,
-            "closed within 200 ms of request {request}, before its 300 ms timeout"
+            client.still_open_after(Duration::from_millis(300)).await,
+            "closed within 300 ms of request {request}, before its 600 ms timeout"
         );
     }
     let stats = proxy.stats();
@@ -203,27 +215,21 @@ async fn a_shortened_timeout_applies_to_connections_already_open() {
     let listener = proxy.proxy.listener("web").unwrap();
     let mut settings = (*listener.settings()).clone();
     settings.keepalive_timeout = Duration::from_millis(200);
-    let changed = Instant::now();
     listener.set_settings(settings);
-    // Idle for 300 ms already: past the new 200 ms timeout, so it closes at once.
-    let closed = client
-        .wait_closed(Duration::from_secs(2))
-        .await
-        .expect("closed under the new timeout");
+    // Idle for 300 ms already: past the new 200 ms timeout, so it closes at once (under the
+    // old one it would stay open for a minute).
     assert!(
-        closed - changed < Duration::from_millis(50),
-        "closed {:?} after the change",
-        closed - changed
+        client.wait_closed(Duration::from_secs(2)).await.is_some(),
+        "closed under the new timeout"
     );
+    assert_eq!(proxy.stats().closed(CloseReason::IdleTimeout), 1);
 
     // And a fresh idle period runs on the new value.
     let mut client = Client::connect(proxy.address).await;
     let sent = Instant::now();
     assert_eq!(client.get("/").await.status, 200);
-    let answered = Instant::now();
     let closed = client.wait_closed(Duration::from_secs(2)).await.unwrap();
     assert!(closed - sent >= Duration::from_millis(200));
-    assert!(closed - answered <= Duration::from_millis(250));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,8 +276,8 @@ async fn max_connection_age_ends_the_connection_gracefully() {
         .wait_closed(Duration::from_secs(2))
         .await
         .expect("closed at max age");
+    // Not before the age; without it, it would stay open for the 75 s keep-alive timeout.
     assert!(closed - opened >= Duration::from_millis(300));
-    assert!(closed - opened <= Duration::from_millis(400));
     assert!(
         eventually(Duration::from_secs(1), || proxy
             .stats()
@@ -282,7 +288,7 @@ async fn max_connection_age_ends_the_connection_gracefully() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_request_head_is_cut_at_the_header_timeout() {
+async fn real_clock_a_slow_request_head_is_cut_at_the_header_timeout() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("header_timeout = \"300ms\"", &[backend.address], "").await;
     let mut slowloris = Client::connect(proxy.address).await;
@@ -311,7 +317,7 @@ async fn a_slow_request_head_is_cut_at_the_header_timeout() {
         "cut after {elapsed:?}"
     );
     assert!(
-        elapsed <= Duration::from_millis(400),
+        elapsed <= Duration::from_millis(300) + SLACK,
         "cut after {elapsed:?}"
     );
     assert_eq!(
@@ -350,7 +356,7 @@ async fn the_header_timeout_does_not_cut_an_idle_keepalive_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_request_body_is_cut_at_the_body_timeout() {
+async fn real_clock_a_stalled_request_body_is_cut_at_the_body_timeout() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("body_timeout = \"300ms\"", &[backend.address], "").await;
     let mut client = Client::connect(proxy.address).await;
@@ -370,7 +376,7 @@ async fn a_stalled_request_body_is_cut_at_the_body_timeout() {
         closed - stalled
     );
     assert!(
-        closed - stalled <= Duration::from_millis(400),
+        closed - stalled <= Duration::from_millis(300) + SLACK,
         "cut after {:?}",
         closed - stalled
     );
@@ -387,8 +393,9 @@ async fn a_stalled_request_body_is_cut_at_the_body_timeout() {
     client
         .send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
         .await;
+    // 100 ms apart: a pause may run 200 ms late before it reaches the 300 ms timeout.
     for part in [b"he", b"ll", b"o ", b"wo", b"rl"] {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         client.send(part).await;
     }
     let response = client.read_response().await.expect("answered");

