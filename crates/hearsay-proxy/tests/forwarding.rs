@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hearsay_proxy::{CloseReason, ConnectionState};
-use support::{closed_port, eventually, Backend, Client, TestProxy};
+use support::{closed_port, wait_until, Backend, Client, TestProxy};
 use tokio::io::AsyncWriteExt;
 
 /// Waits at most 10 s: a streaming test must fail, not hang, when bytes stop coming.
@@ -233,7 +233,7 @@ async fn request_bodies_stream_to_the_backend() {
     client.stream.write_all(&chunk).await.unwrap();
     // The backend sees the first bytes before the client has sent the rest.
     assert!(
-        eventually(Duration::from_secs(5), || backend
+        wait_until(Duration::from_secs(5), || backend
             .body_chunks_seen
             .load(Ordering::SeqCst)
             > 0)
@@ -257,7 +257,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_closes_idle_connectio
     let mut busy = Client::connect(proxy.address).await;
     busy.send(b"GET /slow?ms=600 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
-    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+    assert!(wait_until(Duration::from_secs(2), || proxy.stats().active == 1).await);
 
     let shutdown = {
         let proxy = proxy.proxy.clone();
@@ -296,7 +296,7 @@ async fn graceful_shutdown_gives_up_after_the_grace_period() {
     let proxy = TestProxy::start("", &[backend.address], "").await;
     let mut stuck = Client::connect(proxy.address).await;
     stuck.send(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+    assert!(wait_until(Duration::from_secs(2), || proxy.stats().active == 1).await);
     let started = Instant::now();
     proxy.proxy.shutdown(Duration::from_millis(300)).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -313,7 +313,7 @@ async fn the_registry_lists_open_connections_and_counts_them() {
     let mut busy = Client::connect(proxy.address).await;
     busy.send(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
-    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+    assert!(wait_until(Duration::from_secs(2), || proxy.stats().active == 1).await);
 
     let stats = proxy.stats();
     assert_eq!(
@@ -349,7 +349,7 @@ async fn the_registry_lists_open_connections_and_counts_them() {
     assert_eq!(proxy.stats().active, 1, "the idle one closed first");
     assert_eq!(busy.read_response().await.unwrap().status, 200);
     assert!(busy.wait_closed(Duration::from_secs(1)).await.is_some());
-    assert!(eventually(Duration::from_secs(1), || proxy.stats().open == 0).await);
+    assert!(wait_until(Duration::from_secs(1), || proxy.stats().open == 0).await);
     assert_eq!(proxy.stats().closed(CloseReason::Admin), 2);
 }
 

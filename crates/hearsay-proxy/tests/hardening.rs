@@ -151,7 +151,7 @@ async fn uploads_cut_short_by_their_clients_eject_no_backend() {
             .await;
         // Wait until the body is on its way to the backend, then leave.
         assert!(
-            support::eventually(Duration::from_secs(2), || {
+            support::wait_until(Duration::from_secs(2), || {
                 backend.body_chunks_seen.load(Ordering::SeqCst) > seen
             })
             .await
@@ -160,7 +160,7 @@ async fn uploads_cut_short_by_their_clients_eject_no_backend() {
     }
     // The aborted uploads end on the proxy's side too.
     assert!(
-        support::eventually(Duration::from_secs(3), || proxy.stats().open == 0).await,
+        support::wait_until(Duration::from_secs(3), || proxy.stats().open == 0).await,
         "{:?}",
         proxy.stats()
     );

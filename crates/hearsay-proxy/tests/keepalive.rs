@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use hearsay_proxy::CloseReason;
-use support::{eventually, Backend, Client, TestProxy};
+use support::{wait_until, Backend, Client, TestProxy};
 
 /// How late a close may be seen by the `real_clock_` tests: timers of a loaded machine (the
 /// proxy's and this test's own) fire late.
@@ -87,7 +87,7 @@ async fn http10_gets_a_short_connection_unless_it_asks_for_keep_alive() {
             .await
     );
     assert!(
-        eventually(Duration::from_secs(2), || proxy
+        wait_until(Duration::from_secs(2), || proxy
             .stats()
             .closed(CloseReason::ClientClosed)
             == 1)
@@ -126,7 +126,7 @@ async fn keepalive_timeout_zero_closes_after_every_response() {
         assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
     }
     assert!(
-        eventually(Duration::from_secs(2), || proxy
+        wait_until(Duration::from_secs(2), || proxy
             .stats()
             .closed(CloseReason::KeepaliveOff)
             == 2)
@@ -168,7 +168,7 @@ async fn real_clock_an_idle_connection_closes_at_the_keepalive_timeout_not_befor
         );
     }
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::IdleTimeout)
             == 5)
@@ -196,7 +196,7 @@ async fn activity_pushes_the_idle_deadline_back() {
     // Quiet from now on: it ends at the timeout.
     assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::IdleTimeout)
             == 1)
@@ -245,7 +245,7 @@ async fn max_requests_per_connection_ends_the_connection_after_the_last_response
     }
     assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::MaxRequests)
             == 1)
@@ -279,7 +279,7 @@ async fn max_connection_age_ends_the_connection_gracefully() {
     // Not before the age; without it, it would stay open for the 75 s keep-alive timeout.
     assert!(closed - opened >= Duration::from_millis(300));
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::MaxAge)
             == 2)
@@ -329,7 +329,7 @@ async fn real_clock_a_slow_request_head_is_cut_at_the_header_timeout() {
     let mut silent = Client::connect(proxy.address).await;
     assert!(silent.wait_closed(Duration::from_secs(2)).await.is_some());
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::HeaderTimeout)
             == 2)
@@ -381,7 +381,7 @@ async fn real_clock_a_stalled_request_body_is_cut_at_the_body_timeout() {
         closed - stalled
     );
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::BodyTimeout)
             == 1)

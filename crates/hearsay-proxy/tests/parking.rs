@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use hearsay_proxy::CloseReason;
-use support::{eventually, Backend, Client, TestProxy};
+use support::{wait_until, Backend, Client, TestProxy};
 
 /// Pauses on both sides of the parking delay (10 ms) and of its backed-off values.
 const PAUSES_MS: [u64; 6] = [0, 3, 12, 30, 80, 250];
@@ -27,7 +27,7 @@ async fn quiet_client() -> (Backend, TestProxy, Client) {
 /// Waits (bounded) until `parked` connections wait on their bare socket.
 async fn wait_parked(proxy: &TestProxy, parked: u64) {
     assert!(
-        eventually(Duration::from_secs(2), || proxy.stats().parked_now
+        wait_until(Duration::from_secs(2), || proxy.stats().parked_now
             == parked)
         .await,
         "expected {parked} parked: {:?}",
@@ -125,7 +125,7 @@ async fn the_start_of_a_pipelined_request_read_before_a_pause_is_kept() {
         200
     );
     assert!(
-        eventually(Duration::from_secs(2), || proxy.stats().parked
+        wait_until(Duration::from_secs(2), || proxy.stats().parked
             == parked + 1)
         .await,
         "parked with unparsed bytes: {:?}",
@@ -171,7 +171,7 @@ async fn a_request_body_sent_after_an_early_answer_is_not_taken_for_a_request() 
         "nothing after the answer"
     );
     assert!(
-        eventually(Duration::from_secs(2), || proxy.stats().open == 0).await,
+        wait_until(Duration::from_secs(2), || proxy.stats().open == 0).await,
         "{:?}",
         proxy.stats()
     );
@@ -183,7 +183,7 @@ async fn a_client_closing_a_quiet_connection_is_counted_as_such() {
     let (_backend, proxy, client) = quiet_client().await;
     drop(client);
     assert!(
-        eventually(Duration::from_secs(2), || {
+        wait_until(Duration::from_secs(2), || {
             let stats = proxy.stats();
             stats.open == 0 && stats.parked_now == 0 && stats.closed(CloseReason::ClientClosed) == 1
         })
@@ -209,7 +209,7 @@ async fn a_quiet_new_connection_is_still_cut_at_the_header_timeout() {
     let after = closed - opened;
     assert!(after >= Duration::from_millis(300), "cut after {after:?}");
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::HeaderTimeout)
             == 1)
