@@ -154,9 +154,9 @@ async fn a_request_body_sent_after_an_early_answer_is_not_taken_for_a_request() 
         .await;
     let response = client.read_response().await.expect("the early answer");
     assert_eq!(response.status, 200);
-    // hyper does not wait for a body nobody reads: it ends the connection after the answer, and
-    // says so; no idle timeout is promised.
-    assert_eq!(response.header("connection"), Some("close"));
+    // hyper does not wait for a body nobody reads: it ends the connection after the answer (and
+    // says so with `Connection: close` when it has let go of the body before the answer's head
+    // is written, which depends on timing); no idle timeout is promised.
     assert_eq!(
         response.header("keep-alive"),
         None,
@@ -165,7 +165,10 @@ async fn a_request_body_sent_after_an_early_answer_is_not_taken_for_a_request() 
     );
     // The rest of the body never reaches a parser: never a 400 for the body's bytes.
     let _ = client.stream.try_write(b"second part of the body");
-    assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
+    assert!(
+        client.wait_closed(Duration::from_secs(2)).await.is_some(),
+        "the connection ends after the early answer"
+    );
     assert!(
         client.read_response().await.is_none(),
         "nothing after the answer"
