@@ -121,17 +121,7 @@ pub fn send_signal(child: &std::process::Child, signal: &str) {
 
 /// Waits at most `limit` for a child process to exit.
 pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the process to exit", limit, || child.try_wait().unwrap())
 }
 
 impl Drop for Node {
