@@ -1,6 +1,6 @@
 //! Shared helpers of the end-to-end tests: temp configs, a plain HTTP backend, a running node.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,50 +31,10 @@ pub fn grpcurl_binary() -> String {
     String::from_utf8(found.stdout).unwrap().trim().to_owned()
 }
 
-/// A plain HTTP/1.1 backend on a thread: `/slow` answers after 700 ms (and says on the channel
-/// that it started), anything else at once.
-pub fn start_backend() -> (SocketAddr, mpsc::Receiver<()>) {
-    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = socket.local_addr().unwrap();
-    let (slow_started, slow_seen) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in socket.incoming().flatten() {
-            let slow_started = slow_started.clone();
-            std::thread::spawn(move || serve_backend_connection(stream, slow_started));
-        }
-    });
-    (address, slow_seen)
-}
+pub mod cluster;
 
-pub fn serve_backend_connection(stream: TcpStream, slow_started: mpsc::Sender<()>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-        }
-        if request_line.contains("/slow") {
-            let _ = slow_started.send(());
-            std::thread::sleep(Duration::from_millis(700));
-        }
-        let port = writer.local_addr().map(|a| a.port()).unwrap_or(0);
-        let body = format!("backend {port} saw {}", request_line.trim());
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if writer.write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
+pub use hearsay_testkit::thread_backend::{serve_backend_connection, start_backend};
+pub use hearsay_testkit::wait_for;
 
 pub struct Node {
     pub child: Child,
@@ -161,17 +121,7 @@ pub fn send_signal(child: &std::process::Child, signal: &str) {
 
 /// Waits at most `limit` for a child process to exit.
 pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the process to exit", limit, || child.try_wait().unwrap())
 }
 
 impl Drop for Node {

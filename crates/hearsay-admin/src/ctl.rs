@@ -284,10 +284,45 @@ fn client_tls(args: &CtlArgs) -> Result<Option<tonic::transport::ClientTlsConfig
 /// Runs a ctl command and returns what to print.
 pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
     let tls = client_tls(&args)?;
-    let address = match (args.admin.contains("://"), tls.is_some()) {
-        (true, _) => args.admin.clone(),
-        (false, true) => format!("https://{}", args.admin),
-        (false, false) => format!("http://{}", args.admin),
+    let mut client = connect(&args.admin, args.token, tls).await?;
+    let client = &mut client;
+    match args.command {
+        CtlCommand::Status => status(client).await,
+        CtlCommand::Listeners => listeners(client).await,
+        CtlCommand::Listener { name } => listener(client, name).await,
+        CtlCommand::ResetListener { name } => reset_listener(client, name).await,
+        CtlCommand::ResetBackends { pool } => reset_backends(client, pool).await,
+        CtlCommand::SetKeepalive { listener, timeout } => {
+            set_keepalive(client, listener, timeout).await
+        }
+        CtlCommand::Backends { pool } => backends(client, pool).await,
+        CtlCommand::Drain { pool, address } => {
+            set_state(client, pool, address, pb::BackendState::Draining).await
+        }
+        CtlCommand::Enable { pool, address } => {
+            set_state(client, pool, address, pb::BackendState::Enabled).await
+        }
+        CtlCommand::Connections {
+            listener,
+            client: client_ip,
+            min_idle,
+            limit,
+        } => connections(client, listener, client_ip, min_idle, limit).await,
+        CtlCommand::TopClients { listener, limit } => top_clients(client, listener, limit).await,
+        CtlCommand::Members => members(client).await,
+    }
+}
+
+/// Connects to the admin API at `admin` (`host:port` or a URL), sending `token` with every call.
+async fn connect(
+    admin: &str,
+    token: Option<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Client, CtlError> {
+    let address = match (admin.contains("://"), tls.is_some()) {
+        (true, _) => admin.to_owned(),
+        (false, true) => format!("https://{admin}"),
+        (false, false) => format!("http://{admin}"),
     };
     if address.starts_with("https://") && tls.is_none() {
         return Err(CtlError::Usage(
@@ -296,7 +331,7 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
         ));
     }
     let mut endpoint = Endpoint::from_shared(address.clone())
-        .map_err(|_| CtlError::Usage(format!("--admin {:?} is not an address", args.admin)))?
+        .map_err(|_| CtlError::Usage(format!("--admin {admin:?} is not an address")))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     if let Some(tls) = tls {
@@ -308,283 +343,301 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
         .connect()
         .await
         .map_err(|error| CtlError::Connect {
-            address: args.admin.clone(),
+            address: admin.to_owned(),
             reason: root_cause(&error),
         })?;
-    let token = match args.token {
+    let token = match token {
         Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
             CtlError::Usage("the token has characters a header cannot carry".to_owned())
         })?),
         None => None,
     };
-    let mut client: Client = AdminClient::with_interceptor(channel, TokenHeader(token));
-    match args.command {
-        CtlCommand::Status => {
-            let node = client.get_node(pb::GetNodeRequest {}).await?.into_inner();
-            let stats = client
-                .get_stats(pb::GetStatsRequest { listener: None })
-                .await?
-                .into_inner();
-            let total = stats.total.unwrap_or_default();
-            let gossip = match &node.gossip {
-                None => "gossip: off (single node)\n".to_owned(),
-                Some(gossip) => format!(
-                    "gossip: {} ({}), {} datagrams sent, {} received, {} dropped ({} forged, {} replayed, {} stale, {} malformed, {} oversized, {} local)\n",
-                    node.gossip_address,
-                    if gossip.authenticated { "authenticated" } else { "UNAUTHENTICATED, loopback only" },
-                    gossip.datagrams_sent,
-                    gossip.datagrams_received,
-                    gossip.dropped_forged
-                        + gossip.dropped_replayed
-                        + gossip.dropped_stale
-                        + gossip.dropped_malformed
-                        + gossip.dropped_oversized
-                        + gossip.dropped_local,
-                    gossip.dropped_forged,
-                    gossip.dropped_replayed,
-                    gossip.dropped_stale,
-                    gossip.dropped_malformed,
-                    gossip.dropped_oversized,
-                    gossip.dropped_local,
-                ) + &if gossip.unpublished_client_counts > 0 {
-                    format!(
-                        "client counts left out by cluster.published_clients: {} (the cluster-wide cap is not guaranteed for them; raise it)\n",
-                        gossip.unpublished_client_counts
-                    )
-                } else {
-                    String::new()
-                },
-            };
-            Ok(format!(
-                "node {} (hearsay {}), up {}\nlisteners: {}\nconnections: {} open ({} active, {} idle), {} accepted, {} requests, {} refused over limit\n",
-                node.id,
-                node.version,
-                show(
-                    node.uptime
-                        .map(|uptime| prost_types::Duration { nanos: 0, ..uptime })
-                        .as_ref()
-                ),
-                node.listeners.join(", "),
-                total.open,
-                total.active,
-                total.idle,
-                total.accepted,
-                total.requests,
-                total.refused_over_limit,
-            ) + &gossip)
-        }
-        CtlCommand::Listeners => {
-            let listeners = client
-                .list_listeners(pb::ListListenersRequest {})
-                .await?
-                .into_inner();
-            let rows: Vec<Vec<String>> = listeners
-                .listeners
-                .iter()
-                .map(|listener| {
-                    let settings = listener.settings.unwrap_or_default();
-                    vec![
-                        listener.name.clone(),
-                        listener.bind.clone(),
-                        listener.pool.clone(),
-                        show(settings.keepalive_timeout.as_ref()),
-                        show(settings.header_timeout.as_ref()),
-                        show(settings.body_timeout.as_ref()),
-                        unlimited(settings.max_requests_per_connection.unwrap_or(0)),
-                        unlimited(u64::from(settings.max_connections_per_client.unwrap_or(0))),
-                        listener.version.to_string(),
-                    ]
-                })
-                .collect();
-            Ok(table(
-                &[
-                    "LISTENER",
-                    "BIND",
-                    "POOL",
-                    "KEEPALIVE",
-                    "HEADER",
-                    "BODY",
-                    "MAX-REQ",
-                    "PER-CLIENT",
-                    "VERSION",
-                ],
-                &rows,
-            ))
-        }
-        CtlCommand::Listener { name } => {
-            let listener = client
-                .get_listener(pb::GetListenerRequest { name })
-                .await?
-                .into_inner();
-            Ok(listener_table(&listener))
-        }
-        CtlCommand::ResetListener { name } => {
-            let listener = client
-                .reset_listener(pb::ResetListenerRequest { name })
-                .await?
-                .into_inner();
-            Ok(
-                "reset to this node's config file on every node\n".to_owned()
-                    + &listener_table(&listener),
+    Ok(AdminClient::with_interceptor(channel, TokenHeader(token)))
+}
+
+/// `status`: the node and its connection totals.
+async fn status(client: &mut Client) -> Result<String, CtlError> {
+    let node = client.get_node(pb::GetNodeRequest {}).await?.into_inner();
+    let stats = client
+        .get_stats(pb::GetStatsRequest { listener: None })
+        .await?
+        .into_inner();
+    let total = stats.total.unwrap_or_default();
+    let gossip = match &node.gossip {
+        None => "gossip: off (single node)\n".to_owned(),
+        Some(gossip) => format!(
+            "gossip: {} ({}), {} datagrams sent, {} received, {} dropped ({} forged, {} replayed, {} stale, {} malformed, {} oversized, {} local)\n",
+            node.gossip_address,
+            if gossip.authenticated { "authenticated" } else { "UNAUTHENTICATED, loopback only" },
+            gossip.datagrams_sent,
+            gossip.datagrams_received,
+            gossip.dropped_forged
+                + gossip.dropped_replayed
+                + gossip.dropped_stale
+                + gossip.dropped_malformed
+                + gossip.dropped_oversized
+                + gossip.dropped_local,
+            gossip.dropped_forged,
+            gossip.dropped_replayed,
+            gossip.dropped_stale,
+            gossip.dropped_malformed,
+            gossip.dropped_oversized,
+            gossip.dropped_local,
+        ) + &if gossip.unpublished_client_counts > 0 {
+            format!(
+                "client counts left out by cluster.published_clients: {} (the cluster-wide cap is not guaranteed for them; raise it)\n",
+                gossip.unpublished_client_counts
             )
-        }
-        CtlCommand::ResetBackends { pool } => {
-            let backends = client
-                .reset_backends(pb::ResetBackendsRequest { pool: pool.clone() })
-                .await?
-                .into_inner();
-            Ok(
-                format!("pool {pool}: backends reset to this node's config file on every node\n")
-                    + &backends_table(&backends),
-            )
-        }
-        CtlCommand::SetKeepalive { listener, timeout } => {
-            let timeout = duration_arg("timeout", &timeout)?;
-            let updated = client
-                .update_listener(pb::UpdateListenerRequest {
-                    name: listener,
-                    settings: Some(pb::ListenerSettings {
-                        keepalive_timeout: Some(to_proto_duration(timeout)),
-                        ..Default::default()
-                    }),
-                    update_mask: None,
-                    expected_version: 0,
-                })
-                .await?
-                .into_inner();
-            let settings = updated.settings.unwrap_or_default();
-            Ok(format!(
-                "listener {}: keepalive_timeout {} (version {})\n",
-                updated.name,
+        } else {
+            String::new()
+        },
+    };
+    Ok(format!(
+        "node {} (hearsay {}), up {}\nlisteners: {}\nconnections: {} open ({} active, {} idle), {} accepted, {} requests, {} refused over limit\n",
+        node.id,
+        node.version,
+        show(
+            node.uptime
+                .map(|uptime| prost_types::Duration { nanos: 0, ..uptime })
+                .as_ref()
+        ),
+        node.listeners.join(", "),
+        total.open,
+        total.active,
+        total.idle,
+        total.accepted,
+        total.requests,
+        total.refused_over_limit,
+    ) + &gossip)
+}
+
+/// `listeners`: listeners and their keep-alive settings.
+async fn listeners(client: &mut Client) -> Result<String, CtlError> {
+    let listeners = client
+        .list_listeners(pb::ListListenersRequest {})
+        .await?
+        .into_inner();
+    let rows: Vec<Vec<String>> = listeners
+        .listeners
+        .iter()
+        .map(|listener| {
+            let settings = listener.settings.unwrap_or_default();
+            vec![
+                listener.name.clone(),
+                listener.bind.clone(),
+                listener.pool.clone(),
                 show(settings.keepalive_timeout.as_ref()),
-                updated.version
-            ))
-        }
-        CtlCommand::Backends { pool } => {
-            let backends = client
-                .list_backends(pb::ListBackendsRequest { pool })
-                .await?
-                .into_inner();
-            Ok(backends_table(&backends))
-        }
-        CtlCommand::Drain { pool, address } => {
-            set_state(&mut client, pool, address, pb::BackendState::Draining).await
-        }
-        CtlCommand::Enable { pool, address } => {
-            set_state(&mut client, pool, address, pb::BackendState::Enabled).await
-        }
-        CtlCommand::Connections {
+                show(settings.header_timeout.as_ref()),
+                show(settings.body_timeout.as_ref()),
+                unlimited(settings.max_requests_per_connection.unwrap_or(0)),
+                unlimited(u64::from(settings.max_connections_per_client.unwrap_or(0))),
+                listener.version.to_string(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "LISTENER",
+            "BIND",
+            "POOL",
+            "KEEPALIVE",
+            "HEADER",
+            "BODY",
+            "MAX-REQ",
+            "PER-CLIENT",
+            "VERSION",
+        ],
+        &rows,
+    ))
+}
+
+/// `listener NAME`: a listener's settings and where each came from.
+async fn listener(client: &mut Client, name: String) -> Result<String, CtlError> {
+    let listener = client
+        .get_listener(pb::GetListenerRequest { name })
+        .await?
+        .into_inner();
+    Ok(listener_table(&listener))
+}
+
+/// `reset-listener NAME`.
+async fn reset_listener(client: &mut Client, name: String) -> Result<String, CtlError> {
+    let listener = client
+        .reset_listener(pb::ResetListenerRequest { name })
+        .await?
+        .into_inner();
+    Ok("reset to this node's config file on every node\n".to_owned() + &listener_table(&listener))
+}
+
+/// `reset-backends POOL`.
+async fn reset_backends(client: &mut Client, pool: String) -> Result<String, CtlError> {
+    let backends = client
+        .reset_backends(pb::ResetBackendsRequest { pool: pool.clone() })
+        .await?
+        .into_inner();
+    Ok(
+        format!("pool {pool}: backends reset to this node's config file on every node\n")
+            + &backends_table(&backends),
+    )
+}
+
+/// `set-keepalive LISTENER TIMEOUT`.
+async fn set_keepalive(
+    client: &mut Client,
+    listener: String,
+    timeout: String,
+) -> Result<String, CtlError> {
+    let timeout = duration_arg("timeout", &timeout)?;
+    let updated = client
+        .update_listener(pb::UpdateListenerRequest {
+            name: listener,
+            settings: Some(pb::ListenerSettings {
+                keepalive_timeout: Some(to_proto_duration(timeout)),
+                ..Default::default()
+            }),
+            update_mask: None,
+            expected_version: 0,
+        })
+        .await?
+        .into_inner();
+    let settings = updated.settings.unwrap_or_default();
+    Ok(format!(
+        "listener {}: keepalive_timeout {} (version {})\n",
+        updated.name,
+        show(settings.keepalive_timeout.as_ref()),
+        updated.version
+    ))
+}
+
+/// `backends POOL`.
+async fn backends(client: &mut Client, pool: String) -> Result<String, CtlError> {
+    let backends = client
+        .list_backends(pb::ListBackendsRequest { pool })
+        .await?
+        .into_inner();
+    Ok(backends_table(&backends))
+}
+
+/// `connections`: open connections, filtered.
+async fn connections(
+    client: &mut Client,
+    listener: Option<String>,
+    client_ip: Option<String>,
+    min_idle: Option<String>,
+    limit: u32,
+) -> Result<String, CtlError> {
+    let min_idle = min_idle
+        .map(|text| duration_arg("--min-idle", &text))
+        .transpose()?
+        .map(to_proto_duration);
+    let connections = client
+        .list_connections(pb::ListConnectionsRequest {
             listener,
             client: client_ip,
             min_idle,
-            limit,
-        } => {
-            let min_idle = min_idle
-                .map(|text| duration_arg("--min-idle", &text))
-                .transpose()?
-                .map(to_proto_duration);
-            let connections = client
-                .list_connections(pb::ListConnectionsRequest {
-                    listener,
-                    client: client_ip,
-                    min_idle,
-                    page_size: limit,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
-            let rows: Vec<Vec<String>> = connections
-                .connections
-                .iter()
-                .map(|connection| {
-                    vec![
-                        connection.id.to_string(),
-                        connection.listener.clone(),
-                        connection.client_address.clone(),
-                        connection.state().as_str_name().to_lowercase(),
-                        show(connection.idle_for.as_ref()),
-                        connection.requests.to_string(),
-                    ]
-                })
-                .collect();
-            let mut out = table(
-                &["ID", "LISTENER", "CLIENT", "STATE", "IDLE-FOR", "REQUESTS"],
-                &rows,
-            );
-            if !connections.next_page_token.is_empty() {
-                out.push_str("(more: raise --limit)\n");
-            }
-            Ok(out)
-        }
-        CtlCommand::TopClients { listener, limit } => {
-            let clients = client
-                .list_clients(pb::ListClientsRequest { listener, limit })
-                .await?
-                .into_inner();
-            let rows: Vec<Vec<String>> = clients
-                .clients
-                .iter()
-                .map(|client| {
-                    vec![
-                        client.client_key.clone(),
-                        client.listener.clone(),
-                        client.open_connections.to_string(),
-                        client.cluster_total.to_string(),
-                        if client.exempt {
-                            "exempt".to_owned()
-                        } else {
-                            unlimited(u64::from(client.limit))
-                        },
-                    ]
-                })
-                .collect();
-            Ok(table(
-                &["CLIENT", "LISTENER", "OPEN", "CLUSTER", "LIMIT"],
-                &rows,
-            ))
-        }
-        CtlCommand::Members => {
-            let members = client
-                .list_members(pb::ListMembersRequest {})
-                .await?
-                .into_inner();
-            let rows: Vec<Vec<String>> = members
-                .members
-                .iter()
-                .map(|member| {
-                    vec![
-                        if member.is_self {
-                            format!("{} (self)", member.node_id)
-                        } else {
-                            member.node_id.clone()
-                        },
-                        member
-                            .state()
-                            .as_str_name()
-                            .trim_start_matches("MEMBER_")
-                            .to_lowercase(),
-                        if member.ready { "yes" } else { "no" }.to_owned(),
-                        member.gossip_address.clone(),
-                        member.admin_address.clone(),
-                        member.version.clone(),
-                        member.generation.to_string(),
-                    ]
-                })
-                .collect();
-            Ok(table(
-                &[
-                    "NODE",
-                    "STATE",
-                    "READY",
-                    "GOSSIP",
-                    "ADMIN",
-                    "VERSION",
-                    "GENERATION",
-                ],
-                &rows,
-            ))
-        }
+            page_size: limit,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    let rows: Vec<Vec<String>> = connections
+        .connections
+        .iter()
+        .map(|connection| {
+            vec![
+                connection.id.to_string(),
+                connection.listener.clone(),
+                connection.client_address.clone(),
+                connection.state().as_str_name().to_lowercase(),
+                show(connection.idle_for.as_ref()),
+                connection.requests.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["ID", "LISTENER", "CLIENT", "STATE", "IDLE-FOR", "REQUESTS"],
+        &rows,
+    );
+    if !connections.next_page_token.is_empty() {
+        out.push_str("(more: raise --limit)\n");
     }
+    Ok(out)
+}
+
+/// `top-clients`: the clients holding the most connections.
+async fn top_clients(
+    client: &mut Client,
+    listener: Option<String>,
+    limit: u32,
+) -> Result<String, CtlError> {
+    let clients = client
+        .list_clients(pb::ListClientsRequest { listener, limit })
+        .await?
+        .into_inner();
+    let rows: Vec<Vec<String>> = clients
+        .clients
+        .iter()
+        .map(|client| {
+            vec![
+                client.client_key.clone(),
+                client.listener.clone(),
+                client.open_connections.to_string(),
+                client.cluster_total.to_string(),
+                if client.exempt {
+                    "exempt".to_owned()
+                } else {
+                    unlimited(u64::from(client.limit))
+                },
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["CLIENT", "LISTENER", "OPEN", "CLUSTER", "LIMIT"],
+        &rows,
+    ))
+}
+
+/// `members`: the nodes of the cluster.
+async fn members(client: &mut Client) -> Result<String, CtlError> {
+    let members = client
+        .list_members(pb::ListMembersRequest {})
+        .await?
+        .into_inner();
+    let rows: Vec<Vec<String>> = members
+        .members
+        .iter()
+        .map(|member| {
+            vec![
+                if member.is_self {
+                    format!("{} (self)", member.node_id)
+                } else {
+                    member.node_id.clone()
+                },
+                member
+                    .state()
+                    .as_str_name()
+                    .trim_start_matches("MEMBER_")
+                    .to_lowercase(),
+                if member.ready { "yes" } else { "no" }.to_owned(),
+                member.gossip_address.clone(),
+                member.admin_address.clone(),
+                member.version.clone(),
+                member.generation.to_string(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "NODE",
+            "STATE",
+            "READY",
+            "GOSSIP",
+            "ADMIN",
+            "VERSION",
+            "GENERATION",
+        ],
+        &rows,
+    ))
 }
 
 /// Backends, with who set their state.

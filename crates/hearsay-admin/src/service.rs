@@ -165,6 +165,8 @@ impl AdminService {
                 total.active += stats.active;
                 total.idle += stats.idle;
                 total.requests += stats.requests;
+                total.parked += stats.parked;
+                total.parked_now += stats.parked_now;
                 total.refused_over_limit += stats.refused_over_limit;
                 for (reason, count) in &stats.closed {
                     *total.closed.entry(reason.clone()).or_default() += count;
@@ -193,6 +195,8 @@ fn listener_stats(name: &str, snapshot: &StatsSnapshot) -> pb::ListenerStats {
             .collect(),
         refused_over_limit: snapshot.closed(CloseReason::OverLimit),
         open: snapshot.open,
+        parked: snapshot.parked,
+        parked_now: snapshot.parked_now,
     }
 }
 

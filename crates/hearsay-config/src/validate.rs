@@ -482,17 +482,7 @@ fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
         Some(text) => socket_address(checker, "cluster.advertise", text).unwrap_or(listen),
     };
     let seeds = raw.seeds.unwrap_or_default();
-    for (index, seed) in seeds.iter().enumerate() {
-        let valid = seed.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !valid {
-            checker.problem(
-                format!("cluster.seeds[{index}]"),
-                format!("{} is not host:port, e.g. \"10.0.0.2:7946\"", quote(seed)),
-            );
-        }
-    }
+    check_seeds(checker, &seeds);
     let cluster_id = match raw.cluster_id {
         None => "hearsay".to_owned(),
         Some(id) => checker.name("cluster.cluster_id", Some(id)),
@@ -504,75 +494,7 @@ fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
         Duration::from_millis(20),
         Duration::from_secs(10),
     );
-    let mut key_texts: Vec<(String, String)> = Vec::new();
-    match (raw.secret, raw.secret_file) {
-        (Some(_), Some(_)) => checker.problem(
-            "cluster.secret_file",
-            "set either cluster.secret or cluster.secret_file, not both",
-        ),
-        (Some(RawSecret::One(key)), None) => key_texts.push(("cluster.secret".to_owned(), key)),
-        (Some(RawSecret::Many(keys)), None) => {
-            for (index, key) in keys.into_iter().enumerate() {
-                key_texts.push((format!("cluster.secret[{index}]"), key));
-            }
-        }
-        (None, Some(path)) => match read_regular_file(Path::new(&path), SECRET_FILE_LIMIT) {
-            Ok(text) => {
-                for (index, line) in text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                    .enumerate()
-                {
-                    key_texts.push((
-                        format!(
-                            "cluster.secret_file ({}) key {}",
-                            excerpt(&path, QUOTE_LIMIT),
-                            index + 1
-                        ),
-                        line.to_owned(),
-                    ));
-                }
-                if key_texts.is_empty() {
-                    checker.problem(
-                        "cluster.secret_file",
-                        format!("{} holds no key", quote(&path)),
-                    );
-                }
-            }
-            Err(error) => checker.problem("cluster.secret_file", error.to_string()),
-        },
-        (None, None) => {}
-    }
-    if key_texts.len() > 2 {
-        checker.problem(
-            "cluster.secret",
-            format!(
-                "{} keys given; at most 2 (the current one first, then the one being rotated out)",
-                key_texts.len()
-            ),
-        );
-    }
-    let keys: Vec<[u8; 32]> = key_texts
-        .iter()
-        .filter_map(|(path, text)| match decode_cluster_key(text) {
-            Ok(key) => Some(key),
-            Err(message) => {
-                checker.problem(path.clone(), message);
-                None
-            }
-        })
-        .collect();
-    if key_texts.is_empty() && !(listen.ip().is_loopback() && advertise.ip().is_loopback()) {
-        checker.problem(
-            "cluster.listen",
-            format!(
-                "{listen} is not a loopback address and no cluster key is set: anyone who can send it a \
-                 UDP datagram could join the cluster or rewrite its state; set cluster.secret or \
-                 cluster.secret_file (make a key with: head -c 32 /dev/urandom | base64)"
-            ),
-        );
-    }
+    let keys = cluster_keys(checker, raw.secret, raw.secret_file, listen, advertise);
     let failure_threshold = match raw.failure_threshold {
         None => DEFAULT_FAILURE_THRESHOLD,
         Some(value) if value.is_finite() && (1.0..=20.0).contains(&value) => value,
@@ -625,6 +547,112 @@ fn cluster(checker: &mut Checker, raw: RawCluster) -> ClusterConfig {
         published_clients,
         max_clock_skew,
     }
+}
+
+/// Problems of `cluster.seeds`: each must be `host:port`.
+fn check_seeds(checker: &mut Checker, seeds: &[String]) {
+    for (index, seed) in seeds.iter().enumerate() {
+        let valid = seed.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            checker.problem(
+                format!("cluster.seeds[{index}]"),
+                format!("{} is not host:port, e.g. \"10.0.0.2:7946\"", quote(seed)),
+            );
+        }
+    }
+}
+
+/// The cluster keys (`cluster.secret` or `cluster.secret_file`, at most two), decoded; a node
+/// gossiping beyond loopback must have one.
+fn cluster_keys(
+    checker: &mut Checker,
+    secret: Option<RawSecret>,
+    secret_file: Option<String>,
+    listen: SocketAddr,
+    advertise: SocketAddr,
+) -> Vec<[u8; 32]> {
+    let key_texts = cluster_key_texts(checker, secret, secret_file);
+    if key_texts.len() > 2 {
+        checker.problem(
+            "cluster.secret",
+            format!(
+                "{} keys given; at most 2 (the current one first, then the one being rotated out)",
+                key_texts.len()
+            ),
+        );
+    }
+    let keys: Vec<[u8; 32]> = key_texts
+        .iter()
+        .filter_map(|(path, text)| match decode_cluster_key(text) {
+            Ok(key) => Some(key),
+            Err(message) => {
+                checker.problem(path.clone(), message);
+                None
+            }
+        })
+        .collect();
+    if key_texts.is_empty() && !(listen.ip().is_loopback() && advertise.ip().is_loopback()) {
+        checker.problem(
+            "cluster.listen",
+            format!(
+                "{listen} is not a loopback address and no cluster key is set: anyone who can send it a \
+                 UDP datagram could join the cluster or rewrite its state; set cluster.secret or \
+                 cluster.secret_file (make a key with: head -c 32 /dev/urandom | base64)"
+            ),
+        );
+    }
+    keys
+}
+
+/// The key texts as given, each with the path a problem with it is reported under.
+fn cluster_key_texts(
+    checker: &mut Checker,
+    secret: Option<RawSecret>,
+    secret_file: Option<String>,
+) -> Vec<(String, String)> {
+    let mut key_texts: Vec<(String, String)> = Vec::new();
+    match (secret, secret_file) {
+        (Some(_), Some(_)) => checker.problem(
+            "cluster.secret_file",
+            "set either cluster.secret or cluster.secret_file, not both",
+        ),
+        (Some(RawSecret::One(key)), None) => key_texts.push(("cluster.secret".to_owned(), key)),
+        (Some(RawSecret::Many(keys)), None) => {
+            for (index, key) in keys.into_iter().enumerate() {
+                key_texts.push((format!("cluster.secret[{index}]"), key));
+            }
+        }
+        (None, Some(path)) => match read_regular_file(Path::new(&path), SECRET_FILE_LIMIT) {
+            Ok(text) => {
+                for (index, line) in text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .enumerate()
+                {
+                    key_texts.push((
+                        format!(
+                            "cluster.secret_file ({}) key {}",
+                            excerpt(&path, QUOTE_LIMIT),
+                            index + 1
+                        ),
+                        line.to_owned(),
+                    ));
+                }
+                if key_texts.is_empty() {
+                    checker.problem(
+                        "cluster.secret_file",
+                        format!("{} holds no key", quote(&path)),
+                    );
+                }
+            }
+            Err(error) => checker.problem("cluster.secret_file", error.to_string()),
+        },
+        (None, None) => {}
+    }
+    key_texts
 }
 
 /// The problems of listener settings changed at runtime (admin API), with paths relative to the

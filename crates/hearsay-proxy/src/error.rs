@@ -137,3 +137,29 @@ pub enum ProxyError {
         source: std::io::Error,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    /// The answers written straight to the socket frame themselves: a status line, a body length
+    /// that matches, and the close they announce.
+    #[test]
+    fn the_canned_answers_are_well_framed() {
+        let cases: &[(&[u8], &str)] = &[
+            (super::REQUEST_TIMEOUT, "HTTP/1.1 408 Request Timeout"),
+            (
+                super::TOO_MANY_CONNECTIONS,
+                "HTTP/1.1 429 Too Many Requests",
+            ),
+        ];
+        for (answer, status_line) in cases {
+            let text = std::str::from_utf8(answer).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let mut lines = head.split("\r\n");
+            assert_eq!(lines.next(), Some(*status_line));
+            let headers: Vec<&str> = lines.collect();
+            assert!(headers.contains(&"connection: close"), "{text}");
+            let length = format!("content-length: {}", body.len());
+            assert!(headers.contains(&length.as_str()), "{text}");
+        }
+    }
+}

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hearsay_config::ListenerSettings;
-use tokio::sync::watch;
 
 use std::collections::HashMap;
 
@@ -25,7 +24,9 @@ pub struct Listener {
     /// Largest request head accepted, in bytes; hyper answers a larger one with 431.
     pub max_request_header_size: usize,
     pub pool: Arc<Pool>,
-    settings: watch::Sender<Arc<ListenerSettings>>,
+    /// The settings in force, read on every decision of every connection (lock-free); replaced
+    /// whole under `update_lock`.
+    settings: ArcSwap<ListenerSettings>,
     /// Grows by one with every settings change; starts at 1.
     version: AtomicU64,
     /// Serialises read-modify-write updates so none is lost.
@@ -73,7 +74,7 @@ impl Listener {
             bind,
             max_request_header_size,
             pool,
-            settings: watch::Sender::new(Arc::new(settings)),
+            settings: ArcSwap::from_pointee(settings),
             version: AtomicU64::new(1),
             update_lock: Mutex::new(()),
             stats: Arc::default(),
@@ -85,7 +86,7 @@ impl Listener {
 
     /// The settings in force now.
     pub fn settings(&self) -> Arc<ListenerSettings> {
-        self.settings.borrow().clone()
+        self.settings.load_full()
     }
 
     pub fn version(&self) -> u64 {
@@ -120,7 +121,7 @@ impl Listener {
         }
         let old = self.settings();
         let new = Arc::new(change(&old).map_err(UpdateError::Rejected)?);
-        self.settings.send_replace(Arc::clone(&new));
+        self.settings.store(Arc::clone(&new));
         let version = current + 1;
         self.version.store(version, Ordering::Release);
         self.registry.wake_listener(&self.name);
@@ -143,7 +144,7 @@ impl Listener {
             return None;
         }
         let new = Arc::new(settings);
-        self.settings.send_replace(Arc::clone(&new));
+        self.settings.store(Arc::clone(&new));
         self.version.store(version, Ordering::Release);
         self.registry.wake_listener(&self.name);
         Some(SettingsUpdate { old, new, version })

@@ -77,13 +77,18 @@ impl CloseReason {
     }
 }
 
-/// Counters of one listener. Gauges (`open`, `active`) go up and down; the rest only grow.
+/// Counters of one listener. Gauges (`open`, `active`, `parked_now`) go up and down; the rest
+/// only grow.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     accepted: AtomicU64,
     open: AtomicU64,
     active: AtomicU64,
     requests: AtomicU64,
+    /// Times a connection let go of hyper's connection after going quiet (parked).
+    parked: AtomicU64,
+    /// Connections waiting on their bare socket now.
+    parked_now: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -95,6 +100,10 @@ pub struct StatsSnapshot {
     pub active: u64,
     pub idle: u64,
     pub requests: u64,
+    /// Times a connection let go of hyper's connection (and its buffers) after going quiet.
+    pub parked: u64,
+    /// Connections waiting on their bare socket now (a part of `idle`).
+    pub parked_now: u64,
     pub closed: Vec<(CloseReason, u64)>,
 }
 
@@ -105,6 +114,11 @@ impl ListenerStats {
 
     pub(crate) fn on_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection let go of hyper's connection (and its buffers) after going quiet.
+    pub(crate) fn on_park(&self) {
+        self.parked.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn on_close(&self, reason: CloseReason) {
@@ -125,6 +139,8 @@ impl ListenerStats {
             active,
             idle: open - active,
             requests: self.requests.load(Ordering::Relaxed),
+            parked: self.parked.load(Ordering::Relaxed),
+            parked_now: self.parked_now.load(Ordering::Relaxed),
             closed: CloseReason::ALL
                 .iter()
                 .map(|reason| {
@@ -135,6 +151,23 @@ impl ListenerStats {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A connection counted in [`StatsSnapshot::parked_now`] until dropped.
+#[derive(Debug)]
+pub(crate) struct ParkedNow(Arc<ListenerStats>);
+
+impl ParkedNow {
+    pub(crate) fn enter(stats: &Arc<ListenerStats>) -> ParkedNow {
+        stats.parked_now.fetch_add(1, Ordering::Relaxed);
+        ParkedNow(Arc::clone(stats))
+    }
+}
+
+impl Drop for ParkedNow {
+    fn drop(&mut self) {
+        self.0.parked_now.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

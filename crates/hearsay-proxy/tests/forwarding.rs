@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hearsay_proxy::{CloseReason, ConnectionState};
-use support::{closed_port, eventually, Backend, Client, TestProxy};
+use support::{closed_port, wait_until, Backend, Client, TestProxy};
 use tokio::io::AsyncWriteExt;
 
 /// Waits at most 10 s: a streaming test must fail, not hang, when bytes stop coming.
@@ -233,7 +233,7 @@ async fn request_bodies_stream_to_the_backend() {
     client.stream.write_all(&chunk).await.unwrap();
     // The backend sees the first bytes before the client has sent the rest.
     assert!(
-        eventually(Duration::from_secs(5), || backend
+        wait_until(Duration::from_secs(5), || backend
             .body_chunks_seen
             .load(Ordering::SeqCst)
             > 0)
@@ -257,17 +257,19 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_closes_idle_connectio
     let mut busy = Client::connect(proxy.address).await;
     busy.send(b"GET /slow?ms=600 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
-    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+    assert!(wait_until(Duration::from_secs(2), || proxy.stats().active == 1).await);
 
     let shutdown = {
         let proxy = proxy.proxy.clone();
         tokio::spawn(async move { proxy.shutdown(Duration::from_secs(5)).await })
     };
     let started = Instant::now();
+    // At once: while the busy request is still in flight (it takes 600 ms).
     assert!(
-        idle.wait_closed(Duration::from_millis(200)).await.is_some(),
-        "idle connection closed at once"
+        idle.wait_closed(Duration::from_secs(2)).await.is_some(),
+        "idle connection closed"
     );
+    assert_eq!(proxy.stats().active, 1, "the idle one closed first");
     let response = busy
         .read_response()
         .await
@@ -294,7 +296,7 @@ async fn graceful_shutdown_gives_up_after_the_grace_period() {
     let proxy = TestProxy::start("", &[backend.address], "").await;
     let mut stuck = Client::connect(proxy.address).await;
     stuck.send(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+    assert!(wait_until(Duration::from_secs(2), || proxy.stats().active == 1).await);
     let started = Instant::now();
     proxy.proxy.shutdown(Duration::from_millis(300)).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -309,9 +311,9 @@ async fn the_registry_lists_open_connections_and_counts_them() {
     assert_eq!(idle.get("/").await.status, 200);
     assert_eq!(idle.get("/").await.status, 200);
     let mut busy = Client::connect(proxy.address).await;
-    busy.send(b"GET /slow?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
+    busy.send(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
-    assert!(eventually(Duration::from_secs(2), || proxy.stats().active == 1).await);
+    assert!(wait_until(Duration::from_secs(2), || proxy.stats().active == 1).await);
 
     let stats = proxy.stats();
     assert_eq!(
@@ -342,10 +344,12 @@ async fn the_registry_lists_open_connections_and_counts_them() {
     for connection in proxy.proxy.registry().connections() {
         connection.request_close(CloseReason::Admin);
     }
-    assert!(idle.wait_closed(Duration::from_millis(200)).await.is_some());
+    // The idle one at once: while the busy one's request (1 s) is still in flight.
+    assert!(idle.wait_closed(Duration::from_secs(2)).await.is_some());
+    assert_eq!(proxy.stats().active, 1, "the idle one closed first");
     assert_eq!(busy.read_response().await.unwrap().status, 200);
     assert!(busy.wait_closed(Duration::from_secs(1)).await.is_some());
-    assert!(eventually(Duration::from_secs(1), || proxy.stats().open == 0).await);
+    assert!(wait_until(Duration::from_secs(1), || proxy.stats().open == 0).await);
     assert_eq!(proxy.stats().closed(CloseReason::Admin), 2);
 }
 

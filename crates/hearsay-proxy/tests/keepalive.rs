@@ -1,12 +1,22 @@
 //! Keep-alive semantics seen from a real client over real sockets: short and persistent
 //! connections, idle close timing, request and age caps, header and body timeouts.
+//!
+//! The exact deadlines are unit-tested as pure functions (`connection/rules.rs`). Here, a close
+//! must never come before its deadline (a bound no load can break); how soon after it comes is
+//! checked only by the tests named `real_clock_...`, with a slack a loaded 2-core machine keeps.
+//! Elsewhere the upper bound is the wait's own limit, far from what a missing wake-up would give
+//! (a timeout that did not apply would leave the connection open for a minute or more).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use hearsay_proxy::CloseReason;
-use support::{eventually, Backend, Client, TestProxy};
+use support::{wait_until, Backend, Client, TestProxy};
+
+/// How late a close may be seen by the `real_clock_` tests: timers of a loaded machine (the
+/// proxy's and this test's own) fire late.
+const SLACK: Duration = Duration::from_millis(250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_connections_stay_open_and_announce_the_idle_timeout() {
@@ -77,7 +87,7 @@ async fn http10_gets_a_short_connection_unless_it_asks_for_keep_alive() {
             .await
     );
     assert!(
-        eventually(Duration::from_secs(2), || proxy
+        wait_until(Duration::from_secs(2), || proxy
             .stats()
             .closed(CloseReason::ClientClosed)
             == 1)
@@ -116,7 +126,7 @@ async fn keepalive_timeout_zero_closes_after_every_response() {
         assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
     }
     assert!(
-        eventually(Duration::from_secs(2), || proxy
+        wait_until(Duration::from_secs(2), || proxy
             .stats()
             .closed(CloseReason::KeepaliveOff)
             == 2)
@@ -125,7 +135,8 @@ async fn keepalive_timeout_zero_closes_after_every_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promptly_after() {
+async fn real_clock_an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promptly_after(
+) {
     let backend = Backend::start("b1").await;
     let timeout = Duration::from_millis(400);
     let proxy = TestProxy::start("keepalive_timeout = \"400ms\"", &[backend.address], "").await;
@@ -134,7 +145,7 @@ async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promp
         clients.push(Client::connect(proxy.address).await);
     }
     // The proxy's last byte left between `sent` and `answered`, so a close before `sent + T`
-    // would be early and one after `answered + T + 50 ms` late, however late this (busy) test
+    // would be early and one after `answered + T + SLACK` late, however late this (busy) test
     // process notices what arrived.
     for client in &mut clients {
         let sent = Instant::now();
@@ -151,13 +162,13 @@ async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promp
             closed - sent
         );
         assert!(
-            closed - answered <= timeout + Duration::from_millis(50),
-            "closed {:?} after the response, more than 50 ms late",
+            closed - answered <= timeout + SLACK,
+            "closed {:?} after the response, more than {SLACK:?} late",
             closed - answered
         );
     }
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::IdleTimeout)
             == 5)
@@ -168,18 +179,29 @@ async fn an_idle_connection_closes_at_the_keepalive_timeout_not_before_and_promp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_pushes_the_idle_deadline_back() {
     let backend = Backend::start("b1").await;
-    let proxy = TestProxy::start("keepalive_timeout = \"300ms\"", &[backend.address], "").await;
+    let proxy = TestProxy::start("keepalive_timeout = \"600ms\"", &[backend.address], "").await;
     let mut client = Client::connect(proxy.address).await;
-    let start = Instant::now();
-    for _ in 0..4 {
-        assert_eq!(client.get("/").await.status, 200);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Four requests 300 ms apart: 1.2 s in all, two timeouts, on one connection (a pause may
+    // run late by up to 300 ms before it reaches the timeout).
+    for request in 1..=4 {
+        assert_eq!(client.get("/").await.status, 200, "request {request}");
+        assert!(
+            client.still_open_after(Duration::from_millis(300)).await,
+            "closed within 300 ms of request {request}, before its 600 ms timeout"
+        );
     }
-    assert!(
-        start.elapsed() > Duration::from_millis(800),
-        "kept open well past one timeout by requests"
-    );
+    let stats = proxy.stats();
+    assert_eq!((stats.accepted, stats.requests), (1, 4), "{stats:?}");
+    assert_eq!(stats.closed(CloseReason::IdleTimeout), 0, "{stats:?}");
+    // Quiet from now on: it ends at the timeout.
     assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
+    assert!(
+        wait_until(Duration::from_secs(1), || proxy
+            .stats()
+            .closed(CloseReason::IdleTimeout)
+            == 1)
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,27 +215,21 @@ async fn a_shortened_timeout_applies_to_connections_already_open() {
     let listener = proxy.proxy.listener("web").unwrap();
     let mut settings = (*listener.settings()).clone();
     settings.keepalive_timeout = Duration::from_millis(200);
-    let changed = Instant::now();
     listener.set_settings(settings);
-    // Idle for 300 ms already: past the new 200 ms timeout, so it closes at once.
-    let closed = client
-        .wait_closed(Duration::from_secs(2))
-        .await
-        .expect("closed under the new timeout");
+    // Idle for 300 ms already: past the new 200 ms timeout, so it closes at once (under the
+    // old one it would stay open for a minute).
     assert!(
-        closed - changed < Duration::from_millis(50),
-        "closed {:?} after the change",
-        closed - changed
+        client.wait_closed(Duration::from_secs(2)).await.is_some(),
+        "closed under the new timeout"
     );
+    assert_eq!(proxy.stats().closed(CloseReason::IdleTimeout), 1);
 
     // And a fresh idle period runs on the new value.
     let mut client = Client::connect(proxy.address).await;
     let sent = Instant::now();
     assert_eq!(client.get("/").await.status, 200);
-    let answered = Instant::now();
     let closed = client.wait_closed(Duration::from_secs(2)).await.unwrap();
     assert!(closed - sent >= Duration::from_millis(200));
-    assert!(closed - answered <= Duration::from_millis(250));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +245,7 @@ async fn max_requests_per_connection_ends_the_connection_after_the_last_response
     }
     assert!(client.wait_closed(Duration::from_secs(2)).await.is_some());
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::MaxRequests)
             == 1)
@@ -260,10 +276,10 @@ async fn max_connection_age_ends_the_connection_gracefully() {
         .wait_closed(Duration::from_secs(2))
         .await
         .expect("closed at max age");
+    // Not before the age; without it, it would stay open for the 75 s keep-alive timeout.
     assert!(closed - opened >= Duration::from_millis(300));
-    assert!(closed - opened <= Duration::from_millis(400));
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::MaxAge)
             == 2)
@@ -272,7 +288,7 @@ async fn max_connection_age_ends_the_connection_gracefully() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_request_head_is_cut_at_the_header_timeout() {
+async fn real_clock_a_slow_request_head_is_cut_at_the_header_timeout() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("header_timeout = \"300ms\"", &[backend.address], "").await;
     let mut slowloris = Client::connect(proxy.address).await;
@@ -301,7 +317,7 @@ async fn a_slow_request_head_is_cut_at_the_header_timeout() {
         "cut after {elapsed:?}"
     );
     assert!(
-        elapsed <= Duration::from_millis(400),
+        elapsed <= Duration::from_millis(300) + SLACK,
         "cut after {elapsed:?}"
     );
     assert_eq!(
@@ -313,7 +329,7 @@ async fn a_slow_request_head_is_cut_at_the_header_timeout() {
     let mut silent = Client::connect(proxy.address).await;
     assert!(silent.wait_closed(Duration::from_secs(2)).await.is_some());
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::HeaderTimeout)
             == 2)
@@ -340,7 +356,7 @@ async fn the_header_timeout_does_not_cut_an_idle_keepalive_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_request_body_is_cut_at_the_body_timeout() {
+async fn real_clock_a_stalled_request_body_is_cut_at_the_body_timeout() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("body_timeout = \"300ms\"", &[backend.address], "").await;
     let mut client = Client::connect(proxy.address).await;
@@ -360,12 +376,12 @@ async fn a_stalled_request_body_is_cut_at_the_body_timeout() {
         closed - stalled
     );
     assert!(
-        closed - stalled <= Duration::from_millis(400),
+        closed - stalled <= Duration::from_millis(300) + SLACK,
         "cut after {:?}",
         closed - stalled
     );
     assert!(
-        eventually(Duration::from_secs(1), || proxy
+        wait_until(Duration::from_secs(1), || proxy
             .stats()
             .closed(CloseReason::BodyTimeout)
             == 1)
@@ -377,8 +393,9 @@ async fn a_stalled_request_body_is_cut_at_the_body_timeout() {
     client
         .send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
         .await;
+    // 100 ms apart: a pause may run 200 ms late before it reaches the 300 ms timeout.
     for part in [b"he", b"ll", b"o ", b"wo", b"rl"] {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         client.send(part).await;
     }
     let response = client.read_response().await.expect("answered");

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hearsay_proxy::CloseReason;
-use support::{eventually, Backend, Client, TestProxy};
+use support::{wait_until, Backend, Client, TestProxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_over_the_limit_gets_429_and_capacity_returns_on_close() {
@@ -39,7 +39,7 @@ async fn the_connection_over_the_limit_gets_429_and_capacity_returns_on_close() 
     drop(held.pop());
     let key = hearsay_proxy::ClientKey::new("127.0.0.1".parse().unwrap(), 64);
     let clients = &proxy.proxy.listener("web").unwrap().clients;
-    assert!(eventually(Duration::from_secs(2), || clients.count(&key) == 2).await);
+    assert!(wait_until(Duration::from_secs(2), || clients.count(&key) == 2).await);
     let mut again = Client::connect(proxy.address).await;
     assert_eq!(again.get("/").await.status, 200);
 }
@@ -177,7 +177,7 @@ async fn a_flood_of_refused_connections_gets_429_each_and_does_not_pile_up() {
         most_lingering = most_lingering.max(proxy.proxy.lingering_refusals());
     }
     assert!(
-        eventually(Duration::from_secs(5), || proxy
+        wait_until(Duration::from_secs(5), || proxy
             .stats()
             .closed(CloseReason::OverLimit)
             == 400)
@@ -222,7 +222,7 @@ async fn a_trimmed_connection_that_asked_nothing_yet_gets_the_429() {
     assert_eq!(served.get("/").await.status, 200);
     let mut silent = Client::connect(proxy.address).await;
     let registry = proxy.proxy.registry();
-    assert!(eventually(Duration::from_secs(2), || registry.connections().len() == 2).await);
+    assert!(wait_until(Duration::from_secs(2), || registry.connections().len() == 2).await);
     // The cluster trims a client over its cluster-wide cap this way (both connections idle).
     for connection in registry.connections() {
         connection.request_close(CloseReason::OverLimit);
@@ -238,7 +238,7 @@ async fn a_trimmed_connection_that_asked_nothing_yet_gets_the_429() {
         "an idle keep-alive connection that was answered before is just closed"
     );
     assert!(
-        eventually(Duration::from_secs(2), || proxy
+        wait_until(Duration::from_secs(2), || proxy
             .stats()
             .closed(CloseReason::OverLimit)
             == 2)
@@ -255,7 +255,7 @@ async fn a_connection_trimmed_halfway_through_its_first_head_gets_the_429() {
     halfway.send(b"GET / HTTP/1.1\r\nHost: t\r\n").await;
     let registry = proxy.proxy.registry();
     assert!(
-        eventually(Duration::from_secs(2), || registry
+        wait_until(Duration::from_secs(2), || registry
             .connections()
             .iter()
             .any(

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use support::{closed_port, eventually, Backend, Client, TestProxy};
+use support::{closed_port, wait_until, Backend, Client, TestProxy};
 
 async fn names_of(client: &mut Client, requests: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -79,7 +79,7 @@ async fn least_connections_and_p2c_avoid_a_busy_backend() {
         }
         let pool = &proxy.proxy.pools()[0];
         assert!(
-            eventually(Duration::from_secs(2), || pool
+            wait_until(Duration::from_secs(2), || pool
                 .backends()
                 .iter()
                 .map(|b| b.in_flight())
@@ -124,7 +124,7 @@ async fn active_http_checks_mark_a_backend_unhealthy_and_back_with_thresholds() 
     a.switches.health_ok.store(false, Ordering::SeqCst);
     let checks_before = a.switches.health_checks.load(Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || !backend_a.health().healthy).await,
+        wait_until(Duration::from_secs(3), || !backend_a.health().healthy).await,
         "marked unhealthy"
     );
     assert!(
@@ -143,7 +143,7 @@ async fn active_http_checks_mark_a_backend_unhealthy_and_back_with_thresholds() 
 
     a.switches.health_ok.store(true, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || backend_a.health().healthy).await,
+        wait_until(Duration::from_secs(3), || backend_a.health().healthy).await,
         "healthy again"
     );
     let counts = names_of(&mut client, 10).await;
@@ -171,7 +171,7 @@ async fn tcp_checks_find_a_stopped_backend() {
     .await;
     let pool = proxy.proxy.pools()[0].clone();
     let dead = pool.backend(&stopped.to_string()).unwrap();
-    assert!(eventually(Duration::from_secs(3), || !dead.health().healthy).await);
+    assert!(wait_until(Duration::from_secs(3), || !dead.health().healthy).await);
     assert!(
         dead.health().reason.contains("connect"),
         "{:?}",
@@ -193,7 +193,7 @@ async fn when_every_backend_is_unhealthy_the_pool_fails_open() {
     a.switches.health_ok.store(false, Ordering::SeqCst);
     b.switches.health_ok.store(false, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || pool
+        wait_until(Duration::from_secs(3), || pool
             .backends()
             .iter()
             .all(|b| !b.health().healthy))
@@ -240,7 +240,7 @@ async fn consecutive_5xx_eject_a_backend_which_returns_after_the_ejection_time()
     );
     a.switches.broken.store(false, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(2), || backend_a.health().healthy).await,
+        wait_until(Duration::from_secs(2), || backend_a.health().healthy).await,
         "back after 400 ms"
     );
     let counts = names_of(&mut client, 10).await;
@@ -294,7 +294,7 @@ async fn a_passing_active_check_ends_an_ejection_early() {
     a.switches.broken.store(false, Ordering::SeqCst);
     a.switches.health_ok.store(true, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(5), || backend_a.health().healthy).await,
+        wait_until(Duration::from_secs(5), || backend_a.health().healthy).await,
         "still out: {:?}",
         backend_a.health()
     );
@@ -344,7 +344,7 @@ async fn without_uneject_on_healthy_check_an_ejection_runs_its_course() {
     // Passing checks make it healthy by the checks, yet it stays ejected.
     let checks = a.switches.health_checks.load(Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(5), || backend_a.checked_healthy()
+        wait_until(Duration::from_secs(5), || backend_a.checked_healthy()
             && a.switches.health_checks.load(Ordering::SeqCst) >= checks + 4)
         .await
     );
@@ -402,7 +402,7 @@ async fn draining_a_backend_lets_its_request_finish_and_sends_it_no_more() {
     slow.send(b"GET /slow?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
     assert!(
-        eventually(Duration::from_secs(2), || pool.backends()[0].in_flight()
+        wait_until(Duration::from_secs(2), || pool.backends()[0].in_flight()
             == 1
             && a.requests.load(Ordering::SeqCst) == 1)
         .await,
@@ -426,7 +426,7 @@ async fn draining_a_backend_lets_its_request_finish_and_sends_it_no_more() {
         "the in-flight request finished"
     );
     assert!(
-        eventually(Duration::from_secs(1), || pool.backends()[0].in_flight()
+        wait_until(Duration::from_secs(1), || pool.backends()[0].in_flight()
             == 0)
         .await
     );

@@ -80,40 +80,23 @@ fn cluster_key(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// One node of the demo: its id, listener and admin addresses, and its config file.
+struct DemoNode {
+    id: String,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let mut backends = Vec::new();
-    for index in 0..args.backends {
-        let address = SocketAddr::new(
-            args.backend_host,
-            port(args.backend_port, index, "backend")?,
-        );
-        let socket = StdTcpListener::bind(address)
-            .with_context(|| format!("cannot bind demo backend on {address}"))?;
-        socket.set_nonblocking(true)?;
-        backends.push((format!("backend-{}", index + 1), socket));
-    }
+    let backends = bind_backends(&args)?;
     let backend_list = backends
         .iter()
         .map(|(_, socket)| Ok(format!("\"{}\"", socket.local_addr()?)))
         .collect::<anyhow::Result<Vec<_>>>()?
         .join(", ");
     if args.backends_only {
-        crate::output::stdout(&format!(
-            "hearsay demo backends on {backend_list} (Ctrl-C stops)\n"
-        ));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        return runtime.block_on(async move {
-            let mut signals = crate::Signals::new()?;
-            for (name, socket) in backends {
-                let socket = tokio::net::TcpListener::from_std(socket)?;
-                tokio::spawn(serve_backend(name, socket));
-            }
-            signals.stop().await;
-            Ok(())
-        });
+        return run_backends_only(backends, &backend_list);
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -127,18 +110,104 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             )))
         })
         .collect::<anyhow::Result<_>>()?;
+    let mut nodes = Vec::new();
+    for index in 0..args.nodes {
+        nodes.push(write_node_config(
+            &args,
+            index,
+            &data_dir,
+            &key,
+            &gossip,
+            &backend_list,
+        )?);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut signals = crate::Signals::new()?;
+        for (name, socket) in backends {
+            let socket = tokio::net::TcpListener::from_std(socket)?;
+            tokio::spawn(serve_backend(name, socket));
+        }
+        let executable = std::env::current_exe().context("cannot find the hearsay binary")?;
+        let mut children: Vec<(String, Child)> = Vec::new();
+        for node in &nodes {
+            let child = Command::new(&executable)
+                .arg("run")
+                .arg("--config")
+                .arg(&node.config)
+                .spawn()
+                .with_context(|| format!("cannot start node {}", node.id))?;
+            children.push((node.id.clone(), child));
+        }
+        announce(&nodes, &gossip, &key, &backend_list);
+        let result = supervise(&mut children, &mut signals).await;
+        stop_nodes(&mut children).await;
+        result
+    })
+}
+
+/// Binds the demo backends' sockets (before anything else, so a port in use stops the demo at
+/// once).
+fn bind_backends(args: &DemoArgs) -> anyhow::Result<Vec<(String, StdTcpListener)>> {
+    let mut backends = Vec::new();
+    for index in 0..args.backends {
+        let address = SocketAddr::new(
+            args.backend_host,
+            port(args.backend_port, index, "backend")?,
+        );
+        let socket = StdTcpListener::bind(address)
+            .with_context(|| format!("cannot bind demo backend on {address}"))?;
+        socket.set_nonblocking(true)?;
+        backends.push((format!("backend-{}", index + 1), socket));
+    }
+    Ok(backends)
+}
+
+/// `--backends-only`: serves the demo backends until Ctrl-C / SIGTERM.
+fn run_backends_only(
+    backends: Vec<(String, StdTcpListener)>,
+    backend_list: &str,
+) -> anyhow::Result<()> {
+    crate::output::stdout(&format!(
+        "hearsay demo backends on {backend_list} (Ctrl-C stops)\n"
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut signals = crate::Signals::new()?;
+        for (name, socket) in backends {
+            let socket = tokio::net::TcpListener::from_std(socket)?;
+            tokio::spawn(serve_backend(name, socket));
+        }
+        signals.stop().await;
+        Ok(())
+    })
+}
+
+/// Writes the config of node `index` (checked by the config parser first) into `data_dir`.
+fn write_node_config(
+    args: &DemoArgs,
+    index: u16,
+    data_dir: &Path,
+    key: &Path,
+    gossip: &[SocketAddr],
+    backend_list: &str,
+) -> anyhow::Result<DemoNode> {
     let seeds = gossip
         .iter()
         .map(|address| format!("\"{address}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut configs = Vec::new();
-    for index in 0..args.nodes {
-        let id = format!("n{}", index + 1);
-        let listen = SocketAddr::from(([127, 0, 0, 1], port(args.listen_port, index, "listener")?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], port(args.admin_port, index, "admin")?));
-        let text = format!(
-            r#"# Generated by `hearsay demo`.
+    let id = format!("n{}", index + 1);
+    let listen = SocketAddr::from(([127, 0, 0, 1], port(args.listen_port, index, "listener")?));
+    let admin = SocketAddr::from(([127, 0, 0, 1], port(args.admin_port, index, "admin")?));
+    let text = format!(
+        r#"# Generated by `hearsay demo`.
 [node]
 id = "{id}"
 data_dir = "{data}"
@@ -173,84 +242,73 @@ kind = "http"
 path = "/health"
 interval = "1s"
 "#,
-            data = data_dir.join(&id).display(),
-            gossip = gossip[index as usize],
-            key = key.display(),
-            keepalive = args.keepalive_timeout,
-            cap = args.max_connections_per_client,
-        );
-        hearsay_config::Config::parse(&text).context("demo config")?;
-        let path = data_dir.join(format!("{id}.toml"));
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        configs.push((id, listen, admin, path));
-    }
+        data = data_dir.join(&id).display(),
+        gossip = gossip[usize::from(index)],
+        key = key.display(),
+        keepalive = args.keepalive_timeout,
+        cap = args.max_connections_per_client,
+    );
+    hearsay_config::Config::parse(&text).context("demo config")?;
+    let config = data_dir.join(format!("{id}.toml"));
+    std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+    Ok(DemoNode {
+        id,
+        listen,
+        admin,
+        config,
+    })
+}
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let mut signals = crate::Signals::new()?;
-        for (name, socket) in backends {
-            let socket = tokio::net::TcpListener::from_std(socket)?;
-            tokio::spawn(serve_backend(name, socket));
-        }
-        let executable = std::env::current_exe().context("cannot find the hearsay binary")?;
-        let mut children: Vec<(String, Child)> = Vec::new();
-        for (id, _, _, path) in &configs {
-            let child = Command::new(&executable)
-                .arg("run")
-                .arg("--config")
-                .arg(path)
-                .spawn()
-                .with_context(|| format!("cannot start node {id}"))?;
-            children.push((id.clone(), child));
-        }
+/// Tells the user what runs where.
+fn announce(nodes: &[DemoNode], gossip: &[SocketAddr], key: &Path, backend_list: &str) {
+    crate::output::stdout(&format!(
+        "hearsay demo: a {}-node cluster (gossip on {}, sealed with {}) balancing over {backend_list}\n",
+        nodes.len(),
+        gossip
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        key.display(),
+    ));
+    for node in nodes {
         crate::output::stdout(&format!(
-            "hearsay demo: a {}-node cluster (gossip on {}, sealed with {}) balancing over {backend_list}\n",
-            configs.len(),
-            gossip
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            key.display(),
+            "  {}: http://{}  admin {}  config {}\n",
+            node.id,
+            node.listen,
+            node.admin,
+            node.config.display()
         ));
-        for (id, listen, admin, path) in &configs {
-            crate::output::stdout(&format!(
-                "  {id}: http://{listen}  admin {admin}  config {}\n",
-                path.display()
-            ));
-        }
-        let (_, first, first_admin, _) = &configs[0];
-        crate::output::stdout(&format!(
-            "try: curl -i http://{first}/hello\n     grpcurl -plaintext {first_admin} hearsay.admin.v1.Admin/ListMembers\n(Ctrl-C stops every node gracefully)\n"
-        ));
-        let result = supervise(&mut children, &mut signals).await;
-        for (_, child) in &children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for (id, child) in &mut children {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        crate::output::stderr(&format!(
-                            "node {id} did not stop in time; killing it\n"
-                        ));
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+    }
+    let first = &nodes[0];
+    crate::output::stdout(&format!(
+        "try: curl -i http://{}/hello\n     grpcurl -plaintext {} hearsay.admin.v1.Admin/ListMembers\n(Ctrl-C stops every node gracefully)\n",
+        first.listen, first.admin
+    ));
+}
+
+/// Stops every node with SIGTERM, and kills one still running after 30 s.
+async fn stop_nodes(children: &mut [(String, Child)]) {
+    for (_, child) in children.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (id, child) in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    crate::output::stderr(&format!("node {id} did not stop in time; killing it\n"));
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
                 }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        result
-    })
+    }
 }
 
 /// Waits for Ctrl-C / SIGTERM, or for a node to exit on its own (an error: the others stop).

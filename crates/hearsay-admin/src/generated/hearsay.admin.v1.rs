@@ -322,6 +322,12 @@ pub struct ListenerStats {
     pub refused_over_limit: u64,
     #[prost(uint64, tag = "8")]
     pub open: u64,
+    /// Times a quiet keep-alive connection let go of its HTTP state (buffers) to wait on its bare
+    /// socket, and connections waiting so now (a part of idle).
+    #[prost(uint64, tag = "9")]
+    pub parked: u64,
+    #[prost(uint64, tag = "10")]
+    pub parked_now: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -1,0 +1,242 @@
+//! One request on a client connection: forwarded to the pool, its answer (the backend's or a
+//! synthetic one from `error.rs`) framed for the client, with the close decision of
+//! [`persistence`] applied.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::response::Parts;
+use http::{header, HeaderValue, Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::rules::{nanos, persistence, Persistence, RequestFacts};
+use crate::body::{InFlight, RequestBody, ResponseBody};
+use crate::headers;
+use crate::listener::Listener;
+use crate::registry::{now_nanos, Connection};
+use crate::upstream::Forwarded;
+
+/// Handles one request: forwards it and decides whether the connection stays open after it.
+pub(super) async fn handle(
+    request: Request<Incoming>,
+    connection: Arc<Connection>,
+    listener: Arc<Listener>,
+    draining: bool,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let served = connection.request_started(!request.body().is_end_stream());
+    let in_flight = InFlight(Arc::clone(&connection));
+    let settings = listener.settings();
+    connection
+        .idle_hint
+        .store(nanos(settings.keepalive_timeout), Ordering::Relaxed);
+    let version = request.version();
+    let mut facts = RequestFacts {
+        draining,
+        served,
+        age: Duration::from_nanos(now_nanos().saturating_sub(connection.accepted_nanos)),
+        client_wants_close: headers::wants_close(version, request.headers()),
+        client_error: false,
+    };
+
+    let (mut head, body) = request.into_parts();
+    let checked = headers::check_request(&head.method, head.version, &head.uri, &mut head.headers);
+    let request = Request::from_parts(head, RequestBody::new(body, Arc::clone(&connection)));
+    let forwarded = match checked {
+        // Boxed: hyper keeps room for one request future per connection for the connection's
+        // whole life, so a large future inline would cost every idle connection its size.
+        Ok(()) => Box::pin(listener.pool.forward(request, &connection)).await,
+        Err(error) => Err(error),
+    };
+    let (response, upstream) = match forwarded {
+        Ok(Forwarded::Pooled(response, checkout)) => (
+            response.map(|body| Either::Left(Either::Left(body))),
+            Some(checkout),
+        ),
+        Ok(Forwarded::Direct(response)) => {
+            (response.map(|body| Either::Left(Either::Right(body))), None)
+        }
+        Err(error) if error.closes_connection() => {
+            // The client's fault: its framing can no longer be trusted.
+            tracing::debug!(
+                listener = %listener.name,
+                client = %connection.client,
+                %error,
+                "bad request"
+            );
+            facts.client_error = true;
+            (error.to_response().map(Either::Right), None)
+        }
+        Err(error) => {
+            tracing::warn!(
+                listener = %listener.name,
+                pool = %listener.pool.name,
+                client = %connection.client,
+                %error,
+                "request failed"
+            );
+            (error.to_response().map(Either::Right), None)
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): the body was decoded as
+    // chunked, so a length must not go on with it (it would cut the body); a backend that sent
+    // both framed its message ambiguously, so its connection is not used again.
+    let mut reusable = true;
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        reusable = parts.headers.remove(header::CONTENT_LENGTH).is_none();
+    }
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let persistence = persistence(&facts, &settings);
+    if let Persistence::ServerCloses(reason) = persistence {
+        connection.set_close_reason(reason);
+    } else if persistence == Persistence::ClientCloses {
+        connection.set_close_reason(crate::registry::CloseReason::ClientClosed);
+    }
+    // Answered before the request body was read to its end: hyper will most likely close the
+    // connection after this response (and say so), so promise no idle timeout.
+    let keep_alive = if persistence == Persistence::KeepAlive
+        && settings.keepalive_header
+        && !connection.body_unread.load(Ordering::Relaxed)
+    {
+        headers::keep_alive_value(settings.keepalive_timeout)
+    } else {
+        None
+    };
+    frame_response(&mut parts, version, persistence, keep_alive);
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::new(body, in_flight, upstream, reusable),
+    ))
+}
+
+/// The connection headers of a response to a request in `version`: `Connection: close` when the
+/// server ends the connection; for a connection that stays open, `Connection: keep-alive` to an
+/// HTTP/1.0 client and `Keep-Alive` (`keep_alive`, when promised).
+fn frame_response(
+    parts: &mut Parts,
+    version: Version,
+    persistence: Persistence,
+    keep_alive: Option<HeaderValue>,
+) {
+    // Answer in the client's version: hyper then frames the keep-alive decision for an HTTP/1.0
+    // client from our `Connection` header alone.
+    if version == Version::HTTP_10 {
+        parts.version = Version::HTTP_10;
+    }
+    match persistence {
+        Persistence::ServerCloses(_) => {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Persistence::ClientCloses => {}
+        Persistence::KeepAlive => {
+            if version == Version::HTTP_10 {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
+            if let Some(value) = keep_alive {
+                parts
+                    .headers
+                    .insert(headers::keep_alive_name().clone(), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::CloseReason;
+
+    #[test]
+    fn connection_headers_follow_the_close_decision() {
+        let timeout = HeaderValue::from_static("timeout=75");
+        let close = Persistence::ServerCloses(CloseReason::MaxRequests);
+        // (version, persistence, keep-alive promised, Connection, Keep-Alive, response version)
+        let cases: &[(
+            Version,
+            Persistence,
+            bool,
+            Option<&str>,
+            Option<&str>,
+            Version,
+        )] = &[
+            (
+                Version::HTTP_11,
+                Persistence::KeepAlive,
+                true,
+                None,
+                Some("timeout=75"),
+                Version::HTTP_11,
+            ),
+            (
+                Version::HTTP_11,
+                Persistence::KeepAlive,
+                false,
+                None,
+                None,
+                Version::HTTP_11,
+            ),
+            (
+                Version::HTTP_10,
+                Persistence::KeepAlive,
+                true,
+                Some("keep-alive"),
+                Some("timeout=75"),
+                Version::HTTP_10,
+            ),
+            (
+                Version::HTTP_11,
+                close,
+                true,
+                Some("close"),
+                None,
+                Version::HTTP_11,
+            ),
+            (
+                Version::HTTP_10,
+                close,
+                true,
+                Some("close"),
+                None,
+                Version::HTTP_10,
+            ),
+            (
+                Version::HTTP_11,
+                Persistence::ClientCloses,
+                true,
+                None,
+                None,
+                Version::HTTP_11,
+            ),
+            (
+                Version::HTTP_10,
+                Persistence::ClientCloses,
+                true,
+                None,
+                None,
+                Version::HTTP_10,
+            ),
+        ];
+        for (version, persistence, promised, connection, keep_alive, answered) in cases {
+            let (mut parts, ()) = Response::new(()).into_parts();
+            frame_response(
+                &mut parts,
+                *version,
+                *persistence,
+                promised.then(|| timeout.clone()),
+            );
+            let case = format!("{version:?} {persistence:?} promised {promised}");
+            let value = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap());
+            assert_eq!(value("connection"), *connection, "{case}");
+            assert_eq!(value("keep-alive"), *keep_alive, "{case}");
+            assert_eq!(parts.version, *answered, "{case}");
+        }
+    }
+}
