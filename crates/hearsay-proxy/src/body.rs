@@ -1,5 +1,6 @@
-//! Request and response bodies that stream through the proxy and tell the connection when a
-//! request body has been read and when a response has been written.
+//! Response bodies that stream through the proxy and tell the connection when a response has
+//! been written, and the upstream connection when it may be reused. (The request body is
+//! `upstream::RequestBody`, re-exported here.)
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -11,7 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::registry::{BodyFailure, Connection};
+use crate::registry::Connection;
+pub(crate) use crate::upstream::RequestBody;
 use crate::upstream::{Checkout, DirectBody};
 
 /// A backend's response body.
@@ -25,93 +27,6 @@ pub(crate) struct InFlight(pub(crate) Arc<Connection>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.request_finished();
-    }
-}
-
-/// Tells the connection that the request body is no longer being read from the client.
-#[derive(Debug)]
-struct BodyReading(Arc<Connection>);
-
-impl Drop for BodyReading {
-    fn drop(&mut self) {
-        self.0.body_finished();
-    }
-}
-
-/// Tells a body that broke its framing (hyper's decoder says "invalid data" or "invalid input")
-/// from one the client did not finish (the connection ended or was cut).
-fn body_failure(error: &hyper::Error) -> BodyFailure {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-            ) {
-                return BodyFailure::Malformed;
-            }
-        }
-        source = cause.source();
-    }
-    BodyFailure::Aborted
-}
-
-pin_project_lite::pin_project! {
-    /// The client's request body on its way to a backend.
-    pub struct RequestBody {
-        #[pin]
-        inner: Incoming,
-        reading: Option<BodyReading>,
-    }
-}
-
-impl RequestBody {
-    pub(crate) fn new(inner: Incoming, connection: Arc<Connection>) -> Self {
-        RequestBody {
-            inner,
-            reading: Some(BodyReading(connection)),
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let result = this.inner.as_mut().poll_frame(cx);
-        let finished = match &result {
-            Poll::Ready(Some(Err(error))) => {
-                if let Some(reading) = this.reading.as_ref() {
-                    reading.0.set_body_failure(body_failure(error));
-                }
-                true
-            }
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Pending => false,
-        };
-        if finished {
-            if let Some(reading) = this.reading.take() {
-                if !matches!(result, Poll::Ready(Some(Err(_)))) {
-                    // Read to its end: hyper is back at a message boundary.
-                    reading.0.body_unread.store(false, Ordering::Relaxed);
-                }
-            }
-        }
-        result
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -6,11 +6,9 @@
 
 pub mod admission;
 mod body;
-mod client;
 mod connection;
 pub mod error;
 pub mod headers;
-mod health;
 mod io;
 mod listener;
 pub mod registry;

@@ -14,7 +14,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{random, unix_millis, BackendState, Pool};
+use super::backend::{unix_millis, BackendState};
+use super::pool::Pool;
+use super::random::random;
 
 /// Probes the pool's backends every interval until the pool is dropped or `stop` is cancelled.
 pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {

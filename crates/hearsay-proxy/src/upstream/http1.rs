@@ -5,7 +5,7 @@
 //! would run it on a task of its own per upstream connection, with a channel hop to that task and
 //! back for every request. Here the client connection's task writes the request and reads the
 //! response itself, and the response body streams straight from the backend socket into hyper's
-//! server side. Requests with a body keep going through hyper's client (`upstream.rs`), which
+//! server side. Requests with a body keep going through hyper's client (`forward.rs`), which
 //! handles a body being sent while the response arrives.
 //!
 //! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding` ending in
