@@ -1284,14 +1284,8 @@ impl Cluster {
                 .unwrap_or_default();
             format!("failing checks on {}{detail}", unhealthy_on.join(", "))
         };
-        pool.stats
-            .health_transitions
-            .fetch_add(1, Ordering::Relaxed);
-        if healthy {
-            tracing::info!(pool = %pool.name, backend = %backend.address, probers = ?probers, "backend healthy again (cluster verdict)");
-        } else {
-            tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?probers, unhealthy_on = ?unhealthy_on, "backend unhealthy (cluster verdict)");
-        }
+        // The transition is counted and logged by the backend's health (one place).
+        tracing::debug!(pool = %pool.name, backend = %backend.address, probers = ?probers, unhealthy_on = ?unhealthy_on, healthy, "cluster verdict changed");
         backend.set_checked_health(healthy, reason);
     }
 

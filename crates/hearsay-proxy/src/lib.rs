@@ -22,4 +22,6 @@ pub use registry::{
     CloseReason, Connection, ConnectionInfo, ConnectionState, Registry, StatsSnapshot,
 };
 pub use server::Proxy;
-pub use upstream::{Backend, BackendHealth, BackendState, Pool, PoolError, PoolStats};
+pub use upstream::{
+    Backend, BackendHealth, BackendState, HealthSnapshot, Pool, PoolError, PoolStats,
+};

@@ -1,16 +1,17 @@
 //! A backend of a pool: its address, weight, operator state and load, and connecting to it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hearsay_balancer::OutlierState;
 use hearsay_config::BackendStateConfig;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::health::{pool_clock, unix_millis, BackendHealth, HealthSnapshot, VerdictSource};
 use super::idle::{HyperConn, Idle};
+use super::pool::PoolStats;
 use crate::error::ForwardError;
 
 /// An operator's say over a backend.
@@ -64,26 +65,8 @@ pub struct Backend {
     pub(super) state: AtomicU8,
     pub(super) in_flight: AtomicU64,
     pub(super) requests: AtomicU64,
-    /// Verdict of the active health checks (healthy until checks say otherwise).
-    pub(super) checked_healthy: AtomicBool,
-    /// Passive ejection end, in nanoseconds of the pool clock; 0 = not ejected.
-    pub(super) ejected_until: AtomicU64,
-    /// When this node's passive ejection began, in unix ms (gossiped, compared with the start
-    /// of passing checks on other nodes); 0 = never ejected.
-    pub(super) ejected_at_ms: AtomicU64,
-    /// Start, in unix ms, of this node's latest passing check while its checks call the backend
-    /// healthy; 0 = none.
-    pub(super) last_pass_ms: AtomicU64,
-    /// Ejection another node published, in nanoseconds of the pool clock; 0 = none.
-    pub(super) remote_ejected_until: AtomicU64,
-    /// Whether this node runs the active checks of this backend (the cluster assigns probers).
-    pub(super) probes_here: AtomicBool,
-    /// This node's own active-check verdict and why, once it has probed.
-    pub(super) local_verdict: Mutex<Option<(bool, String)>>,
-    /// Mirrors the outlier state's failure streak, so a success need not lock when there is none.
-    pub(super) failure_streak: AtomicU32,
-    pub(super) outlier: Mutex<OutlierState>,
-    pub(super) reason: Mutex<String>,
+    /// Its health: active-check verdict, passive and remote ejections.
+    pub(super) health: BackendHealth,
     pub(super) idle: Mutex<Idle>,
 }
 
@@ -97,36 +80,22 @@ impl Drop for BackendLoad {
     }
 }
 
-pub(super) fn pool_clock() -> u64 {
-    crate::registry::now_nanos()
-}
-
-/// Wall-clock time in unix ms: ejection starts and passing checks are compared across nodes.
-pub(crate) fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
 impl Backend {
-    pub(super) fn new(address: String, weight: u32, state: BackendState) -> Backend {
+    pub(super) fn new(
+        pool: Arc<str>,
+        stats: Arc<PoolStats>,
+        address: String,
+        weight: u32,
+        state: BackendState,
+    ) -> Backend {
         Backend {
             id: hearsay_balancer::stable_hash(address.as_bytes()),
+            health: BackendHealth::new(pool, Arc::from(address.as_str()), stats),
             address,
             weight: AtomicU32::new(weight),
             state: AtomicU8::new(state as u8),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            checked_healthy: AtomicBool::new(true),
-            ejected_until: AtomicU64::new(0),
-            ejected_at_ms: AtomicU64::new(0),
-            last_pass_ms: AtomicU64::new(0),
-            remote_ejected_until: AtomicU64::new(0),
-            probes_here: AtomicBool::new(true),
-            local_verdict: Mutex::new(None),
-            failure_streak: AtomicU32::new(0),
-            outlier: Mutex::new(OutlierState::default()),
-            reason: Mutex::new(String::new()),
             idle: Mutex::new(Idle::default()),
         }
     }
@@ -152,6 +121,113 @@ impl Backend {
 }
 
 impl Backend {
+    /// How much longer this node's own passive ejection of the backend lasts.
+    pub fn local_ejection_remaining(&self) -> Option<Duration> {
+        self.local_ejection().map(|(remaining, _)| remaining)
+    }
+
+    /// This node's own passive ejection: how much longer it lasts and when it began (unix ms).
+    pub fn local_ejection(&self) -> Option<(Duration, u64)> {
+        self.health.local_ejection(pool_clock())
+    }
+
+    /// Ends this node's passive ejection of the backend if it began before `passed_at` (unix ms),
+    /// the start of a passing active check. Returns whether an ejection ended.
+    pub fn lift_ejection(&self, passed_at: u64) -> bool {
+        self.health.lift_ejection(passed_at, pool_clock())
+    }
+
+    /// Start (unix ms) of this node's latest passing check while its checks call the backend
+    /// healthy.
+    pub fn last_pass(&self) -> Option<u64> {
+        self.health.last_pass()
+    }
+
+    /// Ejects the backend for `remaining` because another node ejected it (`None` lifts it);
+    /// its idle connections close when such an ejection begins. Returns whether such an
+    /// ejection was in force until now.
+    pub fn set_remote_ejection(&self, remaining: Option<Duration>) -> bool {
+        let (was, began) = self.health.set_remote_ejection(remaining, pool_clock());
+        if began {
+            self.close_idle();
+        }
+        was
+    }
+
+    /// Whether this node runs the backend's active checks.
+    pub fn probes_here(&self) -> bool {
+        self.health.probes_here()
+    }
+
+    /// Assigns or unassigns this node as a prober of the backend. An unassigned node forgets its
+    /// verdict, so a stale one is never published.
+    pub fn set_probes_here(&self, probes: bool) {
+        self.health.set_probes_here(probes);
+    }
+
+    /// This node's own active-check verdict (healthy?, why), once it has probed.
+    pub fn local_verdict(&self) -> Option<(bool, String)> {
+        self.health.local_verdict()
+    }
+
+    /// Whether the active checks (this node's, or the cluster's shared verdict) call it healthy.
+    pub fn checked_healthy(&self) -> bool {
+        self.health.checked_healthy()
+    }
+
+    /// Healthy by the active checks and not ejected by passive detection.
+    pub fn health(&self) -> HealthSnapshot {
+        self.health.snapshot(pool_clock())
+    }
+
+    /// Sets the active-check health: the cluster sets the shared verdict through this (a
+    /// transition is counted and logged once, in [`BackendHealth::set_checked`]). An unhealthy
+    /// backend's idle connections close.
+    pub fn set_checked_health(&self, healthy: bool, reason: String) {
+        self.health
+            .set_checked(healthy, reason, VerdictSource::Cluster);
+        if !healthy {
+            self.close_idle();
+        }
+    }
+
+    /// Records one result of this node's active checks (see [`BackendHealth::record_probe`]).
+    pub(super) fn record_probe(
+        &self,
+        result: &Result<(), String>,
+        started_at: u64,
+        config: &hearsay_config::HealthCheckConfig,
+        shared: bool,
+        uneject_on_pass: bool,
+    ) {
+        if self.health.record_probe(
+            result,
+            started_at,
+            config,
+            shared,
+            uneject_on_pass,
+            pool_clock(),
+        ) {
+            self.close_idle();
+        }
+    }
+
+    /// Passive health: a request's outcome. A failure is a connect failure, a timeout or a 5xx
+    /// by the backend's doing; `ejected_now` of the pool's `pool_size` backends are ejected.
+    pub(super) fn record_failure(
+        &self,
+        policy: &hearsay_balancer::OutlierPolicy,
+        ejected_now: usize,
+        pool_size: usize,
+    ) {
+        let ejected =
+            self.health
+                .record_failure(policy, ejected_now, pool_size, pool_clock(), unix_millis());
+        if ejected {
+            self.close_idle();
+        }
+    }
+
     pub(super) async fn connect(&self, timeout: Duration) -> Result<HyperConn, ForwardError> {
         let stream = self.connect_stream(timeout).await?;
         // One write call per request (see the server side in connection.rs).

@@ -9,12 +9,13 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use super::backend::Backend;
 use super::backend::BackendLoad;
+use super::health::pool_clock;
 use super::http1::{ExchangeError, UpstreamConn};
 use super::idle::{Checkout, DirectBody, DirectHome};
 use super::pool::Pool;
 use super::request_body::RequestBody;
-use super::Backend;
 use crate::error::ForwardError;
 use crate::headers;
 use crate::registry::{BodyFailure, Connection};
@@ -137,6 +138,21 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Passive health: a connect failure, a timeout or a 5xx counts against the backend.
+    fn record_outcome(&self, backend: &Backend, failed: bool) {
+        let Some(policy) = &self.outlier else {
+            return;
+        };
+        if !failed {
+            backend.health.record_success();
+            return;
+        }
+        let backends = self.backends();
+        let now = pool_clock();
+        let ejected_now = backends.iter().filter(|b| b.health.is_ejected(now)).count();
+        backend.record_failure(policy, ejected_now, backends.len());
     }
 
     /// A request that failed while the client's body was broken, cut short or still arriving

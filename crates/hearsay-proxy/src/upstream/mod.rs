@@ -38,7 +38,7 @@ mod select;
 
 pub use backend::{Backend, BackendState};
 pub(crate) use forward::Forwarded;
-pub use health::BackendHealth;
+pub use health::{BackendHealth, HealthSnapshot};
 pub(crate) use idle::{Checkout, DirectBody};
 pub use pool::{Pool, PoolError, PoolStats};
 pub(crate) use request_body::RequestBody;

@@ -61,7 +61,7 @@ pub struct Pool {
     pub(super) shared_health: AtomicBool,
     /// `User-Agent` of this node's health checks (names the node, so a backend can tell).
     pub(super) probe_agent: std::sync::OnceLock<String>,
-    pub stats: PoolStats,
+    pub stats: Arc<PoolStats>,
 }
 
 impl Pool {
@@ -69,6 +69,8 @@ impl Pool {
         config: &PoolConfig,
         background: &CancellationToken,
     ) -> Result<Arc<Pool>, ProxyError> {
+        let label: Arc<str> = Arc::from(config.name.as_str());
+        let stats = Arc::new(PoolStats::default());
         let backends = config
             .backends
             .iter()
@@ -81,6 +83,8 @@ impl Pool {
                         backend: backend.address.clone(),
                     })?;
                 Ok(Arc::new(Backend::new(
+                    Arc::clone(&label),
+                    Arc::clone(&stats),
                     backend.address.clone(),
                     backend.weight,
                     backend.state.into(),
@@ -110,7 +114,7 @@ impl Pool {
             failing_open: AtomicBool::new(false),
             shared_health: AtomicBool::new(false),
             probe_agent: std::sync::OnceLock::new(),
-            stats: PoolStats::default(),
+            stats,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(prune_idle_connections(
@@ -202,6 +206,8 @@ impl Pool {
             });
         }
         let backend = Arc::new(Backend::new(
+            Arc::from(self.name.as_str()),
+            Arc::clone(&self.stats),
             address.to_owned(),
             weight,
             BackendState::Enabled,

@@ -1,29 +1,27 @@
 //! Active health checks: every pool with a `[pool.health_check]` probes its backends
-//! concurrently, jittered, off the data plane, and flips their health after the configured
-//! number of consecutive results (the state machine is `hearsay_balancer::HealthCheckState`).
+//! concurrently, jittered, off the data plane, and hands each result to the backend's health,
+//! which flips after the configured number of consecutive results.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 
-use hearsay_balancer::{HealthCheckState, HealthVerdict};
 use hearsay_config::{HealthCheckConfig, HealthCheckKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{unix_millis, BackendState};
+use super::backend::BackendState;
+use super::health::unix_millis;
 use super::pool::Pool;
 use super::random::random;
 
-/// Probes the pool's backends every interval until the pool is dropped or `stop` is cancelled.
+/// Probes the pool's backends every interval until the pool is dropped or `stop` is cancelled;
+/// each result goes to the backend's [`BackendHealth`](super::health::BackendHealth).
 pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
     let Some(config) = pool.upgrade().and_then(|pool| pool.health_check.clone()) else {
         return;
     };
-    let mut states: HashMap<String, HealthCheckState> = HashMap::new();
     // Start at a random point of the first interval, so pools and nodes do not probe in step.
     let mut wait = jittered(config.interval, 1.0);
     loop {
@@ -35,9 +33,10 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
         let Some(pool) = pool.upgrade() else { return };
         let backends = pool.backends();
         let mut probes = JoinSet::new();
-        for backend in backends
+        for (index, backend) in backends
             .iter()
-            .filter(|b| b.state() != BackendState::Disabled && b.probes_here())
+            .enumerate()
+            .filter(|(_, b)| b.state() != BackendState::Disabled && b.probes_here())
         {
             let address = backend.address.clone();
             let config = config.clone();
@@ -45,77 +44,21 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
             probes.spawn(async move {
                 let started_at = unix_millis();
                 let result = probe(&address, &config, &agent).await;
-                (address, started_at, result)
+                (index, started_at, result)
             });
         }
         while let Some(joined) = probes.join_next().await {
-            let Ok((address, started_at, result)) = joined else {
+            let Ok((index, started_at, result)) = joined else {
                 continue;
             };
-            let Some(backend) = backends.iter().find(|b| b.address == address) else {
-                continue;
-            };
-            let state = states.entry(address.clone()).or_default();
-            let verdict = state.record(
-                result.is_ok(),
-                config.healthy_threshold,
-                config.unhealthy_threshold,
+            backends[index].record_probe(
+                &result,
+                started_at,
+                &config,
+                pool.shared_health(),
+                pool.unejects_on_healthy_check(),
             );
-            if result.is_ok() && state.is_healthy() {
-                backend.note_pass(started_at);
-                // With shared health the cluster lifts ejections, on the cluster's verdict.
-                if !pool.shared_health()
-                    && pool.unejects_on_healthy_check()
-                    && backend.lift_ejection(started_at)
-                {
-                    tracing::info!(pool = %pool.name, backend = %address, "ejection lifted: passed an active check");
-                }
-            }
-            if pool.shared_health() {
-                // The cluster combines this verdict with the other probers' and sets the health.
-                let reason = match (&result, state.is_healthy()) {
-                    (_, true) => "passing checks".to_owned(),
-                    (Err(reason), false) => format!("failing checks: {reason}"),
-                    (Ok(()), false) => "failing checks, recovering".to_owned(),
-                };
-                if verdict != HealthVerdict::Unchanged {
-                    pool.stats
-                        .health_transitions
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                backend.set_local_verdict(state.is_healthy(), reason);
-                continue;
-            }
-            match (verdict, result) {
-                (HealthVerdict::BecameUnhealthy, Err(reason)) => {
-                    pool.stats
-                        .health_transitions
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(pool = %pool.name, backend = %address, %reason, checks = config.unhealthy_threshold, "backend unhealthy");
-                    backend.set_checked_health(
-                        false,
-                        format!("{} failed checks: {reason}", config.unhealthy_threshold),
-                    );
-                }
-                (HealthVerdict::BecameHealthy, _) => {
-                    pool.stats
-                        .health_transitions
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(pool = %pool.name, backend = %address, checks = config.healthy_threshold, "backend healthy again");
-                    backend.set_checked_health(
-                        true,
-                        format!("{} passed checks", config.healthy_threshold),
-                    );
-                }
-                _ => {}
-            }
         }
-        // Forget backends that left the pool or are probed by other nodes now.
-        states.retain(|address, _| {
-            backends
-                .iter()
-                .any(|b| &b.address == address && b.probes_here())
-        });
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use hearsay_balancer::Candidate;
 use hearsay_config::Algorithm;
 
-use super::backend::{pool_clock, Backend, BackendState};
+use super::backend::{Backend, BackendState};
+use super::health::pool_clock;
 use super::pool::Pool;
 use super::random::random;
 
@@ -45,7 +46,7 @@ impl Pool {
             backends
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| usable(b) && b.is_healthy(now))
+                .filter(|(_, b)| usable(b) && b.health.is_healthy(now))
                 .map(|(index, _)| index),
         );
         let failing_open =
