@@ -2,15 +2,17 @@
 //! at runtime), and the background tasks it starts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hearsay_balancer::{Balancer, OutlierPolicy};
 use hearsay_config::{Algorithm, HealthCheckConfig, PoolConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, BackendState};
 use super::idle::prune_idle_connections;
+use super::select::Members;
 use crate::error::ProxyError;
 
 /// Why a change to a pool's backends was refused.
@@ -37,6 +39,9 @@ pub struct PoolStats {
     pub health_transitions: AtomicU64,
     pub ejections: AtomicU64,
     pub retries: AtomicU64,
+    /// Times the selection structures (ring, weights) were built: once at start and once per
+    /// change of the backend set (added, removed, weight changed), never per request.
+    pub selection_rebuilds: AtomicU64,
 }
 
 /// A named set of backends with its balancer and health policy.
@@ -44,8 +49,11 @@ pub struct PoolStats {
 pub struct Pool {
     pub name: String,
     pub algorithm: Algorithm,
-    /// Replaced whole on add/remove (rare); read per request.
-    pub(super) backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    /// The backend set with its selection structures: replaced whole when the set changes
+    /// (rare), read per request without a lock.
+    pub(super) members: ArcSwap<Members>,
+    /// Serialises changes of the backend set (never taken by requests).
+    changes: Mutex<()>,
     pub(super) balancer: Balancer,
     pub(super) connect_timeout: Duration,
     pub(super) response_timeout: Duration,
@@ -94,7 +102,8 @@ impl Pool {
         let pool = Arc::new(Pool {
             name: config.name.clone(),
             algorithm: config.algorithm,
-            backends: RwLock::new(Arc::new(backends)),
+            members: ArcSwap::from_pointee(Members::new(config.algorithm, Arc::new(backends))),
+            changes: Mutex::new(()),
             balancer: Balancer::new(config.algorithm),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
@@ -116,6 +125,9 @@ impl Pool {
             probe_agent: std::sync::OnceLock::new(),
             stats,
         });
+        pool.stats
+            .selection_rebuilds
+            .fetch_add(1, Ordering::Relaxed);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(prune_idle_connections(
                 Arc::downgrade(&pool),
@@ -133,12 +145,7 @@ impl Pool {
 
     /// The backends now, in configuration order.
     pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
-        Arc::clone(
-            &self
-                .backends
-                .read()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        )
+        Arc::clone(&self.members.load().backends)
     }
 
     pub fn backend(&self, address: &str) -> Option<Arc<Backend>> {
@@ -195,10 +202,8 @@ impl Pool {
         if !(1..=1000).contains(&weight) {
             return Err(PoolError::BadWeight { weight });
         }
-        let mut backends = self
-            .backends
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let _changes = self.lock_changes();
+        let backends = self.backends();
         if backends.iter().any(|backend| backend.address == address) {
             return Err(PoolError::BackendExists {
                 pool: self.name.clone(),
@@ -214,16 +219,14 @@ impl Pool {
         ));
         let mut next = Vec::clone(&backends);
         next.push(Arc::clone(&backend));
-        *backends = Arc::new(next);
+        self.publish(next);
         Ok(backend)
     }
 
     /// Removes a backend: no new requests go to it; in-flight ones finish.
     pub fn remove_backend(&self, address: &str) -> Result<Arc<Backend>, PoolError> {
-        let mut backends = self
-            .backends
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let _changes = self.lock_changes();
+        let backends = self.backends();
         let Some(position) = backends
             .iter()
             .position(|backend| backend.address == address)
@@ -232,7 +235,7 @@ impl Pool {
         };
         let mut next = Vec::clone(&backends);
         let removed = next.remove(position);
-        *backends = Arc::new(next);
+        self.publish(next);
         removed
             .state
             .store(BackendState::Disabled as u8, Ordering::Release);
@@ -256,8 +259,8 @@ impl Pool {
         Ok((backend, old))
     }
 
-    /// Sets a backend's balancing weight (the balancer rebuilds what depends on it at its next
-    /// pick). Returns the backend and its old weight.
+    /// Sets a backend's balancing weight (the selection structures are rebuilt with it).
+    /// Returns the backend and its old weight.
     pub fn set_backend_weight(
         &self,
         address: &str,
@@ -266,11 +269,31 @@ impl Pool {
         if !(1..=1000).contains(&weight) {
             return Err(PoolError::BadWeight { weight });
         }
+        let _changes = self.lock_changes();
         let backend = self
             .backend(address)
             .ok_or_else(|| self.no_such_backend(address))?;
         let old = backend.weight.swap(weight, Ordering::Relaxed);
+        if old != weight {
+            self.publish(Vec::clone(&self.backends()));
+        }
         Ok((backend, old))
+    }
+
+    fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        self.changes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Publishes a new backend set with selection structures built for it (under
+    /// [`Pool::lock_changes`]).
+    fn publish(&self, backends: Vec<Arc<Backend>>) {
+        self.members
+            .store(Arc::new(Members::new(self.algorithm, Arc::new(backends))));
+        self.stats
+            .selection_rebuilds
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn no_such_backend(&self, address: &str) -> PoolError {

@@ -1,11 +1,16 @@
-//! Picking a backend: the enabled, healthy backends not yet tried go to the balancer; when every
-//! enabled backend is unhealthy, all enabled ones do (fail-open).
+//! Picking a backend. The selection structures (the consistent-hash ring, the weights) are built
+//! once per change of the backend *set* and published with the set ([`Members`], behind an
+//! `ArcSwap`); health, operator state and "already tried" only filter while the balancer walks
+//! them, so a pick (or a retry's pick) never rebuilds anything and takes no pool-wide lock
+//! (smooth weighted round robin excepted: its running weights sit behind the balancer's mutex).
+//! When every enabled backend is unhealthy, every enabled one may be picked (fail-open).
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use hearsay_balancer::Candidate;
+use hearsay_balancer::Selection;
 use hearsay_config::Algorithm;
 
 use super::backend::{Backend, BackendState};
@@ -13,52 +18,64 @@ use super::health::pool_clock;
 use super::pool::Pool;
 use super::random::random;
 
+/// A backend set and the selection structures built for it; replaced whole when the set
+/// changes (a backend added or removed, a weight changed).
+#[derive(Debug)]
+pub(super) struct Members {
+    /// In configuration order; what [`Pool::backends`] returns.
+    pub(super) backends: Arc<Vec<Arc<Backend>>>,
+    selection: Selection,
+}
+
+impl Members {
+    pub(super) fn new(algorithm: Algorithm, backends: Arc<Vec<Arc<Backend>>>) -> Members {
+        let selection = Selection::new(
+            algorithm,
+            backends
+                .iter()
+                .map(|backend| (backend.id, backend.weight())),
+        );
+        Members {
+            backends,
+            selection,
+        }
+    }
+}
+
 impl Pool {
     /// Picks among the enabled, healthy backends not yet tried; when every enabled backend is
     /// unhealthy, among all enabled ones (fail-open).
     pub(super) fn pick(&self, client: IpAddr, tried: &[u64]) -> Option<Arc<Backend>> {
         thread_local! {
             // Reused per request: picking allocates nothing once warm.
-            static SCRATCH: std::cell::RefCell<(Vec<usize>, Vec<Candidate>)> =
-                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+            static ELIGIBLE: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
         }
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let (eligible, candidates) = &mut *scratch;
-            self.pick_with(client, tried, eligible, candidates)
-        })
+        ELIGIBLE.with(|eligible| self.pick_with(client, tried, &mut eligible.borrow_mut()))
     }
 
-    pub(super) fn pick_with(
+    fn pick_with(
         &self,
         client: IpAddr,
         tried: &[u64],
-        eligible: &mut Vec<usize>,
-        candidates: &mut Vec<Candidate>,
+        eligible: &mut Vec<bool>,
     ) -> Option<Arc<Backend>> {
-        let backends = self.backends();
+        let members = self.members.load();
+        let backends = &members.backends;
         let now = pool_clock();
-        let usable = |backend: &Arc<Backend>| {
+        let usable = |backend: &Backend| {
             backend.state() == BackendState::Enabled && !tried.contains(&backend.id)
         };
         eligible.clear();
         eligible.extend(
             backends
                 .iter()
-                .enumerate()
-                .filter(|(_, b)| usable(b) && b.health.is_healthy(now))
-                .map(|(index, _)| index),
+                .map(|backend| usable(backend) && backend.health.is_healthy(now)),
         );
-        let failing_open =
-            eligible.is_empty() && backends.iter().any(|b| b.state() == BackendState::Enabled);
+        let failing_open = !eligible.contains(&true)
+            && backends.iter().any(|b| b.state() == BackendState::Enabled);
         if failing_open {
-            eligible.extend(
-                backends
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| usable(b))
-                    .map(|(index, _)| index),
-            );
+            eligible.clear();
+            eligible.extend(backends.iter().map(|backend| usable(backend)));
         }
         self.note_fail_open(failing_open && tried.is_empty());
         if failing_open {
@@ -66,15 +83,6 @@ impl Pool {
                 .fail_open_requests
                 .fetch_add(1, Ordering::Relaxed);
         }
-        candidates.clear();
-        candidates.extend(eligible.iter().map(|index| {
-            let backend = &backends[*index];
-            Candidate {
-                id: backend.id,
-                weight: backend.weight(),
-                in_flight: backend.in_flight(),
-            }
-        }));
         let key = match self.algorithm {
             Algorithm::ConsistentHash => match client {
                 IpAddr::V4(v4) => hearsay_balancer::stable_hash(&v4.octets()),
@@ -82,8 +90,14 @@ impl Pool {
             },
             _ => 0,
         };
-        let index = self.balancer.pick(candidates, key, &mut random)?;
-        Some(Arc::clone(&backends[eligible[index]]))
+        let index = self.balancer.pick(
+            &members.selection,
+            eligible,
+            key,
+            &|index| backends[index].in_flight(),
+            &mut random,
+        )?;
+        Some(Arc::clone(&backends[index]))
     }
 
     /// Logs entering and leaving fail-open once per transition.
