@@ -6,13 +6,14 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use hearsay_config::{HealthCheckConfig, HealthCheckKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http::{header, Request};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::BackendState;
 use super::health::unix_millis;
+use super::http1::{Release, UpstreamConn};
 use super::pool::Pool;
 use super::random::random;
 
@@ -69,14 +70,16 @@ fn jittered(interval: Duration, spread: f64) -> Duration {
     interval.mul_f64(factor.max(0.0))
 }
 
-/// One check of one backend: `Ok` when healthy, else why not.
+/// One check of one backend: `Ok` when healthy, else why not. An HTTP check is a GET through
+/// the same HTTP/1 client as body-less requests (`http1.rs`: the same head limits, framing and
+/// 1xx handling), on a connection of its own that closes after the response head.
 pub(crate) async fn probe(
     address: &str,
     config: &HealthCheckConfig,
     agent: &str,
 ) -> Result<(), String> {
     let check = async {
-        let mut stream = TcpStream::connect(address)
+        let stream = TcpStream::connect(address)
             .await
             .map_err(|error| format!("connect: {error}"))?;
         let HealthCheckKind::Http {
@@ -88,32 +91,18 @@ pub(crate) async fn probe(
             return Ok(());
         };
         let host = host.as_deref().unwrap_or(address);
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
+        let (request, ()) = Request::get(path.as_str())
+            .header(header::HOST, host)
+            .header(header::USER_AGENT, agent)
+            .header(header::CONNECTION, "close")
+            .body(())
+            .map_err(|error| format!("building the check request: {error}"))?
+            .into_parts();
+        let response = UpstreamConn::new(stream)
+            .exchange(&request, Close)
             .await
-            .map_err(|error| format!("send: {error}"))?;
-        let mut head = Vec::with_capacity(128);
-        let mut buffer = [0u8; 512];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-            let read = stream
-                .read(&mut buffer)
-                .await
-                .map_err(|error| format!("read: {error}"))?;
-            if read == 0 {
-                return Err("closed before a status line".to_owned());
-            }
-            head.extend_from_slice(&buffer[..read]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .filter(|_| line.starts_with("HTTP/1."))
-            .ok_or_else(|| "not an HTTP response".to_owned())?;
+            .map_err(|(error, _)| error.to_string())?;
+        let status = response.status().as_u16();
         if (expected_status.0..=expected_status.1).contains(&status) {
             Ok(())
         } else {
@@ -129,5 +118,96 @@ pub(crate) async fn probe(
             "no answer within {}",
             hearsay_config::format_duration(config.timeout)
         )),
+    }
+}
+
+/// A check's connection is not kept: it closes when the response is dropped.
+#[derive(Debug)]
+struct Close;
+
+impl Release for Close {
+    fn release(self, _conn: UpstreamConn) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A backend that answers one connection with `answer` once the request head is in, and
+    /// hands back that head.
+    async fn backend(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let served = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.unwrap();
+                assert!(read > 0, "closed in the request head");
+                head.extend_from_slice(&buffer[..read]);
+            }
+            stream.write_all(answer).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (address, served)
+    }
+
+    fn http_check(expected_status: (u16, u16)) -> HealthCheckConfig {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Http {
+                path: "/healthz?deep=1".to_owned(),
+                expected_status,
+                host: Some("app.internal".to_owned()),
+            },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http_check_is_read_as_requests_are() {
+        // (backend's answer, expected result)
+        let cases: &[(&'static [u8], Result<(), &str>)] = &[
+            (b"HTTP/1.1 204 No Content\r\n\r\n", Ok(())),
+            // Interim responses are skipped, as for requests.
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                Ok(()),
+            ),
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                Err("status 503, expected 200-399"),
+            ),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", Err("invalid response head")),
+            (b"", Err("connection closed before the response")),
+        ];
+        for (answer, expected) in cases {
+            let (address, served) = backend(answer).await;
+            let result = probe(&address, &http_check((200, 399)), "hearsay-test").await;
+            match expected {
+                Ok(()) => assert_eq!(result, Ok(()), "{answer:?}"),
+                Err(reason) => {
+                    let error = result.expect_err("unhealthy");
+                    assert!(error.contains(reason), "{answer:?}: {error}");
+                }
+            }
+            let head = served.await.unwrap();
+            assert!(
+                head.starts_with("GET /healthz?deep=1 HTTP/1.1\r\n"),
+                "{head}"
+            );
+            for line in [
+                "host: app.internal\r\n",
+                "user-agent: hearsay-test\r\n",
+                "connection: close\r\n",
+            ] {
+                assert!(head.contains(line), "{line:?} in {head}");
+            }
+        }
     }
 }
