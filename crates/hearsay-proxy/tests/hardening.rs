@@ -144,11 +144,12 @@ async fn uploads_cut_short_by_their_clients_eject_no_backend() {
     let pool = proxy.proxy.pools()[0].clone();
     for _ in 0..8 {
         let mut client = Client::connect(proxy.address).await;
+        // Counted before sending: the chunk may reach the backend before this thread runs again.
+        let seen = backend.body_chunks_seen.load(Ordering::SeqCst);
         client
             .send(b"POST /count-body HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\npartial")
             .await;
         // Wait until the body is on its way to the backend, then leave.
-        let seen = backend.body_chunks_seen.load(Ordering::SeqCst);
         assert!(
             support::eventually(Duration::from_secs(2), || {
                 backend.body_chunks_seen.load(Ordering::SeqCst) > seen

@@ -89,12 +89,23 @@ impl UpstreamConn {
     /// rest of the response from this connection and hands the connection to `release` at its
     /// end if it can be reused. On failure `release` comes back unused.
     pub(crate) async fn exchange<R: Release>(
-        mut self,
+        self,
         request: &Parts,
         release: R,
     ) -> Result<Response<UpstreamBody<R>>, (ExchangeError, R)> {
         let head = encode_request(request);
-        if let Err(error) = self.stream.write_all(&head).await {
+        self.exchange_encoded(&head, &request.method, release).await
+    }
+
+    /// [`UpstreamConn::exchange`] with a request head already on the wire's form (health checks
+    /// write theirs as they always have); `method` frames the response.
+    pub(crate) async fn exchange_encoded<R: Release>(
+        mut self,
+        head: &[u8],
+        method: &Method,
+        release: R,
+    ) -> Result<Response<UpstreamBody<R>>, (ExchangeError, R)> {
+        if let Err(error) = self.stream.write_all(head).await {
             return Err((ExchangeError::NotSent(error), release));
         }
         loop {
@@ -115,7 +126,7 @@ impl UpstreamConn {
                 }
                 continue;
             }
-            let (framing, mut reusable) = match framing(&request.method, status, &headers) {
+            let (framing, mut reusable) = match framing(method, status, &headers) {
                 Ok(framing) => framing,
                 Err(reason) => return Err((ExchangeError::Failed(reason.to_owned()), release)),
             };

@@ -6,7 +6,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use hearsay_config::{HealthCheckConfig, HealthCheckKind};
-use http::{header, Request};
+use http::Method;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -70,9 +70,10 @@ fn jittered(interval: Duration, spread: f64) -> Duration {
     interval.mul_f64(factor.max(0.0))
 }
 
-/// One check of one backend: `Ok` when healthy, else why not. An HTTP check is a GET through
-/// the same HTTP/1 client as body-less requests (`http1.rs`: the same head limits, framing and
-/// 1xx handling), on a connection of its own that closes after the response head.
+/// One check of one backend: `Ok` when healthy, else why not. An HTTP check is a GET whose
+/// answer is read by the same HTTP/1 client as body-less requests (`http1.rs`: the same head
+/// limits, framing and 1xx handling), on a connection of its own that closes after the response
+/// head.
 pub(crate) async fn probe(
     address: &str,
     config: &HealthCheckConfig,
@@ -91,15 +92,11 @@ pub(crate) async fn probe(
             return Ok(());
         };
         let host = host.as_deref().unwrap_or(address);
-        let (request, ()) = Request::get(path.as_str())
-            .header(header::HOST, host)
-            .header(header::USER_AGENT, agent)
-            .header(header::CONNECTION, "close")
-            .body(())
-            .map_err(|error| format!("building the check request: {error}"))?
-            .into_parts();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
+        );
         let response = UpstreamConn::new(stream)
-            .exchange(&request, Close)
+            .exchange_encoded(request.as_bytes(), &Method::GET, Close)
             .await
             .map_err(|(error, _)| error.to_string())?;
         let status = response.status().as_u16();
@@ -202,9 +199,9 @@ mod tests {
                 "{head}"
             );
             for line in [
-                "host: app.internal\r\n",
-                "user-agent: hearsay-test\r\n",
-                "connection: close\r\n",
+                "Host: app.internal\r\n",
+                "User-Agent: hearsay-test\r\n",
+                "Connection: close\r\n",
             ] {
                 assert!(head.contains(line), "{line:?} in {head}");
             }
