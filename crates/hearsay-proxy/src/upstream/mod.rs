@@ -10,7 +10,7 @@
 //!   cluster's verdict and remote ejections).
 //! - `probe.rs`: the active health-check task of a pool.
 //! - `idle.rs`: the idle keep-alive connections per backend, checkouts, the pruning task.
-//! - `http1.rs`: the in-task HTTP/1.1 client for body-less requests.
+//! - `http1.rs`: the in-task HTTP/1.1 client for body-less requests and health checks' answers.
 //! - `request_body.rs`: the client's request body on its way to a backend.
 //! - `random.rs`: the per-thread random numbers of p2c and probe jitter.
 //!

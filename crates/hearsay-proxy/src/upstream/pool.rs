@@ -35,7 +35,9 @@ pub enum PoolError {
 pub struct PoolStats {
     /// Requests sent while every enabled backend was unhealthy (forwarded to all of them).
     pub fail_open_requests: AtomicU64,
-    /// Healthy ↔ unhealthy transitions seen by the active checks.
+    /// Healthy ↔ unhealthy transitions of the active-check verdict in force (this node's checks
+    /// deciding alone, or the cluster's shared verdict), counted in one place
+    /// (`BackendHealth::set_checked`).
     pub health_transitions: AtomicU64,
     pub ejections: AtomicU64,
     pub retries: AtomicU64,
