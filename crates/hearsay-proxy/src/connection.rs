@@ -29,7 +29,6 @@ use crate::headers;
 use crate::io::{ClientStream, TrackedIo};
 use crate::listener::Listener;
 use crate::registry::{instant_of, now_nanos, CloseReason, Connection, Registration};
-use crate::upstream::Forwarded;
 
 /// What the connection state looks like at one moment, in nanoseconds of [`now_nanos`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -589,14 +588,8 @@ async fn handle(
         Err(error) => Err(error),
     };
     let mut server_close = server_close;
-    let (response, upstream) = match forwarded {
-        Ok(Forwarded::Pooled(response, checkout)) => (
-            response.map(|body| Either::Left(Either::Left(body))),
-            Some(checkout),
-        ),
-        Ok(Forwarded::Direct(response)) => {
-            (response.map(|body| Either::Left(Either::Right(body))), None)
-        }
+    let response = match forwarded {
+        Ok(response) => response.map(Either::Left),
         Err(error) if error.closes_connection() => {
             // The client's fault: its framing can no longer be trusted.
             tracing::debug!(
@@ -606,7 +599,7 @@ async fn handle(
                 "bad request"
             );
             server_close = Some(CloseReason::Error);
-            (error.to_response().map(Either::Right), None)
+            error.to_response().map(Either::Right)
         }
         Err(error) => {
             tracing::warn!(
@@ -616,16 +609,15 @@ async fn handle(
                 %error,
                 "request failed"
             );
-            (error.to_response().map(Either::Right), None)
+            error.to_response().map(Either::Right)
         }
     };
     let (mut parts, body) = response.into_parts();
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): the body was decoded as
     // chunked, so a length must not go on with it (it would cut the body); a backend that sent
-    // both framed its message ambiguously, so its connection is not used again.
-    let mut reusable = true;
+    // both framed its message ambiguously, so its connection is not used again (`http1.rs`).
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        reusable = parts.headers.remove(header::CONTENT_LENGTH).is_none();
+        parts.headers.remove(header::CONTENT_LENGTH);
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     // Answer in the client's version: hyper then frames the keep-alive decision for an HTTP/1.0
@@ -659,7 +651,7 @@ async fn handle(
     }
     Ok(Response::from_parts(
         parts,
-        ResponseBody::new(body, in_flight, upstream, reusable),
+        ResponseBody::new(body, in_flight),
     ))
 }
 

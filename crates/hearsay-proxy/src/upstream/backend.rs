@@ -5,12 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hearsay_config::BackendStateConfig;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::health::{pool_clock, unix_millis, BackendHealth, HealthSnapshot, VerdictSource};
-use super::idle::{HyperConn, Idle};
+use super::idle::Idle;
 use super::pool::PoolStats;
 use crate::error::ForwardError;
 
@@ -96,7 +94,7 @@ impl Backend {
             state: AtomicU8::new(state as u8),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            idle: Mutex::new(Idle::default()),
+            idle: Mutex::new(Idle::new()),
         }
     }
 
@@ -226,29 +224,6 @@ impl Backend {
         if ejected {
             self.close_idle();
         }
-    }
-
-    pub(super) async fn connect(&self, timeout: Duration) -> Result<HyperConn, ForwardError> {
-        let stream = self.connect_stream(timeout).await?;
-        // One write call per request (see the server side in connection.rs).
-        let (sender, connection) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| ForwardError::BackendUnreachable {
-                backend: self.address.clone(),
-                reason: error.to_string(),
-            })?;
-        let address = self.address.clone();
-        let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(backend = %address, %error, "upstream connection ended");
-            }
-        });
-        Ok(HyperConn {
-            sender,
-            task: task.abort_handle(),
-        })
     }
 
     pub(super) async fn connect_stream(

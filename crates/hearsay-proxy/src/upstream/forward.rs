@@ -1,41 +1,26 @@
-//! Forwarding a client's request to a backend of a pool, with retries on another backend when
-//! that is safe, over the in-task client (body-less requests) or a hyper client connection
-//! (requests with a body).
+//! Forwarding a client's request to a backend of a pool through the in-task HTTP/1 client
+//! (`http1.rs`), with retries on another backend when that is safe.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use super::backend::Backend;
 use super::backend::BackendLoad;
 use super::health::pool_clock;
-use super::http1::{ExchangeError, UpstreamConn};
-use super::idle::{Checkout, DirectBody, DirectHome};
+use super::http1::{ExchangeError, Upload, UpstreamConn};
+use super::idle::{DirectBody, DirectHome};
 use super::pool::Pool;
 use super::request_body::RequestBody;
 use crate::error::ForwardError;
 use crate::headers;
 use crate::registry::{BodyFailure, Connection};
 
-/// A backend's response on its way back, with the connection it came on.
-pub(crate) enum Forwarded {
-    /// Through a hyper client connection, given back with the checkout.
-    Pooled(Response<Incoming>, Checkout),
-    /// Through the in-task client; the body gives its connection back itself.
-    Direct(Response<DirectBody>),
-}
-
-impl Forwarded {
-    pub(super) fn status(&self) -> http::StatusCode {
-        match self {
-            Forwarded::Pooled(response, _) => response.status(),
-            Forwarded::Direct(response) => response.status(),
-        }
-    }
-}
+/// A backend's response on its way back; its body gives the connection back itself once read
+/// (and the request body sent) whole.
+pub(crate) type Forwarded = Response<DirectBody>;
 
 pub(super) fn is_idempotent(method: &Method) -> bool {
     matches!(
@@ -62,16 +47,20 @@ impl Pool {
             None => Uri::from_static("/"),
         };
         parts.version = Version::HTTP_11;
-        // A body of unknown length goes out chunked. Said explicitly: hyper's client would send
-        // a GET or HEAD body of unknown length as no body at all (and drop it).
-        if !body.is_end_stream()
-            && body.size_hint().exact().is_none()
-            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
-        {
-            parts.headers.insert(
-                http::header::TRANSFER_ENCODING,
-                http::HeaderValue::from_static("chunked"),
-            );
+        // A body always goes out framed: by its length when it is known (a client may have named
+        // Content-Length in Connection, which removed it), else chunked.
+        if !body.is_end_stream() && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+            let (name, value) = match body.size_hint().exact() {
+                Some(length) => (
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from(length),
+                ),
+                None => (
+                    http::header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_static("chunked"),
+                ),
+            };
+            parts.headers.insert(name, value);
         }
         let retries = if is_idempotent(&parts.method) {
             self.retries
@@ -181,63 +170,71 @@ impl Pool {
         }
     }
 
+    /// One attempt on one backend: a pooled connection first (a stale one hands the request
+    /// back and it goes out on the next, then on a fresh connection), the request body sent while
+    /// the response may already arrive.
     pub(super) async fn send(
-        &self,
-        load: BackendLoad,
-        request: Request<RequestBody>,
-    ) -> Result<Forwarded, Attempt> {
-        if request.body().is_end_stream() {
-            self.send_direct(load, request).await.map(Forwarded::Direct)
-        } else {
-            self.send_pooled(load, request)
-                .await
-                .map(|(response, checkout)| Forwarded::Pooled(response, checkout))
-        }
-    }
-
-    /// A body-less request through the in-task client (`http1.rs`).
-    pub(super) async fn send_direct(
         &self,
         load: BackendLoad,
         request: Request<RequestBody>,
     ) -> Result<Response<DirectBody>, Attempt> {
         let (parts, body) = request.into_parts();
+        let with_body = !body.is_end_stream();
+        let chunked = parts
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|coding| coding.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        // Held until the request can no longer go out again: while it is here, none of it was
+        // taken (a body-less request keeps its empty body here throughout).
+        let mut body = Some(body);
         let mut home = DirectHome {
             load,
             max_idle: self.max_idle_per_backend,
         };
         loop {
             let backend = &home.load.0;
-            let (conn, reused) = match backend.take_idle_direct(self.idle_timeout) {
+            let (conn, reused) = match backend.take_idle(self.idle_timeout) {
                 Some(conn) => (conn, true),
                 None => match backend.connect_stream(self.connect_timeout).await {
                     Ok(stream) => (UpstreamConn::new(stream), false),
                     Err(error) => {
+                        let body = body.take().expect("held until taken");
                         let request = Request::from_parts(parts, body);
                         return Err(Attempt::NotConnected(error, Box::new(request)));
                     }
                 },
             };
-            let (error, back) = match conn.exchange(&parts, home).await {
+            let upload = if with_body {
+                body.take().map(|body| Upload::new(body, chunked))
+            } else {
+                None
+            };
+            let (error, back, unsent) = match conn.exchange(&parts, upload, home).await {
                 Ok(response) => return Ok(response),
                 Err(failed) => failed,
             };
             home = back;
+            if unsent.is_some() {
+                body = unsent;
+            }
             let backend = &home.load.0;
+            let whole = body.is_some();
             match error {
                 // The backend closed the pooled connection before it got the request: nothing
                 // reached it, so any request may go out again on a fresh connection.
-                ExchangeError::NotSent(_) if reused => continue,
-                ExchangeError::ClosedEarly(_) if reused && is_idempotent(&parts.method) => {
+                ExchangeError::NotSent(_) if reused && whole => continue,
+                ExchangeError::ClosedEarly(_)
+                    if reused && whole && is_idempotent(&parts.method) =>
+                {
                     tracing::debug!(backend = %backend.address, "reused connection closed under the request: re-sending on a fresh one");
                     continue;
                 }
-                ExchangeError::NotSent(error) => {
+                ExchangeError::NotSent(error) if whole => {
                     let error = ForwardError::BackendUnreachable {
                         backend: backend.address.clone(),
                         reason: format!("connection closed before the request was sent: {error}"),
                     };
-                    let request = Request::from_parts(parts, body);
+                    let request = Request::from_parts(parts, body.take().expect("whole"));
                     return Err(Attempt::NotConnected(error, Box::new(request)));
                 }
                 error => {
@@ -246,59 +243,6 @@ impl Pool {
                         reason: error.to_string(),
                     }))
                 }
-            }
-        }
-    }
-
-    /// A request with a body through a hyper client connection.
-    pub(super) async fn send_pooled(
-        &self,
-        load: BackendLoad,
-        mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Checkout), Attempt> {
-        let backend = &load.0;
-        // Pooled connections first; a stale one hands the request back and we try the next, then
-        // a fresh connection.
-        loop {
-            let (mut conn, reused) = match backend.take_idle(self.idle_timeout) {
-                Some(conn) => (conn, true),
-                None => match backend.connect(self.connect_timeout).await {
-                    Ok(conn) => (conn, false),
-                    Err(error) => return Err(Attempt::NotConnected(error, Box::new(request))),
-                },
-            };
-            if conn.sender.ready().await.is_err() {
-                if reused {
-                    continue;
-                }
-                let error = ForwardError::BackendUnreachable {
-                    backend: backend.address.clone(),
-                    reason: "connection closed before the request was sent".to_owned(),
-                };
-                return Err(Attempt::NotConnected(error, Box::new(request)));
-            }
-            // A reused connection the backend is closing right now fails the request after it
-            // was written; its body is gone, so it cannot go again (a 502, as in NGINX).
-            match conn.sender.try_send_request(request).await {
-                Ok(response) => {
-                    return Ok((
-                        response,
-                        Checkout {
-                            load,
-                            conn: Some(conn),
-                            max_idle: self.max_idle_per_backend,
-                        },
-                    ))
-                }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => {
-                        return Err(Attempt::Failed(ForwardError::BackendFailed {
-                            backend: backend.address.clone(),
-                            reason: error.into_error().to_string(),
-                        }))
-                    }
-                },
             }
         }
     }

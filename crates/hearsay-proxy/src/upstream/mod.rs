@@ -3,26 +3,25 @@
 //!
 //! One file per job:
 //! - `pool.rs`: [`Pool`], its settings, counters and backend set (add, remove, state, weight).
-//! - `forward.rs`: forwarding a request with retries, over the two HTTP/1 clients.
+//! - `forward.rs`: forwarding a request with retries.
 //! - `select.rs`: picking a backend (balancer, health, operator state, fail-open).
 //! - `backend.rs`: [`Backend`]: address, weight, operator state, load, connecting.
 //! - `health.rs`: a backend's health (active-check verdict, passive outlier ejection, the
 //!   cluster's verdict and remote ejections).
 //! - `probe.rs`: the active health-check task of a pool.
-//! - `idle.rs`: the idle keep-alive connections per backend, checkouts, the pruning task.
-//! - `http1.rs`: the in-task HTTP/1.1 client for body-less requests and health checks' answers.
+//! - `idle.rs`: the idle keep-alive connections per backend, the pruning task.
+//! - `http1.rs`: the in-task HTTP/1.1 client: every request (with its body, if any) and the
+//!   health checks' answers.
 //! - `request_body.rs`: the client's request body on its way to a backend.
 //! - `random.rs`: the per-thread random numbers of p2c and probe jitter.
 //!
-//! Connections to backends are kept per backend in LIFO stacks of idle connections, one for each
-//! way of talking to a backend: requests without a body use the in-task client of `http1.rs`
-//! (the common case, no task or channel per request), requests with a body a hyper HTTP/1 client
-//! connection (which sends the body while the response may already arrive). A connection goes
-//! back on its stack when the response body it carried has been read to its end (so it is
-//! reusable), and is taken off for the next request. A pooled connection that the backend closed
-//! in the meantime is detected before use (readiness, or `ready()` failing) or when the request
-//! could not be written, and the request then goes out on a fresh connection; an idempotent
-//! request whose reused connection closed before any response byte is re-sent on a fresh one. A
+//! Connections to a backend are kept in one LIFO stack of idle connections per backend, whatever
+//! request they carried. A connection goes back on its stack when the response body it carried
+//! has been read to its end and its request body went out whole (so it is reusable), and is taken
+//! off for the next request. A pooled connection that the backend closed in the meantime is
+//! detected before use (readiness) or when the request could not be written, and the request
+//! then goes out on a fresh connection; an idempotent request whose reused connection closed
+//! before any response byte (and before any of its body was taken) is re-sent on a fresh one. A
 //! stale pooled connection never surfaces as a client error.
 
 mod backend;
@@ -37,8 +36,7 @@ mod request_body;
 mod select;
 
 pub use backend::{Backend, BackendState};
-pub(crate) use forward::Forwarded;
 pub use health::{BackendHealth, HealthSnapshot};
-pub(crate) use idle::{Checkout, DirectBody};
+pub(crate) use idle::DirectBody;
 pub use pool::{Pool, PoolError, PoolStats};
 pub(crate) use request_body::RequestBody;

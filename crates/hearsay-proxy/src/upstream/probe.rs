@@ -5,15 +5,17 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hearsay_config::{HealthCheckConfig, HealthCheckKind};
 use http::Method;
+use http_body_util::Empty;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::BackendState;
 use super::health::unix_millis;
-use super::http1::{Release, UpstreamConn};
+use super::http1::{Release, Upload, UpstreamConn};
 use super::pool::Pool;
 use super::random::random;
 
@@ -71,9 +73,8 @@ fn jittered(interval: Duration, spread: f64) -> Duration {
 }
 
 /// One check of one backend: `Ok` when healthy, else why not. An HTTP check is a GET whose
-/// answer is read by the same HTTP/1 client as body-less requests (`http1.rs`: the same head
-/// limits, framing and 1xx handling), on a connection of its own that closes after the response
-/// head.
+/// answer is read by the same HTTP/1 client as requests (`http1.rs`: the same head limits,
+/// framing and 1xx handling), on a connection of its own that closes after the response head.
 pub(crate) async fn probe(
     address: &str,
     config: &HealthCheckConfig,
@@ -96,9 +97,14 @@ pub(crate) async fn probe(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
         );
         let response = UpstreamConn::new(stream)
-            .exchange_encoded(request.as_bytes(), &Method::GET, Close)
+            .exchange_encoded(
+                request.as_bytes(),
+                &Method::GET,
+                None::<Upload<Empty<Bytes>>>,
+                Close,
+            )
             .await
-            .map_err(|(error, _)| error.to_string())?;
+            .map_err(|(error, _, _)| error.to_string())?;
         let status = response.status().as_u16();
         if (expected_status.0..=expected_status.1).contains(&status) {
             Ok(())
