@@ -42,7 +42,7 @@ impl Algorithm {
     }
 }
 
-/// What the balancer knows of one eligible backend.
+/// What the balancer knows of one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     /// Stable identity (e.g. [`stable_hash`] of the address): state follows the backend, not
@@ -52,23 +52,68 @@ pub struct Candidate {
     pub in_flight: u64,
 }
 
-/// Picks backends by one algorithm, keeping what state the algorithm needs.
+/// The selection structures of one backend *set* (ids and weights, in order): built when the
+/// set changes, never per pick. Which members may be picked right now (health, operator state,
+/// "already tried") is a filter applied while walking them ([`Balancer::pick`]), as Pingora's
+/// `Backends::select_with` does.
+#[derive(Debug)]
+pub struct Selection {
+    /// (id, weight) per member, in the set's order.
+    members: Vec<(u64, u32)>,
+    /// Consistent hash only: sorted (point, member index).
+    ring: Vec<(u64, usize)>,
+}
+
+impl Selection {
+    pub fn new(algorithm: Algorithm, members: impl IntoIterator<Item = (u64, u32)>) -> Selection {
+        let members: Vec<(u64, u32)> = members.into_iter().collect();
+        let ring = if algorithm == Algorithm::ConsistentHash {
+            ring(&members)
+        } else {
+            Vec::new()
+        };
+        Selection { members, ring }
+    }
+
+    /// How many members the set has.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// Picks backends by one algorithm, keeping what state the algorithm needs across picks (and
+/// across changes of the set).
 #[derive(Debug)]
 pub struct Balancer {
     algorithm: Algorithm,
     next: AtomicUsize,
     /// Smooth weighted round robin: current weight per backend id.
     current_weights: Mutex<HashMap<u64, i64>>,
-    /// Consistent hash: the ring for the candidate set it was built for.
-    ring: Mutex<Option<Ring>>,
 }
 
-#[derive(Debug)]
-struct Ring {
-    /// The candidate ids (and weights) the ring was built from.
-    members: Vec<(u64, u32)>,
-    /// Sorted (point, candidate id).
-    points: Vec<(u64, u64)>,
+/// The members a pick may choose, walked in the set's order.
+struct Eligible<'a> {
+    eligible: &'a [bool],
+    count: usize,
+}
+
+impl Eligible<'_> {
+    /// Index (in the set) of the `nth` eligible member.
+    fn nth(&self, nth: usize) -> usize {
+        self.indices().nth(nth).unwrap_or(0)
+    }
+
+    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.eligible
+            .iter()
+            .enumerate()
+            .filter(|(_, eligible)| **eligible)
+            .map(|(index, _)| index)
+    }
 }
 
 impl Balancer {
@@ -77,7 +122,6 @@ impl Balancer {
             algorithm,
             next: AtomicUsize::new(0),
             current_weights: Mutex::new(HashMap::new()),
-            ring: Mutex::new(None),
         }
     }
 
@@ -85,122 +129,150 @@ impl Balancer {
         self.algorithm
     }
 
-    /// The index in `candidates` of the backend to use. `key` is the client key's hash (used by
-    /// consistent hashing); `random` yields random numbers (used by p2c).
+    /// The index in `selection` of the member to use, among those `eligible` says may be picked
+    /// (one flag per member; missing flags count as not eligible); `None` when none may. `key`
+    /// is the client key's hash (consistent hashing), `in_flight` a member's load (least
+    /// connections, p2c), `random` yields random numbers (p2c). Picks as if the selection held
+    /// only the eligible members.
     pub fn pick(
         &self,
-        candidates: &[Candidate],
+        selection: &Selection,
+        eligible: &[bool],
         key: u64,
+        in_flight: &dyn Fn(usize) -> u64,
         random: &mut dyn FnMut() -> u64,
     ) -> Option<usize> {
-        match candidates.len() {
+        let eligible = &eligible[..eligible.len().min(selection.len())];
+        let eligible = Eligible {
+            eligible,
+            count: eligible.iter().filter(|eligible| **eligible).count(),
+        };
+        match eligible.count {
             0 => return None,
-            1 => return Some(0),
+            1 => return Some(eligible.nth(0)),
             _ => {}
         }
         Some(match self.algorithm {
-            Algorithm::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % candidates.len(),
-            Algorithm::WeightedRoundRobin => self.smooth_weighted(candidates),
-            Algorithm::LeastConnections => self.least_connections(candidates),
-            Algorithm::P2c => p2c(candidates, random),
-            Algorithm::ConsistentHash => self.consistent_hash(candidates, key),
+            Algorithm::RoundRobin => {
+                eligible.nth(self.next.fetch_add(1, Ordering::Relaxed) % eligible.count)
+            }
+            Algorithm::WeightedRoundRobin => self.smooth_weighted(selection, &eligible),
+            Algorithm::LeastConnections => self.least_connections(selection, &eligible, in_flight),
+            Algorithm::P2c => p2c(selection, &eligible, in_flight, random),
+            Algorithm::ConsistentHash => consistent_hash(selection, eligible.eligible, key),
         })
     }
 
     /// NGINX's smooth weighted round robin: every candidate gains its weight, the highest wins and
     /// pays back the total.
-    fn smooth_weighted(&self, candidates: &[Candidate]) -> usize {
+    fn smooth_weighted(&self, selection: &Selection, eligible: &Eligible<'_>) -> usize {
         let mut current = self
             .current_weights
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if current.len() > candidates.len() * 4 + 16 {
+        if current.len() > eligible.count * 4 + 16 {
             // Forget backends long gone, so the map stays bounded.
-            current.retain(|id, _| candidates.iter().any(|candidate| candidate.id == *id));
+            current.retain(|id, _| {
+                eligible
+                    .indices()
+                    .any(|index| selection.members[index].0 == *id)
+            });
         }
-        let total: i64 = candidates
-            .iter()
-            .map(|candidate| i64::from(candidate.weight))
+        let total: i64 = eligible
+            .indices()
+            .map(|index| i64::from(selection.members[index].1))
             .sum();
         let mut best = 0;
         let mut best_weight = i64::MIN;
-        for (index, candidate) in candidates.iter().enumerate() {
-            let weight = current.entry(candidate.id).or_insert(0);
-            *weight += i64::from(candidate.weight);
-            if *weight > best_weight {
-                best_weight = *weight;
+        for index in eligible.indices() {
+            let (id, weight) = selection.members[index];
+            let current = current.entry(id).or_insert(0);
+            *current += i64::from(weight);
+            if *current > best_weight {
+                best_weight = *current;
                 best = index;
             }
         }
-        if let Some(weight) = current.get_mut(&candidates[best].id) {
+        if let Some(weight) = current.get_mut(&selection.members[best].0) {
             *weight -= total;
         }
         best
     }
 
     /// Lowest in_flight / weight; ties go round robin so equal backends share the load.
-    fn least_connections(&self, candidates: &[Candidate]) -> usize {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut best = start % candidates.len();
-        for offset in 1..candidates.len() {
-            let index = (start + offset) % candidates.len();
-            let (a, b) = (&candidates[index], &candidates[best]);
+    fn least_connections(
+        &self,
+        selection: &Selection,
+        eligible: &Eligible<'_>,
+        in_flight: &dyn Fn(usize) -> u64,
+    ) -> usize {
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % eligible.count;
+        let load = |index: usize| (in_flight(index), selection.members[index].1);
+        // The eligible members in turn, from the start'th.
+        let mut order = eligible
+            .indices()
+            .skip(start)
+            .chain(eligible.indices().take(start));
+        let mut best = order.next().unwrap_or(0);
+        for index in order {
+            let ((a_load, a_weight), (b_load, b_weight)) = (load(index), load(best));
             // a.in_flight / a.weight < b.in_flight / b.weight, without division.
-            if u128::from(a.in_flight) * u128::from(b.weight.max(1))
-                < u128::from(b.in_flight) * u128::from(a.weight.max(1))
+            if u128::from(a_load) * u128::from(b_weight.max(1))
+                < u128::from(b_load) * u128::from(a_weight.max(1))
             {
                 best = index;
             }
         }
         best
     }
-
-    fn consistent_hash(&self, candidates: &[Candidate], key: u64) -> usize {
-        let members: Vec<(u64, u32)> = candidates.iter().map(|c| (c.id, c.weight)).collect();
-        let mut ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if ring.as_ref().is_none_or(|ring| ring.members != members) {
-            *ring = Some(Ring::build(members));
-        }
-        let ring = ring.as_ref().expect("built above");
-        let point = mix(key);
-        let slot = ring.points.partition_point(|(p, _)| *p < point);
-        let (_, id) = ring.points[slot % ring.points.len()];
-        candidates
-            .iter()
-            .position(|candidate| candidate.id == id)
-            .unwrap_or(0)
-    }
 }
 
-impl Ring {
-    fn build(members: Vec<(u64, u32)>) -> Ring {
-        let mut points: Vec<(u64, u64)> = members
-            .iter()
-            .flat_map(|(id, weight)| {
-                (0..u64::from((*weight).max(1)) * VIRTUAL_NODES_PER_WEIGHT).map(move |replica| {
-                    let mut bytes = [0u8; 16];
-                    bytes[..8].copy_from_slice(&id.to_le_bytes());
-                    bytes[8..].copy_from_slice(&replica.to_le_bytes());
-                    (stable_hash(&bytes), *id)
-                })
+/// The ring of a consistent-hash set: `VIRTUAL_NODES_PER_WEIGHT` points per unit of weight.
+fn ring(members: &[(u64, u32)]) -> Vec<(u64, usize)> {
+    let mut points: Vec<(u64, usize)> = members
+        .iter()
+        .enumerate()
+        .flat_map(|(index, (id, weight))| {
+            (0..u64::from((*weight).max(1)) * VIRTUAL_NODES_PER_WEIGHT).map(move |replica| {
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&id.to_le_bytes());
+                bytes[8..].copy_from_slice(&replica.to_le_bytes());
+                (stable_hash(&bytes), index)
             })
-            .collect();
-        points.sort_unstable();
-        Ring { members, points }
-    }
+        })
+        .collect();
+    // Ties between points (vanishingly rare) go to the lower id, whatever the set's order.
+    points.sort_unstable_by_key(|(point, index)| (*point, members[*index].0));
+    points
 }
 
-fn p2c(candidates: &[Candidate], random: &mut dyn FnMut() -> u64) -> usize {
-    let len = candidates.len() as u64;
+/// The first eligible member clockwise from the key's point: the member a ring of only the
+/// eligible members would give, so a member that is skipped moves only its own clients.
+fn consistent_hash(selection: &Selection, eligible: &[bool], key: u64) -> usize {
+    let ring = &selection.ring;
+    let point = mix(key);
+    let slot = ring.partition_point(|(p, _)| *p < point);
+    (0..ring.len())
+        .map(|step| ring[(slot + step) % ring.len()].1)
+        .find(|index| eligible.get(*index).copied().unwrap_or(false))
+        .unwrap_or(0)
+}
+
+fn p2c(
+    selection: &Selection,
+    eligible: &Eligible<'_>,
+    in_flight: &dyn Fn(usize) -> u64,
+    random: &mut dyn FnMut() -> u64,
+) -> usize {
+    let len = eligible.count as u64;
     let first = (random() % len) as usize;
     // A second, different candidate.
     let second = ((first as u64 + 1 + random() % (len - 1)) % len) as usize;
-    let (a, b) = (&candidates[first], &candidates[second]);
-    if u128::from(b.in_flight) * u128::from(a.weight.max(1))
-        < u128::from(a.in_flight) * u128::from(b.weight.max(1))
+    let (first, second) = (eligible.nth(first), eligible.nth(second));
+    let (a_load, a_weight) = (in_flight(first), selection.members[first].1);
+    let (b_load, b_weight) = (in_flight(second), selection.members[second].1);
+    if u128::from(b_load) * u128::from(a_weight.max(1))
+        < u128::from(a_load) * u128::from(b_weight.max(1))
     {
         second
     } else {
@@ -235,12 +307,40 @@ mod tests {
         }
     }
 
+    /// One pick among `candidates`, all eligible, as a pool would make it.
+    fn pick(
+        balancer: &Balancer,
+        candidates: &[Candidate],
+        key: u64,
+        random: &mut dyn FnMut() -> u64,
+    ) -> Option<usize> {
+        let selection = Selection::new(
+            balancer.algorithm(),
+            candidates.iter().map(|c| (c.id, c.weight)),
+        );
+        let eligible = vec![true; candidates.len()];
+        balancer.pick(
+            &selection,
+            &eligible,
+            key,
+            &|index| candidates[index].in_flight,
+            random,
+        )
+    }
+
     fn distribution(balancer: &Balancer, candidates: &[Candidate], picks: usize) -> Vec<usize> {
+        let selection = Selection::new(
+            balancer.algorithm(),
+            candidates.iter().map(|c| (c.id, c.weight)),
+        );
+        let eligible = vec![true; candidates.len()];
+        let in_flight = |index: usize| candidates[index].in_flight;
         let mut counts = vec![0; candidates.len()];
         let mut random = rng(7);
         for request in 0..picks {
             let key = mix(request as u64);
-            counts[balancer.pick(candidates, key, &mut random).unwrap()] += 1;
+            let index = balancer.pick(&selection, &eligible, key, &in_flight, &mut random);
+            counts[index.unwrap()] += 1;
         }
         counts
     }
@@ -256,9 +356,9 @@ mod tests {
         ] {
             let balancer = Balancer::new(algorithm);
             let mut random = rng(1);
-            assert_eq!(balancer.pick(&[], 1, &mut random), None, "{algorithm:?}");
+            assert_eq!(pick(&balancer, &[], 1, &mut random), None, "{algorithm:?}");
             assert_eq!(
-                balancer.pick(&candidates(&[3]), 1, &mut random),
+                pick(&balancer, &candidates(&[3]), 1, &mut random),
                 Some(0),
                 "{algorithm:?}"
             );
@@ -300,7 +400,7 @@ mod tests {
         let candidates = candidates(&[5, 1, 1]);
         let mut random = rng(1);
         let picks: Vec<usize> = (0..7)
-            .map(|_| balancer.pick(&candidates, 0, &mut random).unwrap())
+            .map(|_| pick(&balancer, &candidates, 0, &mut random).unwrap())
             .collect();
         // NGINX's documented sequence for weights 5,1,1: a a b a c a a.
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
@@ -315,10 +415,10 @@ mod tests {
         backends[2].in_flight = 3; // 1.5 per weight
         let mut random = rng(1);
         for _ in 0..5 {
-            assert_eq!(balancer.pick(&backends, 0, &mut random), Some(1));
+            assert_eq!(pick(&balancer, &backends, 0, &mut random), Some(1));
         }
         backends[1].in_flight = 2; // 2 per weight, now the weight-2 backend wins
-        assert_eq!(balancer.pick(&backends, 0, &mut random), Some(2));
+        assert_eq!(pick(&balancer, &backends, 0, &mut random), Some(2));
     }
 
     #[test]
@@ -328,7 +428,7 @@ mod tests {
         backends[0].in_flight = 10;
         let mut random = rng(3);
         for _ in 0..50 {
-            assert_eq!(balancer.pick(&backends, 0, &mut random), Some(1));
+            assert_eq!(pick(&balancer, &backends, 0, &mut random), Some(1));
         }
     }
 
@@ -336,27 +436,104 @@ mod tests {
     fn consistent_hash_keeps_clients_and_moves_only_those_of_a_leaving_backend() {
         let balancer = Balancer::new(Algorithm::ConsistentHash);
         let all = candidates(&[1, 1, 1, 1, 1]);
-        let mut random = rng(1);
+        // The backend id each key goes to, with one selection built for `set`, as a pool builds
+        // it per backend set.
+        let ids = |set: &[Candidate], keys: &[u64]| -> Vec<u64> {
+            let selection = Selection::new(
+                Algorithm::ConsistentHash,
+                set.iter().map(|c| (c.id, c.weight)),
+            );
+            let eligible = vec![true; set.len()];
+            let mut random = rng(1);
+            keys.iter()
+                .map(|key| {
+                    let index = balancer.pick(&selection, &eligible, *key, &|_| 0, &mut random);
+                    set[index.unwrap()].id
+                })
+                .collect()
+        };
         let keys: Vec<u64> = (0..5000u64)
             .map(|client| stable_hash(&client.to_le_bytes()))
             .collect();
-        let before: Vec<u64> = keys
-            .iter()
-            .map(|key| all[balancer.pick(&all, *key, &mut random).unwrap()].id)
-            .collect();
+        let before = ids(&all, &keys);
         // Sticky: same key, same backend.
-        for (key, id) in keys.iter().zip(&before).take(100) {
-            assert_eq!(all[balancer.pick(&all, *key, &mut random).unwrap()].id, *id);
-        }
+        assert_eq!(ids(&all, &keys[..100]), before[..100]);
         let leaving = all[2].id;
         let remaining: Vec<Candidate> = all.iter().copied().filter(|c| c.id != leaving).collect();
+        let after = ids(&remaining, &keys);
         let mut moved_others = 0;
-        for (key, id) in keys.iter().zip(&before) {
-            let now = remaining[balancer.pick(&remaining, *key, &mut random).unwrap()].id;
-            if *id != leaving && now != *id {
+        for (id, now) in before.iter().zip(&after) {
+            if *id != leaving && now != id {
                 moved_others += 1;
             }
         }
         assert_eq!(moved_others, 0, "only the leaving backend's clients move");
+    }
+
+    #[test]
+    fn a_filtered_member_is_picked_as_if_the_set_did_not_hold_it() {
+        // Every algorithm: the same picks from a selection of all five with two filtered out as
+        // from a selection built of the other three (same weights, loads and random numbers).
+        let weights = [2, 1, 3, 1, 2];
+        let loads = [4u64, 0, 2, 9, 1];
+        let kept = [0, 2, 4];
+        for (_, algorithm) in Algorithm::ALL {
+            let all = candidates(&weights);
+            let with_filter = Balancer::new(algorithm);
+            let rebuilt = Balancer::new(algorithm);
+            let whole = Selection::new(algorithm, all.iter().map(|c| (c.id, c.weight)));
+            let few = Selection::new(algorithm, kept.iter().map(|i| (all[*i].id, all[*i].weight)));
+            let eligible: Vec<bool> = (0..all.len()).map(|i| kept.contains(&i)).collect();
+            let (mut random_a, mut random_b) = (rng(5), rng(5));
+            for request in 0..200u64 {
+                let key = mix(request);
+                let a = with_filter
+                    .pick(&whole, &eligible, key, &|i| loads[i], &mut random_a)
+                    .unwrap();
+                let b = rebuilt
+                    .pick(&few, &[true; 3], key, &|i| loads[kept[i]], &mut random_b)
+                    .unwrap();
+                assert_eq!(a, kept[b], "{algorithm:?}, request {request}");
+            }
+            // Nothing eligible: no pick.
+            assert_eq!(
+                with_filter.pick(&whole, &[false; 5], 1, &|_| 0, &mut random_a),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn consistent_hash_skipping_a_member_moves_only_its_clients() {
+        let balancer = Balancer::new(Algorithm::ConsistentHash);
+        let all = candidates(&[1, 1, 1, 1, 1]);
+        let selection = Selection::new(
+            Algorithm::ConsistentHash,
+            all.iter().map(|c| (c.id, c.weight)),
+        );
+        let mut random = rng(1);
+        let mut eligible = vec![true; all.len()];
+        let keys: Vec<u64> = (0..5000u64)
+            .map(|client| stable_hash(&client.to_le_bytes()))
+            .collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|key| {
+                balancer
+                    .pick(&selection, &eligible, *key, &|_| 0, &mut random)
+                    .unwrap()
+            })
+            .collect();
+        eligible[2] = false;
+        for (key, was) in keys.iter().zip(&before) {
+            let now = balancer
+                .pick(&selection, &eligible, *key, &|_| 0, &mut random)
+                .unwrap();
+            if *was != 2 {
+                assert_eq!(now, *was, "only the skipped member's clients move");
+            } else {
+                assert_ne!(now, 2);
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Health arithmetic: the active-check state machine (thresholds) and passive outlier ejection.
-//! Time comes in as an argument.
+//! No clock: the caller keeps when an ejection ends and says whether one is in force.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Active health of one backend: flips after `threshold` consecutive results the other way.
 /// A backend starts healthy, so traffic flows from the first moment.
@@ -88,12 +88,13 @@ impl Default for OutlierPolicy {
     }
 }
 
-/// Passive state of one backend.
+/// Passive state of one backend: its failure streak and how many times it was ejected. When an
+/// ejection ends is the caller's to keep (on its own clock, once): the state machine is told
+/// whether the backend is ejected now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutlierState {
     consecutive: u32,
     ejections: u32,
-    ejected_until: Option<Instant>,
 }
 
 /// What one failure did.
@@ -108,35 +109,32 @@ pub enum Ejection {
 }
 
 impl OutlierState {
-    pub fn is_ejected(&self, now: Instant) -> bool {
-        self.ejected_until.is_some_and(|until| now < until)
-    }
-
-    pub fn ejected_until(&self) -> Option<Instant> {
-        self.ejected_until
+    /// Consecutive failures since the last success or ejection.
+    pub fn failure_streak(&self) -> u32 {
+        self.consecutive
     }
 
     pub fn record_success(&mut self) {
         self.consecutive = 0;
     }
 
-    /// Ends an ejection early (a passing active check). The ejection still counts: the next
-    /// one lasts longer, as if this one had run its course.
+    /// An ejection ended early (a passing active check): failures count afresh. The ejection
+    /// still counts: the next one lasts longer, as if this one had run its course.
     pub fn uneject(&mut self) {
-        self.ejected_until = None;
         self.consecutive = 0;
     }
 
-    /// Records one failure; `ejected_now` is how many backends of the pool (of `pool_size`) are
-    /// ejected at this moment.
+    /// Records one failure; `ejected` is whether this backend is ejected at this moment (its
+    /// failures then do not count), `ejected_now` how many backends of the pool (of `pool_size`)
+    /// are.
     pub fn record_failure(
         &mut self,
         policy: &OutlierPolicy,
-        now: Instant,
+        ejected: bool,
         ejected_now: usize,
         pool_size: usize,
     ) -> Ejection {
-        if self.is_ejected(now) {
+        if ejected {
             return Ejection::None;
         }
         self.consecutive += 1;
@@ -153,7 +151,6 @@ impl OutlierState {
             .base_ejection
             .saturating_mul(self.ejections)
             .min(policy.max_ejection);
-        self.ejected_until = Some(now + duration);
         Ejection::Ejected(duration)
     }
 }
@@ -210,63 +207,62 @@ mod tests {
             max_ejection: Duration::from_secs(25),
             max_ejected_percent: 50,
         };
-        let start = Instant::now();
         let mut state = OutlierState::default();
-        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
+        assert_eq!(state.record_failure(&policy, false, 0, 4), Ejection::None);
         state.record_success();
-        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
-        assert_eq!(state.record_failure(&policy, start, 0, 4), Ejection::None);
+        assert_eq!(state.record_failure(&policy, false, 0, 4), Ejection::None);
+        assert_eq!(state.record_failure(&policy, false, 0, 4), Ejection::None);
         assert_eq!(
-            state.record_failure(&policy, start, 0, 4),
+            state.record_failure(&policy, false, 0, 4),
             Ejection::Ejected(Duration::from_secs(10))
         );
-        assert!(state.is_ejected(start + Duration::from_secs(9)));
-        assert!(!state.is_ejected(start + Duration::from_secs(10)));
-        let later = start + Duration::from_secs(11);
+        // Failures while ejected do not count.
+        for _ in 0..5 {
+            assert_eq!(state.record_failure(&policy, true, 1, 4), Ejection::None);
+        }
+        assert_eq!(state.failure_streak(), 0);
+        // Ejection over.
         for _ in 0..2 {
-            assert_eq!(state.record_failure(&policy, later, 0, 4), Ejection::None);
+            assert_eq!(state.record_failure(&policy, false, 0, 4), Ejection::None);
         }
         assert_eq!(
-            state.record_failure(&policy, later, 0, 4),
+            state.record_failure(&policy, false, 0, 4),
             Ejection::Ejected(Duration::from_secs(20))
         );
-        let much_later = later + Duration::from_secs(60);
         for _ in 0..2 {
-            state.record_failure(&policy, much_later, 0, 4);
+            state.record_failure(&policy, false, 0, 4);
         }
         assert_eq!(
-            state.record_failure(&policy, much_later, 0, 4),
+            state.record_failure(&policy, false, 0, 4),
             Ejection::Ejected(Duration::from_secs(25)),
             "capped at max_ejection"
         );
     }
 
     #[test]
-    fn an_early_uneject_ends_the_ejection_and_the_next_one_still_grows() {
+    fn an_early_uneject_restarts_the_count_and_the_next_ejection_still_grows() {
         let policy = OutlierPolicy {
             consecutive_failures: 2,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(60),
             max_ejected_percent: 50,
         };
-        let start = Instant::now();
         let mut state = OutlierState::default();
-        state.record_failure(&policy, start, 0, 4);
+        state.record_failure(&policy, false, 0, 4);
         assert_eq!(
-            state.record_failure(&policy, start, 0, 4),
+            state.record_failure(&policy, false, 0, 4),
             Ejection::Ejected(Duration::from_secs(10))
         );
-        let soon = start + Duration::from_secs(1);
+        assert_eq!(state.record_failure(&policy, true, 1, 4), Ejection::None);
         state.uneject();
-        assert!(!state.is_ejected(soon));
-        assert_eq!(state.ejected_until(), None);
+        assert_eq!(state.failure_streak(), 0);
         assert_eq!(
-            state.record_failure(&policy, soon, 0, 4),
+            state.record_failure(&policy, false, 0, 4),
             Ejection::None,
             "failures count afresh"
         );
         assert_eq!(
-            state.record_failure(&policy, soon, 0, 4),
+            state.record_failure(&policy, false, 0, 4),
             Ejection::Ejected(Duration::from_secs(20))
         );
     }
@@ -277,19 +273,18 @@ mod tests {
             consecutive_failures: 1,
             ..OutlierPolicy::default()
         };
-        let now = Instant::now();
         // Pool of 4 at 50%: a second ejection is fine, a third is not.
         assert!(matches!(
-            OutlierState::default().record_failure(&policy, now, 1, 4),
+            OutlierState::default().record_failure(&policy, false, 1, 4),
             Ejection::Ejected(_)
         ));
         assert_eq!(
-            OutlierState::default().record_failure(&policy, now, 2, 4),
+            OutlierState::default().record_failure(&policy, false, 2, 4),
             Ejection::Capped
         );
         // A pool of one never ejects its only backend at 50%.
         assert_eq!(
-            OutlierState::default().record_failure(&policy, now, 0, 1),
+            OutlierState::default().record_failure(&policy, false, 0, 1),
             Ejection::Capped
         );
     }

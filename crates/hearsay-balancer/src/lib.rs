@@ -1,11 +1,12 @@
-//! Backend selection and health arithmetic without I/O. The data plane describes the candidate
-//! backends and asks which to use; time and randomness come in as arguments, so everything here
-//! is deterministic and tested without sockets.
+//! Backend selection and health arithmetic without I/O. The data plane builds a [`Selection`] for
+//! its backend set when the set changes, and per pick says which members may be picked; time and
+//! randomness come in as arguments, so everything here is deterministic and tested without
+//! sockets.
 
 mod algorithms;
 mod health;
 
-pub use algorithms::{Algorithm, Balancer, Candidate};
+pub use algorithms::{Algorithm, Balancer, Candidate, Selection};
 pub use health::{Ejection, HealthCheckState, HealthVerdict, OutlierPolicy, OutlierState};
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1073,14 +1073,8 @@ fn apply_backend(pool: &Pool, backend: &Backend, round: &BackendRound) {
         backend.set_probes_here(probes_here);
     }
     if let Some(change) = &round.health_change {
-        pool.stats
-            .health_transitions
-            .fetch_add(1, Ordering::Relaxed);
-        if change.healthy {
-            tracing::info!(pool = %pool.name, backend = %backend.address, probers = ?round.probers, "backend healthy again (cluster verdict)");
-        } else {
-            tracing::warn!(pool = %pool.name, backend = %backend.address, probers = ?round.probers, unhealthy_on = ?change.unhealthy_on, "backend unhealthy (cluster verdict)");
-        }
+        // The transition is counted and logged by the backend's health (one place).
+        tracing::debug!(pool = %pool.name, backend = %backend.address, probers = ?round.probers, unhealthy_on = ?change.unhealthy_on, healthy = change.healthy, "cluster verdict changed");
         backend.set_checked_health(change.healthy, change.reason.clone());
     }
     if let Some(passed) = round.lift_local {

@@ -6,11 +6,9 @@
 
 pub mod admission;
 mod body;
-mod client;
 mod connection;
 pub mod error;
 pub mod headers;
-mod health;
 mod io;
 mod listener;
 pub mod registry;
@@ -24,4 +22,6 @@ pub use registry::{
     CloseReason, Connection, ConnectionInfo, ConnectionState, Registry, StatsSnapshot,
 };
 pub use server::Proxy;
-pub use upstream::{Backend, BackendHealth, BackendState, Pool, PoolError, PoolStats};
+pub use upstream::{
+    Backend, BackendHealth, BackendState, HealthSnapshot, Pool, PoolError, PoolStats,
+};

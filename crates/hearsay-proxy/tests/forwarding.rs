@@ -416,6 +416,35 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_and_without_a_body_share_one_upstream_connection() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    for round in 0..3 {
+        assert_eq!(client.get("/").await.status, 200);
+        // A body of known length, then one in chunks.
+        client
+            .send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            .await;
+        let response = client.read_response().await.unwrap();
+        assert_eq!((response.status, response.text().as_str()), (200, "hello"));
+        client
+            .send(b"PUT /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            .await;
+        let response = client.read_response().await.unwrap();
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (200, "abcde"),
+            "round {round}"
+        );
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 9);
+    // One HTTP/1 client, one idle stack per backend: a connection opened for a GET carries the
+    // uploads too.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}
+
 /// A backend that answers the first request of each connection and, on the second, reads it and
 /// closes without an answer: a keep-alive connection closing under a request.
 async fn start_closing_under_request_backend() -> std::net::SocketAddr {
@@ -457,12 +486,110 @@ async fn an_idempotent_request_is_resent_when_a_reused_connection_closes_under_i
         let response = client.get("/").await;
         assert_eq!((response.status, response.text().as_str()), (200, "ok"));
     }
-    // A request with a body is not re-sent: its bytes went to the closed connection. (Requests
-    // with a body have their own upstream connections: the first opens one, the second reuses it.)
-    for expected in [200, 502] {
+    // A request with a body is not re-sent: its bytes went to the closed connection. (The last
+    // GET went out on a fresh connection, which the first POST reuses and which closes under it;
+    // the second POST opens a fresh one; the third reuses that.)
+    for expected in [502, 200, 502] {
         client
             .send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
             .await;
         assert_eq!(client.read_response().await.unwrap().status, expected);
     }
+}
+
+/// Reads from `stream` into `received` until it holds `wanted`; false after 3 s.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    received: &mut Vec<u8>,
+    wanted: &[u8],
+) -> bool {
+    let reading = async {
+        let mut chunk = [0u8; 4096];
+        while !received.windows(wanted.len()).any(|w| w == wanted) {
+            match tokio::io::AsyncReadExt::read(stream, &mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    };
+    tokio::time::timeout(Duration::from_secs(3), reading)
+        .await
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_keeps_flowing_while_the_backend_streams_its_answer() {
+    // The backend answers at once, then echoes each piece of the upload as it arrives (the raw
+    // chunked bytes) and ends its answer with the upload's: the proxy must keep sending the
+    // request body after the response head went back.
+    let backend = support::raw_backend(|mut stream| async move {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let mut upload = received.split_off(end + 4);
+        if stream
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut total = Vec::new();
+        loop {
+            if !upload.is_empty() {
+                let mut piece = format!("{:X}\r\n", upload.len()).into_bytes();
+                piece.extend_from_slice(&upload);
+                piece.extend_from_slice(b"\r\n");
+                if stream.write_all(&piece).await.is_err() {
+                    return;
+                }
+                total.append(&mut upload);
+            }
+            if total.ends_with(b"0\r\n\r\n") {
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+                return;
+            }
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => upload.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::start("", &[backend], "").await;
+    let mut client = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    let mut received = Vec::new();
+    client
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    assert!(
+        read_until(&mut client, &mut received, b"hello").await,
+        "the first piece came back: {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    client.write_all(b"5\r\nworld\r\n").await.unwrap();
+    assert!(
+        read_until(&mut client, &mut received, b"world").await,
+        "the second piece, sent after the response head, came back: {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    client.write_all(b"0\r\n\r\n").await.unwrap();
+    assert!(
+        read_until(&mut client, &mut received, b"\r\n0\r\n\r\n").await,
+        "the answer ended: {:?}",
+        String::from_utf8_lossy(&received)
+    );
 }

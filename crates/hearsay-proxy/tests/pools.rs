@@ -436,3 +436,60 @@ async fn draining_a_backend_lets_its_request_finish_and_sends_it_no_more() {
         "a draining backend keeps no idle connections"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_is_built_per_change_of_the_backend_set_not_per_request_or_retry() {
+    let alive = Backend::start("alive").await;
+    let other = Backend::start("other").await;
+    let dead = closed_port().await;
+    for algorithm in [
+        "round_robin",
+        "weighted_round_robin",
+        "least_connections",
+        "p2c",
+        "consistent_hash",
+    ] {
+        let proxy = TestProxy::start(
+            "",
+            &[dead, alive.address],
+            &format!("algorithm = \"{algorithm}\"\n[pool.outlier]\nconsecutive_failures = 0"),
+        )
+        .await;
+        let pool = proxy.proxy.pools()[0].clone();
+        let rebuilds = || pool.stats.selection_rebuilds.load(Ordering::SeqCst);
+        assert_eq!(rebuilds(), 1, "{algorithm}: built once at start");
+        let mut client = Client::connect(proxy.address).await;
+        let counts = names_of(&mut client, 20).await;
+        assert_eq!(counts.get("hello from alive"), Some(&20), "{algorithm}");
+        let retries = pool.stats.retries.load(Ordering::SeqCst);
+        if algorithm != "consistent_hash" {
+            // (One client sticks to one backend under consistent hashing.)
+            assert!(
+                retries > 0,
+                "{algorithm}: the dead backend's turns were retried"
+            );
+        }
+        assert_eq!(rebuilds(), 1, "{algorithm}: none per request or retry");
+
+        // Each change of the set rebuilds once; operator state only filters.
+        let other_address = other.address.to_string();
+        pool.add_backend(&other_address, 1).unwrap();
+        assert_eq!(rebuilds(), 2, "{algorithm}: added");
+        pool.set_backend_weight(&other_address, 3).unwrap();
+        pool.set_backend_weight(&other_address, 3).unwrap();
+        assert_eq!(rebuilds(), 3, "{algorithm}: weight changed (once)");
+        pool.set_backend_state(&dead.to_string(), hearsay_proxy::BackendState::Disabled)
+            .unwrap();
+        assert_eq!(rebuilds(), 3, "{algorithm}: a state change is a filter");
+        let counts = names_of(&mut client, 20).await;
+        assert_eq!(
+            counts.values().sum::<usize>(),
+            20,
+            "{algorithm}: {counts:?}"
+        );
+        pool.remove_backend(&other_address).unwrap();
+        let counts = names_of(&mut client, 10).await;
+        assert_eq!(counts.get("hello from alive"), Some(&10), "{algorithm}");
+        assert_eq!(rebuilds(), 4, "{algorithm}: removed");
+    }
+}

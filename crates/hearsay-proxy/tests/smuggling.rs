@@ -1269,7 +1269,7 @@ const VALID: [(&[u8], usize); 3] = [
     ),
 ];
 
-/// A small deterministic generator (xorshift), as in the unit tests of `client.rs`.
+/// A small deterministic generator (xorshift), as in the unit tests of `upstream/http1.rs`.
 fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
     move || {

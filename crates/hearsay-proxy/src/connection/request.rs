@@ -18,7 +18,6 @@ use crate::body::{InFlight, RequestBody, ResponseBody};
 use crate::headers;
 use crate::listener::Listener;
 use crate::registry::{now_nanos, Connection};
-use crate::upstream::Forwarded;
 
 /// Handles one request: forwards it and decides whether the connection stays open after it.
 pub(super) async fn handle(
@@ -51,14 +50,8 @@ pub(super) async fn handle(
         Ok(()) => Box::pin(listener.pool.forward(request, &connection)).await,
         Err(error) => Err(error),
     };
-    let (response, upstream) = match forwarded {
-        Ok(Forwarded::Pooled(response, checkout)) => (
-            response.map(|body| Either::Left(Either::Left(body))),
-            Some(checkout),
-        ),
-        Ok(Forwarded::Direct(response)) => {
-            (response.map(|body| Either::Left(Either::Right(body))), None)
-        }
+    let response = match forwarded {
+        Ok(response) => response.map(Either::Left),
         Err(error) if error.closes_connection() => {
             // The client's fault: its framing can no longer be trusted.
             tracing::debug!(
@@ -68,7 +61,7 @@ pub(super) async fn handle(
                 "bad request"
             );
             facts.client_error = true;
-            (error.to_response().map(Either::Right), None)
+            error.to_response().map(Either::Right)
         }
         Err(error) => {
             tracing::warn!(
@@ -78,16 +71,15 @@ pub(super) async fn handle(
                 %error,
                 "request failed"
             );
-            (error.to_response().map(Either::Right), None)
+            error.to_response().map(Either::Right)
         }
     };
     let (mut parts, body) = response.into_parts();
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): the body was decoded as
     // chunked, so a length must not go on with it (it would cut the body); a backend that sent
-    // both framed its message ambiguously, so its connection is not used again.
-    let mut reusable = true;
+    // both framed its message ambiguously, so its connection is not used again (`http1.rs`).
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        reusable = parts.headers.remove(header::CONTENT_LENGTH).is_none();
+        parts.headers.remove(header::CONTENT_LENGTH);
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     let persistence = persistence(&facts, &settings);
@@ -109,7 +101,7 @@ pub(super) async fn handle(
     frame_response(&mut parts, version, persistence, keep_alive);
     Ok(Response::from_parts(
         parts,
-        ResponseBody::new(body, in_flight, upstream, reusable),
+        ResponseBody::new(body, in_flight),
     ))
 }
 

@@ -1,12 +1,14 @@
-//! A small HTTP/1.1 client for requests without a body, run inside the client connection's task.
+//! The HTTP/1.1 client that talks to backends, run inside the client connection's task: every
+//! proxied request and every health check goes through it.
 //!
-//! Most proxied requests carry no body (GET, HEAD, DELETE, ...). For them the whole exchange with
-//! the backend is a head written out, then a response head and body read back; hyper's client
-//! would run it on a task of its own per upstream connection, with a channel hop to that task and
-//! back for every request. Here the client connection's task writes the request and reads the
-//! response itself, and the response body streams straight from the backend socket into hyper's
-//! server side. Requests with a body keep going through hyper's client (`upstream.rs`), which
-//! handles a body being sent while the response arrives.
+//! hyper's client would run each upstream connection on a task of its own, with a channel hop to
+//! that task and back for every request. Here the client connection's task writes the request and
+//! reads the response itself, and the response body streams straight from the backend socket into
+//! hyper's server side. A request body ([`Upload`]) is sent by the same task while the response
+//! head is awaited (a backend may answer before it read the body, or only after all of it) and,
+//! once the response streams, whenever the response body is polled (a backend may stream its
+//! answer while it reads the upload). A connection whose request body did not go out whole is
+//! never reused.
 //!
 //! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding` ending in
 //! `chunked` is decoded (chunk extensions and trailers are dropped); any other transfer coding or
@@ -14,6 +16,7 @@
 //! agree. A connection is reused only when the response was framed by its length or by chunks,
 //! the backend did not ask to close, and nothing was left over.
 
+use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -23,7 +26,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest response head accepted from a backend.
@@ -85,22 +88,53 @@ impl UpstreamConn {
         !self.buf.is_empty() || self.stream.poll_read_ready(&mut context).is_ready()
     }
 
-    /// Writes a body-less request and reads the response head. The returned body streams the
-    /// rest of the response from this connection and hands the connection to `release` at its
-    /// end if it can be reused. On failure `release` comes back unused.
-    pub(crate) async fn exchange<R: Release>(
-        mut self,
+    /// Writes a request (its head, then `upload`, if any) and reads the response head. The
+    /// returned body streams the rest of the response from this connection (and the rest of the
+    /// upload to it) and hands the connection to `release` at its end if it can be reused. On
+    /// failure `release` comes back unused, and the request body too if none of it was taken.
+    pub(crate) async fn exchange<R: Release, B: UploadBody>(
+        self,
         request: &Parts,
+        upload: Option<Upload<B>>,
         release: R,
-    ) -> Result<Response<UpstreamBody<R>>, (ExchangeError, R)> {
+    ) -> Result<Response<UpstreamBody<R, B>>, Failure<R, B>> {
         let head = encode_request(request);
-        if let Err(error) = self.stream.write_all(&head).await {
-            return Err((ExchangeError::NotSent(error), release));
+        self.exchange_encoded(&head, &request.method, upload, release)
+            .await
+    }
+
+    /// [`UpstreamConn::exchange`] with a request head already on the wire's form (health checks
+    /// write theirs as they always have); `method` frames the response.
+    pub(crate) async fn exchange_encoded<R: Release, B: UploadBody>(
+        mut self,
+        head: &[u8],
+        method: &Method,
+        mut upload: Option<Upload<B>>,
+        release: R,
+    ) -> Result<Response<UpstreamBody<R, B>>, Failure<R, B>> {
+        let unsent = |upload: Option<Upload<B>>| upload.and_then(Upload::into_untouched);
+        if let Err(error) = self.stream.write_all(head).await {
+            return Err((ExchangeError::NotSent(error), release, unsent(upload)));
         }
+        let mut received_any = !self.buf.is_empty();
         loop {
-            let parsed = match self.read_head().await {
+            let head = std::future::poll_fn(|cx| {
+                if let Some(upload) = upload.as_mut() {
+                    if let Poll::Ready(Err(UploadError::Client(reason))) =
+                        upload.poll_send(&mut self.stream, cx)
+                    {
+                        return Poll::Ready(Err(ExchangeError::Failed(format!(
+                            "the client's request body: {reason}"
+                        ))));
+                    }
+                    // A write the backend refused ends the upload; its answer may still come.
+                }
+                self.poll_head(cx, &mut received_any)
+            })
+            .await;
+            let parsed = match head {
                 Ok(parsed) => parsed,
-                Err(error) => return Err((error, release)),
+                Err(error) => return Err((error, release, unsent(upload))),
             };
             let Parsed {
                 status,
@@ -111,13 +145,16 @@ impl UpstreamConn {
             if status.is_informational() {
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     let reason = "backend switched protocols without being asked".to_owned();
-                    return Err((ExchangeError::Failed(reason), release));
+                    return Err((ExchangeError::Failed(reason), release, unsent(upload)));
                 }
                 continue;
             }
-            let (framing, mut reusable) = match framing(&request.method, status, &headers) {
+            let (framing, mut reusable) = match framing(method, status, &headers) {
                 Ok(framing) => framing,
-                Err(reason) => return Err((ExchangeError::Failed(reason.to_owned()), release)),
+                Err(reason) => {
+                    let error = ExchangeError::Failed(reason.to_owned());
+                    return Err((error, release, unsent(upload)));
+                }
             };
             reusable &= !crate::headers::wants_close(version, &headers);
             let mut response = Response::new(UpstreamBody {
@@ -125,6 +162,7 @@ impl UpstreamConn {
                 framing,
                 reusable,
                 release: Some(release),
+                upload,
             });
             *response.status_mut() = status;
             *response.version_mut() = version;
@@ -134,37 +172,190 @@ impl UpstreamConn {
         }
     }
 
-    async fn read_head(&mut self) -> Result<Parsed, ExchangeError> {
-        let mut received_any = !self.buf.is_empty();
+    /// Reads until a whole response head is in the buffer.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        received_any: &mut bool,
+    ) -> Poll<Result<Parsed, ExchangeError>> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(parsed) = parse_head(&mut self.buf)? {
-                    return Ok(parsed);
+                    return Poll::Ready(Ok(parsed));
                 }
                 if self.buf.len() >= MAX_HEAD {
-                    return Err(ExchangeError::Failed(format!(
+                    return Poll::Ready(Err(ExchangeError::Failed(format!(
                         "response head larger than {MAX_HEAD} bytes"
-                    )));
+                    ))));
                 }
             }
             self.buf.reserve(READ_SIZE);
-            let read = match tokio_util::io::read_buf(&mut self.stream, &mut self.buf).await {
-                Ok(read) => read,
-                Err(error) if !received_any => return Err(ExchangeError::ClosedEarly(error)),
-                Err(error) => {
-                    return Err(ExchangeError::Failed(format!(
+            let read = match tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.stream),
+                cx,
+                &mut self.buf,
+            ) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(read)) => read,
+                Poll::Ready(Err(error)) if !*received_any => {
+                    return Poll::Ready(Err(ExchangeError::ClosedEarly(error)))
+                }
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(ExchangeError::Failed(format!(
                         "reading the response head: {error}"
-                    )))
+                    ))))
                 }
             };
             if read == 0 {
-                return Err(if received_any {
+                return Poll::Ready(Err(if *received_any {
                     ExchangeError::Failed("connection closed in the response head".to_owned())
                 } else {
                     ExchangeError::ClosedEarly(io::ErrorKind::UnexpectedEof.into())
-                });
+                }));
             }
-            received_any = true;
+            *received_any = true;
+        }
+    }
+}
+
+/// How an exchange failed, with the release handed back and the request body if none of it was
+/// taken (so the request may go out again).
+pub(crate) type Failure<R, B> = (ExchangeError, R, Option<B>);
+
+/// A request body the client can send.
+pub(crate) trait UploadBody:
+    Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static
+{
+}
+
+impl<B: Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static> UploadBody for B {}
+
+/// A request body on its way to a backend: framed by its `Content-Length` (as the head says) or
+/// in chunks, and written as far as the backend takes it whenever the exchange is polled.
+#[derive(Debug)]
+pub(crate) struct Upload<B> {
+    /// `None` once read to its end (or broken).
+    body: Option<B>,
+    chunked: bool,
+    /// Encoded bytes not written yet.
+    pending: BytesMut,
+    /// Whether any of the body was taken (then it cannot go out again).
+    touched: bool,
+    state: UploadState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadState {
+    Sending,
+    /// Written whole, with its end.
+    Sent,
+    /// Ended before it was written whole (a broken client body, or the backend stopped reading).
+    Failed,
+}
+
+/// Why an upload stopped.
+#[derive(Debug)]
+pub(crate) enum UploadError {
+    /// The client's body broke (malformed, or cut short).
+    Client(String),
+    /// The backend refused more bytes (it closed or reset the connection).
+    Backend,
+}
+
+impl<B: UploadBody> Upload<B> {
+    /// `chunked`: the head says `Transfer-Encoding: chunked` (else the body goes out as it is,
+    /// framed by the head's `Content-Length`).
+    pub(crate) fn new(body: B, chunked: bool) -> Upload<B> {
+        Upload {
+            body: Some(body),
+            chunked,
+            pending: BytesMut::new(),
+            touched: false,
+            state: UploadState::Sending,
+        }
+    }
+
+    /// The body, if none of it was taken.
+    fn into_untouched(self) -> Option<B> {
+        if self.touched {
+            return None;
+        }
+        self.body
+    }
+
+    /// Writes what the body has and the backend takes; `Ready(Ok)` once it went out whole.
+    fn poll_send(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UploadError>> {
+        match self.state {
+            UploadState::Sending => {}
+            UploadState::Sent => return Poll::Ready(Ok(())),
+            UploadState::Failed => return Poll::Ready(Err(UploadError::Backend)),
+        }
+        let result = self.poll_send_inner(stream, cx);
+        match &result {
+            Poll::Ready(Ok(())) => self.state = UploadState::Sent,
+            Poll::Ready(Err(_)) => {
+                self.state = UploadState::Failed;
+                self.body = None;
+            }
+            Poll::Pending => {}
+        }
+        result
+    }
+
+    fn poll_send_inner(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UploadError>> {
+        loop {
+            while !self.pending.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, &self.pending) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(UploadError::Backend))
+                    }
+                    Poll::Ready(Ok(written)) => self.pending.advance(written),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.touched = true;
+                    // Trailers are not forwarded.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        // (Into the buffer, no allocation.)
+                        let _ = write!(self.pending, "{:X}\r\n", data.len());
+                        self.pending.extend_from_slice(&data);
+                        self.pending.extend_from_slice(b"\r\n");
+                    } else {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.touched = true;
+                    self.body = None;
+                    if self.chunked {
+                        self.pending.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    self.touched = true;
+                    return Poll::Ready(Err(UploadError::Client(error.to_string())));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
@@ -332,26 +523,45 @@ enum Chunk {
     Trailers(usize),
 }
 
-/// A backend's response body, streamed from its connection.
+/// A backend's response body, streamed from its connection, and the rest of the request body
+/// on its way there.
 #[derive(Debug)]
-pub(crate) struct UpstreamBody<R> {
+pub(crate) struct UpstreamBody<R, B> {
     /// `None` once the body is complete (the connection went back or was closed).
     conn: Option<UpstreamConn>,
     framing: Framing,
     reusable: bool,
     release: Option<R>,
+    upload: Option<Upload<B>>,
 }
 
-impl<R: Release> UpstreamBody<R> {
-    /// At the end of the body, gives the connection back (if reusable) or closes it.
+impl<R: Release, B: UploadBody> UpstreamBody<R, B> {
+    /// At the end of the body, gives the connection back (if reusable) or closes it. Not
+    /// reusable either: a connection whose request body did not go out whole (a backend may
+    /// answer before it read the body, a 401 or 413 to an upload: the connection is still in the
+    /// middle of the request, and a request sent behind it would be taken for its body).
     fn finish_if_done(&mut self) {
         if self.framing != Framing::Done {
             return;
         }
+        let sent = self
+            .upload
+            .as_ref()
+            .is_none_or(|upload| upload.state == UploadState::Sent);
+        // The rest of an unsent body is not read from the client.
+        self.upload = None;
         if let (Some(conn), Some(release)) = (self.conn.take(), self.release.take()) {
-            if self.reusable && conn.buf.is_empty() {
+            if self.reusable && sent && conn.buf.is_empty() {
                 release.release(conn);
             }
+        }
+    }
+
+    /// Sends what it can of the rest of the request body.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) {
+        if let (Some(upload), Some(conn)) = (self.upload.as_mut(), self.conn.as_mut()) {
+            // A broken upload shows in its state: the connection will not be reused.
+            let _ = upload.poll_send(&mut conn.stream, cx);
         }
     }
 
@@ -442,7 +652,7 @@ fn take_at_most(buf: &mut BytesMut, left: u64) -> Option<(Bytes, u64)> {
     Some((buf.split_to(take).freeze(), left - take as u64))
 }
 
-impl<R: Release> Body for UpstreamBody<R> {
+impl<R: Release, B: UploadBody> Body for UpstreamBody<R, B> {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -451,6 +661,7 @@ impl<R: Release> Body for UpstreamBody<R> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        this.poll_upload(cx);
         loop {
             match this.next_data() {
                 Ok(Some(data)) => {
@@ -676,11 +887,12 @@ mod tests {
             .build()
             .unwrap();
         let _guard = runtime.enter();
-        let mut body = UpstreamBody {
+        let mut body = UpstreamBody::<_, http_body_util::Empty<Bytes>> {
             conn: Some(UpstreamConn::new(TcpStream::from_std(stream).unwrap())),
             framing,
             reusable: true,
             release: Some(Keep),
+            upload: None,
         };
         let mut out = Vec::new();
         for piece in wire.chunks(step) {

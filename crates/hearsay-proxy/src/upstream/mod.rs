@@ -1,0 +1,42 @@
+//! Upstream pools: the backends of a pool, how one is picked (balancing, health, outlier
+//! ejection, fail-open, retries), and the keep-alive connections to each backend.
+//!
+//! One file per job:
+//! - `pool.rs`: [`Pool`], its settings, counters and backend set (add, remove, state, weight).
+//! - `forward.rs`: forwarding a request with retries.
+//! - `select.rs`: picking a backend (balancer, health, operator state, fail-open).
+//! - `backend.rs`: [`Backend`]: address, weight, operator state, load, connecting.
+//! - `health.rs`: a backend's health (active-check verdict, passive outlier ejection, the
+//!   cluster's verdict and remote ejections).
+//! - `probe.rs`: the active health-check task of a pool.
+//! - `idle.rs`: the idle keep-alive connections per backend, the pruning task.
+//! - `http1.rs`: the in-task HTTP/1.1 client: every request (with its body, if any) and the
+//!   health checks' answers.
+//! - `request_body.rs`: the client's request body on its way to a backend.
+//! - `random.rs`: the per-thread random numbers of p2c and probe jitter.
+//!
+//! Connections to a backend are kept in one LIFO stack of idle connections per backend, whatever
+//! request they carried. A connection goes back on its stack when the response body it carried
+//! has been read to its end and its request body went out whole (so it is reusable), and is taken
+//! off for the next request. A pooled connection that the backend closed in the meantime is
+//! detected before use (readiness) or when the request could not be written, and the request
+//! then goes out on a fresh connection; an idempotent request whose reused connection closed
+//! before any response byte (and before any of its body was taken) is re-sent on a fresh one. A
+//! stale pooled connection never surfaces as a client error.
+
+mod backend;
+mod forward;
+mod health;
+mod http1;
+mod idle;
+mod pool;
+mod probe;
+mod random;
+mod request_body;
+mod select;
+
+pub use backend::{Backend, BackendState};
+pub use health::{BackendHealth, HealthSnapshot};
+pub(crate) use idle::DirectBody;
+pub use pool::{Pool, PoolError, PoolStats};
+pub(crate) use request_body::RequestBody;
