@@ -441,3 +441,66 @@ fn at_its_file_descriptor_budget_a_node_queues_connections_and_its_admin_api_sti
         "{log:#?}"
     );
 }
+
+#[test]
+fn a_dead_backend_under_load_writes_a_few_warnings_with_the_count_left_out() {
+    let node = Node::start(&node_config_over_a_closed_port());
+    let failed = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|line| line.contains("request failed"))
+            .cloned()
+            .collect()
+    };
+    let started = Instant::now();
+    for _ in 0..200 {
+        let mut client = TcpStream::connect(node.address).unwrap();
+        let response = request(&mut client, "/");
+        assert!(response.starts_with("HTTP/1.1 50"), "{response}");
+    }
+    let seconds = started.elapsed().as_secs();
+    // Log lines arrive through a pipe: take what came, then keep failing requests until a line
+    // reports what was left out (bounded).
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !failed(&seen)
+        .iter()
+        .any(|line| line.contains("more like it"))
+    {
+        assert!(Instant::now() < deadline, "no summary line: {seen:#?}");
+        let mut client = TcpStream::connect(node.address).unwrap();
+        assert!(request(&mut client, "/").starts_with("HTTP/1.1 50"));
+        seen.extend(node.log.recv_timeout(Duration::from_millis(100)));
+        seen.extend(node.log.try_iter());
+    }
+    let lines = failed(&seen);
+    // One line per kind of failure (refused, then no backend once it is ejected) per second.
+    assert!(
+        lines.len() as u64 <= 2 * (seconds + 12),
+        "{} lines for 200 failed requests in {seconds} s: {lines:#?}",
+        lines.len()
+    );
+    let summary = lines.iter().find(|l| l.contains("more like it")).unwrap();
+    let suppressed: u64 = summary
+        .split("suppressed=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary}"));
+    assert!(suppressed >= 1, "{summary}");
+    let total: u64 = lines
+        .iter()
+        .map(|line| {
+            1 + line
+                .split("suppressed=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        total >= 150,
+        "the lines account for the failed requests ({total} of 200+): {lines:#?}"
+    );
+}

@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 mod io;
 mod listener;
+mod log_limit;
 pub mod registry;
 mod server;
 pub mod upstream;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use arc_swap::ArcSwap;
 
 use crate::admission::{ClientKey, ClientTable};
+use crate::log_limit::LogLimiter;
 use crate::registry::{ListenerStats, Registry};
 use crate::upstream::Pool;
 
@@ -38,6 +39,9 @@ pub struct Listener {
     /// Open connections per client key on the other live nodes of the cluster, as last
     /// published by gossip (empty on a single node).
     remote_clients: ArcSwap<RemoteClients>,
+    /// Rate limits of the "request failed" warnings (a dead backend under load fails every
+    /// request).
+    pub(crate) failure_log: LogLimiter,
 }
 
 /// Other nodes' open connections per client key.
@@ -81,6 +85,7 @@ impl Listener {
             clients: ClientTable::new(),
             registry: Arc::clone(registry),
             remote_clients: ArcSwap::from_pointee(HashMap::new()),
+            failure_log: LogLimiter::default(),
         }
     }
 

@@ -64,13 +64,25 @@ pub(super) async fn handle(
             error.to_response().map(Either::Right)
         }
         Err(error) => {
-            tracing::warn!(
-                listener = %listener.name,
-                pool = %listener.pool.name,
-                client = %connection.client,
-                %error,
-                "request failed"
-            );
+            // A dead backend under load fails every request: one line per kind per second.
+            match listener.failure_log.allow(&error, now_nanos()) {
+                Some(0) => tracing::warn!(
+                    listener = %listener.name,
+                    pool = %listener.pool.name,
+                    client = %connection.client,
+                    %error,
+                    "request failed"
+                ),
+                Some(suppressed) => tracing::warn!(
+                    listener = %listener.name,
+                    pool = %listener.pool.name,
+                    client = %connection.client,
+                    %error,
+                    suppressed,
+                    "request failed (and {suppressed} more like it since the last line)"
+                ),
+                None => {}
+            }
             error.to_response().map(Either::Right)
         }
     };
