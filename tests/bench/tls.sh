@@ -29,7 +29,10 @@
 #   of keepalive for the request's share). Resumed runs include wrk's first 64 full handshakes.
 # - tls_idle.py (Python's ssl module, as ../shared/bench/idle.py does for plain HTTP) opens the idle
 #   connections; RSS is summed over the proxy's process and its children (nginx's worker).
-#   The idle figures are taken first, on fresh processes.
+#   The idle figures are taken first, on fresh processes; `of_which_shmem` is the part of the
+#   delta in shared memory (nginx's shared session cache). `still-open` must equal `open`.
+# - `# warning:` lines at the end flag figures that mean nothing: errors (non-2xx, socket errors),
+#   a resumed run where the proxy did not resume, idle connections that failed or were closed.
 # - The certificate (a throwaway CA and a leaf for `localhost` and 127.0.0.1, made with the openssl
 #   CLI) is checked on every proxy before measuring: verified name, same SHA-256 fingerprint, and
 #   the negotiated protocol, cipher and key exchange group are printed, which must match across
@@ -161,7 +164,7 @@ rss() { local t=0 c; for c in $(procs "$1"); do t=$((t + $(awk -v k="${2:-VmRSS}
 TCK=$(getconf CLK_TCK)
 
 # One wrk run against proxy $1 on port $2, mode full|resumed|keepalive. Prints
-# "rate cpu_us_per_unit full resumed p50 p99 errors" (rate: handshakes/s, or requests/s for keepalive).
+# "rate cpu_us_per_unit full resumed p50_ms p99_ms errors" (rate: handshakes/s, or requests/s for keepalive).
 run() {
   local hdr=(-H 'Connection: close') nores=0; [[ $3 == keepalive ]] && hdr=(); [[ $3 == full ]] && nores=1
   local before; before=$(ticks "${PID[$1]}")
@@ -172,11 +175,12 @@ run() {
   [[ -s $W/counts ]] && counts=$(cat "$W/counts")
   awk -v used="$used" -v tck="$TCK" -v mode="$3" -v counts="$counts" '
     function secs(s) { if (s ~ /ms$/) return s / 1000; if (s ~ /m$/) return s * 60; return s + 0 }
+    function ms(s) { if (s ~ /us$/) return s / 1000; if (s ~ /ms$/) return s + 0; if (s ~ /m$/) return s * 60000; return s * 1000 }
     /requests in/ { n = $1; t = secs(substr($4, 1, length($4) - 1)) }
-    / 50%/ { p50 = $2 } / 99%/ { p99 = $2 }
+    / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
     /Socket errors/ { e += $4 + $6 + $8 + $10 } /Non-2xx/ { e += $NF }
     END { split(counts, c, " "); hs = c[1] + c[2]; units = (mode == "keepalive") ? n : hs
-      printf "%.0f %.1f %d %d %s %s %d\n", (t > 0 ? units / t : 0), (units > 0 ? used * 1e6 / tck / units : 0), c[1], c[2], p50, p99, e }' "$W/wrk.out"
+      printf "%.0f %.1f %d %d %.2f %.2f %d\n", (t > 0 ? units / t : 0), (units > 0 ? used * 1e6 / tck / units : 0), c[1], c[2], p50, p99, e }' "$W/wrk.out"
 }
 
 # Idle connections: RSS before and after N idle TLS keep-alive connections to proxy $1 on port $2.
@@ -209,11 +213,14 @@ fi
 for mode in full resumed keepalive; do
   [[ " $ONLY " == *" $mode "* ]] || continue
   for t in "${targets[@]}"; do : >"$W/$mode.${t%%:*}"; done
-  for ((i = 0; i < ROUNDS; i++)); do for t in "${targets[@]}"; do run "${t%%:*}" "${t#*:}" "$mode" >>"$W/$mode.${t%%:*}"; done; done
+  for ((i = 0; i < ROUNDS; i++)); do # odd rounds go in reverse order
+    order=("${targets[@]}"); ((i % 2)) && order=($(printf '%s\n' "${targets[@]}" | tac))
+    for t in "${order[@]}"; do run "${t%%:*}" "${t#*:}" "$mode" >>"$W/$mode.${t%%:*}"; done
+  done
   for t in "${targets[@]}"; do
     n=${t%%:*} f=$W/$mode.${t%%:*}
     put "$mode" "$n" rate "$(col "$f" 1)"; put "$mode" "$n" cpu "$(col "$f" 2)"
-    echo "full=$(col "$f" 3) resumed=$(col "$f" 4) p50=$(col "$f" 5) p99=$(col "$f" 6) errors=$(col "$f" 7)" >"$W/$mode.info.$n"
+    echo "full=$(col "$f" 3) resumed=$(col "$f" 4) p50_ms=$(col "$f" 5) p99_ms=$(col "$f" 6) errors=$(col "$f" 7)" >"$W/$mode.info.$n"
   done
 done
 
@@ -237,3 +244,16 @@ done
 if [[ " $ONLY " == *" idle "* ]]; then
   for t in "${targets[@]}"; do n=${t%%:*}; echo "idle $n rss_per_conn_B=$(ratio idle rss_per_conn "$n") $(cat "$W/idle.info.$n")"; done
 fi
+# What would make a figure meaningless: failed requests, a resumed run that did not resume,
+# idle connections that failed or that the proxy closed before the end.
+for t in "${targets[@]}"; do
+  n=${t%%:*}
+  for mode in full resumed keepalive; do
+    [[ -s $W/$mode.info.$n ]] || continue
+    grep -q ' errors=0$' "$W/$mode.info.$n" || echo "# warning: $mode $n had errors (non-2xx or socket errors)"
+  done
+  [[ -s $W/resumed.info.$n ]] && awk '{split($1, f, "="); split($2, r, "="); exit !(r[2] < 2 * f[2])}' "$W/resumed.info.$n" &&
+    echo "# warning: $n resumed few sessions ($(cut -d' ' -f1-2 "$W/resumed.info.$n")): tickets off, or single-use?"
+  [[ -s $W/idle.info.$n ]] && awk '{exit !($4 > 0 || $7 != $2)}' "$W/idle.info.$n" &&
+    echo "# warning: idle $n: $(cut -d' ' -f1-7 "$W/idle.info.$n") (failed, or closed by the proxy)"
+done
