@@ -24,7 +24,8 @@
 #   `openssl s_time -new/-reuse` is one blocking connection per process and bounds the rate at
 #   the client's round trips.
 # - On this 2-core machine the client (OpenSSL 3 on CPU 0) usually bounds the handshake rates,
-#   so hs/s says little; cpu_us_per_hs, the proxy's own CPU per handshake, is the fair figure.
+#   (proxy_cpu, the share of its core the proxy used, is then well below 100%), so hs/s says
+#   little; cpu_us_per_hs, the proxy's own CPU per handshake, is the fair figure.
 #   It includes accepting the TCP connection and proxying the one request (compare cpu_us_per_req
 #   of keepalive for the request's share). Resumed runs include wrk's first 64 full handshakes.
 # - tls_idle.py (Python's ssl module, as ../shared/bench/idle.py does for plain HTTP) opens the idle
@@ -164,7 +165,9 @@ rss() { local t=0 c; for c in $(procs "$1"); do t=$((t + $(awk -v k="${2:-VmRSS}
 TCK=$(getconf CLK_TCK)
 
 # One wrk run against proxy $1 on port $2, mode full|resumed|keepalive. Prints
-# "rate cpu_us_per_unit full resumed p50_ms p99_ms errors" (rate: handshakes/s, or requests/s for keepalive).
+# "rate cpu_us_per_unit full resumed p50_ms p99_ms errors proxy_cpu%" (rate: handshakes/s, or
+# requests/s for keepalive; proxy_cpu: the share of its core the proxy used, near 100 when it is
+# the bound, well below when the client is).
 run() {
   local hdr=(-H 'Connection: close') nores=0; [[ $3 == keepalive ]] && hdr=(); [[ $3 == full ]] && nores=1
   local before; before=$(ticks "${PID[$1]}")
@@ -180,7 +183,8 @@ run() {
     / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
     /Socket errors/ { e += $4 + $6 + $8 + $10 } /Non-2xx/ { e += $NF }
     END { split(counts, c, " "); hs = c[1] + c[2]; units = (mode == "keepalive") ? n : hs
-      printf "%.0f %.1f %d %d %.2f %.2f %d\n", (t > 0 ? units / t : 0), (units > 0 ? used * 1e6 / tck / units : 0), c[1], c[2], p50, p99, e }' "$W/wrk.out"
+      printf "%.0f %.1f %d %d %.2f %.2f %d %.0f\n", (t > 0 ? units / t : 0), (units > 0 ? used * 1e6 / tck / units : 0),
+        c[1], c[2], p50, p99, e, (t > 0 ? used * 100 / tck / t : 0) }' "$W/wrk.out"
 }
 
 # Idle connections: RSS before and after N idle TLS keep-alive connections to proxy $1 on port $2.
@@ -220,7 +224,7 @@ for mode in full resumed keepalive; do
   for t in "${targets[@]}"; do
     n=${t%%:*} f=$W/$mode.${t%%:*}
     put "$mode" "$n" rate "$(col "$f" 1)"; put "$mode" "$n" cpu "$(col "$f" 2)"
-    echo "full=$(col "$f" 3) resumed=$(col "$f" 4) p50_ms=$(col "$f" 5) p99_ms=$(col "$f" 6) errors=$(col "$f" 7)" >"$W/$mode.info.$n"
+    echo "full=$(col "$f" 3) resumed=$(col "$f" 4) p50_ms=$(col "$f" 5) p99_ms=$(col "$f" 6) proxy_cpu=$(col "$f" 8)% errors=$(col "$f" 7)" >"$W/$mode.info.$n"
   done
 done
 
@@ -252,8 +256,10 @@ for t in "${targets[@]}"; do
     [[ -s $W/$mode.info.$n ]] || continue
     grep -q ' errors=0$' "$W/$mode.info.$n" || echo "# warning: $mode $n had errors (non-2xx or socket errors)"
   done
-  [[ -s $W/resumed.info.$n ]] && awk '{split($1, f, "="); split($2, r, "="); exit !(r[2] < 2 * f[2])}' "$W/resumed.info.$n" &&
+  if [[ -s $W/resumed.info.$n ]] && awk '{split($1, f, "="); split($2, r, "="); exit !(r[2] < 2 * f[2])}' "$W/resumed.info.$n"; then
     echo "# warning: $n resumed few sessions ($(cut -d' ' -f1-2 "$W/resumed.info.$n")): tickets off, or single-use?"
-  [[ -s $W/idle.info.$n ]] && awk '{exit !($4 > 0 || $7 != $2)}' "$W/idle.info.$n" &&
+  fi
+  if [[ -s $W/idle.info.$n ]] && awk '{exit !($4 > 0 || $7 != $2)}' "$W/idle.info.$n"; then
     echo "# warning: idle $n: $(cut -d' ' -f1-7 "$W/idle.info.$n") (failed, or closed by the proxy)"
+  fi
 done
