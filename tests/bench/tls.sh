@@ -20,16 +20,17 @@
 #   in the proxies' logs: all but the first 64 handshakes resumed). tls_shim.c, preloaded into wrk,
 #   counts full and resumed handshakes (SSL_session_reused) and, for `full`, drops the session so
 #   that every handshake is full. The counts are printed (`full=`, `resumed=`): a proxy that does
-#   not resume shows it there. h2load also resumes on reconnect (and has no switch to stop it);
-#   `openssl s_time -new/-reuse` is one blocking connection per process and bounds the rate at
-#   the client's round trips.
-# - On this 2-core machine the client (OpenSSL 3 on CPU 0) usually bounds the handshake rates,
-#   (proxy_cpu, the share of its core the proxy used, is then well below 100%), so hs/s says
-#   little; cpu_us_per_hs, the proxy's own CPU per handshake, is the fair figure.
-#   It includes accepting the TCP connection and proxying the one request (compare cpu_us_per_req
-#   of keepalive for the request's share). Resumed runs include wrk's first 64 full handshakes.
+#   not resume shows it there (the shim is built with gcc at each run). h2load also resumes on
+#   reconnect, with no switch to stop it; `openssl s_time -new/-reuse` is one blocking connection
+#   per process, bounded by the client's round trips.
+# - On this 2-core machine the client (OpenSSL 3 on CPU 0) often bounds the full-handshake rate
+#   (proxy_cpu, the share of its core the proxy used, is then well below 100%) and other work
+#   shares the cores, so hs/s is noisy; cpu_us_per_hs, the proxy's own CPU per handshake, is the
+#   fair figure. It includes accepting and closing the TCP connection and proxying the one request
+#   (cpu_us_per_req of keepalive is the request's share). Resumed runs include wrk's first 64
+#   full handshakes.
 # - tls_idle.py (Python's ssl module, as ../shared/bench/idle.py does for plain HTTP) opens the idle
-#   connections; RSS is summed over the proxy's process and its children (nginx's worker).
+#   connections; RSS is summed over the proxy's process and its descendants (nginx's worker).
 #   The idle figures are taken first, on fresh processes; `of_which_shmem` is the part of the
 #   delta in shared memory (nginx's shared session cache). `still-open` must equal `open`.
 # - `# warning:` lines at the end flag figures that mean nothing: errors (non-2xx, socket errors),
@@ -37,7 +38,9 @@
 # - The certificate (a throwaway CA and a leaf for `localhost` and 127.0.0.1, made with the openssl
 #   CLI) is checked on every proxy before measuring: verified name, same SHA-256 fingerprint, and
 #   the negotiated protocol, cipher and key exchange group are printed, which must match across
-#   proxies for the figures to compare. Clients send SNI `localhost` (wrk's URL is https://localhost:PORT/).
+#   proxies for the figures to compare. Clients send SNI `localhost` (wrk's URL is
+#   https://localhost:PORT/: with 127.0.0.1 wrk would send the IP address as SNI); wrk and Python send no ALPN.
+#   NGINX and HAProxy otherwise keep their TLS defaults (buffer sizes, tickets, cipher order).
 #
 # Usage: tests/bench/tls.sh [ROUNDS] [SECONDS]        (ROUNDS default 1, SECONDS per run default 3;
 #        with several rounds each figure is the median of the rounds)
