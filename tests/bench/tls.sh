@@ -221,7 +221,7 @@ for mode in full resumed keepalive; do
   [[ " $ONLY " == *" $mode "* ]] || continue
   for t in "${targets[@]}"; do : >"$W/$mode.${t%%:*}"; done
   for ((i = 0; i < ROUNDS; i++)); do # odd rounds go in reverse order
-    order=("${targets[@]}"); ((i % 2)) && order=($(printf '%s\n' "${targets[@]}" | tac))
+    order=("${targets[@]}"); ((i % 2)) && mapfile -t order < <(printf '%s\n' "${targets[@]}" | tac)
     for t in "${order[@]}"; do run "${t%%:*}" "${t#*:}" "$mode" >>"$W/$mode.${t%%:*}"; done
   done
   for t in "${targets[@]}"; do
