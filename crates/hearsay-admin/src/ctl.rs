@@ -324,6 +324,14 @@ async fn connect(
         (false, true) => format!("https://{admin}"),
         (false, false) => format!("http://{admin}"),
     };
+    if address.starts_with("http://") && tls.is_some() {
+        // tonic would ignore the TLS settings and send the token in clear text.
+        return Err(CtlError::Usage(
+            "--cacert/--cert/--key need TLS: write the admin address as https://host:port or \
+             host:port, not http://"
+                .to_owned(),
+        ));
+    }
     if address.starts_with("https://") && tls.is_none() {
         return Err(CtlError::Usage(
             "an https admin address needs --cacert (the CA that signed the admin API's certificate)"

@@ -24,6 +24,14 @@ fn script(path: &str) -> (Vec<&'static [u8]>, bool) {
             vec![b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"],
             true,
         ),
+        "/http10-chunked" => (
+            vec![b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+            false,
+        ),
+        "/http10-close-delimited" => (
+            vec![b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"],
+            true,
+        ),
         "/head" => (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"], false),
         "/no-content" => (vec![b"HTTP/1.1 204 No Content\r\n\r\n"], false),
         "/early-hints" => (
@@ -132,6 +140,29 @@ async fn chunked_responses_are_decoded_and_the_connection_reused() {
         connections.load(Ordering::SeqCst),
         1,
         "one upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_response_with_transfer_encoding_is_read_and_its_connection_not_reused() {
+    // RFC 9112 §6.1: a Transfer-Encoding in an HTTP/1.0 message is read, then the connection
+    // closes, whatever its Connection header says.
+    let (mut client, _proxy, connections) = through_proxy().await;
+    let response = get(&mut client, "/http10-chunked").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.version, "HTTP/1.1",
+        "the client is answered in its own version"
+    );
+    assert_eq!(response.text(), "hello");
+    // An HTTP/1.0 backend's body delimited by its close reaches an HTTP/1.1 client whole.
+    let response = get(&mut client, "/http10-close-delimited").await;
+    assert_eq!(response.text(), "until the end");
+    assert_eq!(get(&mut client, "/").await.text(), "ok");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        3,
+        "a new upstream connection after each HTTP/1.0 one"
     );
 }
 

@@ -127,10 +127,14 @@ fn frame_response(
     keep_alive: Option<HeaderValue>,
 ) {
     // Answer in the client's version: hyper then frames the keep-alive decision for an HTTP/1.0
-    // client from our `Connection` header alone.
-    if version == Version::HTTP_10 {
-        parts.version = Version::HTTP_10;
-    }
+    // client from our `Connection` header alone. An HTTP/1.1 client gets HTTP/1.1 whatever the
+    // backend spoke (hearsay is the server it talks to): hyper would otherwise frame the body of
+    // an HTTP/1.0 backend's response for HTTP/1.0 and lose a body of unknown length.
+    parts.version = if version == Version::HTTP_10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
     match persistence {
         Persistence::ServerCloses(_) => {
             parts

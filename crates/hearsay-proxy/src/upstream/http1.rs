@@ -157,6 +157,9 @@ impl UpstreamConn {
                 }
             };
             reusable &= !crate::headers::wants_close(version, &headers);
+            // A Transfer-Encoding in an HTTP/1.0 message: read it, then close (RFC 9112 §6.1).
+            reusable &=
+                !(version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING));
             let mut response = Response::new(UpstreamBody {
                 conn: Some(self),
                 framing,

@@ -22,7 +22,9 @@
 //! detected before use (readiness) or when the request could not be written, and the request
 //! then goes out on a fresh connection; an idempotent request whose reused connection closed
 //! before any response byte (and before any of its body was taken) is re-sent on a fresh one. A
-//! stale pooled connection never surfaces as a client error.
+//! stale pooled connection never surfaces as a client error for a request that can go out again;
+//! a request whose body was partly sent on a connection that closed under it gets a 502 (one
+//! idle stack for every request: a POST may take a connection a GET opened).
 
 mod backend;
 mod forward;
