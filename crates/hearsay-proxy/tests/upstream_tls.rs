@@ -111,8 +111,10 @@ struct TlsBackend {
     connections: Arc<AtomicUsize>,
     handshakes: Arc<AtomicUsize>,
     health_checks: Arc<AtomicUsize>,
-    /// The server name each finished handshake asked for (`None`: no SNI).
+    /// The server name each finished handshake asked for (`None`: no SNI), and whether it
+    /// resumed a session.
     names: Arc<Mutex<Vec<Option<String>>>>,
+    resumed: Arc<Mutex<Vec<bool>>>,
 }
 
 impl TlsBackend {
@@ -150,12 +152,14 @@ impl TlsBackend {
             handshakes: Arc::default(),
             health_checks: Arc::default(),
             names: Arc::default(),
+            resumed: Arc::default(),
         };
-        let (connections, handshakes, names, health_checks) = (
+        let (connections, handshakes, names, health_checks, resumed) = (
             Arc::clone(&backend.connections),
             Arc::clone(&backend.handshakes),
             Arc::clone(&backend.names),
             Arc::clone(&backend.health_checks),
+            Arc::clone(&backend.resumed),
         );
         tokio::spawn(async move {
             loop {
@@ -164,10 +168,11 @@ impl TlsBackend {
                 };
                 connections.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
-                let (handshakes, names, health_checks) = (
+                let (handshakes, names, health_checks, resumed) = (
                     Arc::clone(&handshakes),
                     Arc::clone(&names),
                     Arc::clone(&health_checks),
+                    Arc::clone(&resumed),
                 );
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(stream).await else {
@@ -176,6 +181,11 @@ impl TlsBackend {
                     handshakes.fetch_add(1, Ordering::SeqCst);
                     let name = stream.get_ref().1.server_name().map(str::to_owned);
                     names.lock().unwrap().push(name);
+                    let kind = stream.get_ref().1.handshake_kind();
+                    resumed
+                        .lock()
+                        .unwrap()
+                        .push(kind == Some(rustls::HandshakeKind::Resumed));
                     let service =
                         service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                             let health_checks = Arc::clone(&health_checks);
@@ -263,8 +273,39 @@ async fn verified_backend_answers_and_keeps_one_connection_for_many_requests() {
         [Some("api.internal".to_owned())],
         "SNI = server_name"
     );
-    let pool = &proxy.proxy.pools()[0];
-    assert_eq!(pool.backends()[0].idle_connections(), 1);
+    let pool = proxy.proxy.pools()[0].clone();
+    assert!(
+        wait_until(Duration::from_secs(2), || pool.backends()[0]
+            .idle_connections()
+            == 1)
+        .await,
+        "the connection is back on the idle stack"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_resume_the_pools_tls_session() {
+    let scratch = Scratch::new("resume");
+    let ca = Ca::new("Backend CA");
+    let backend = TlsBackend::start(&ca.leaf(&["api.internal"])).await;
+    let ca_file = scratch.write("ca.pem", &ca.pem());
+    // No idle connections kept: every request needs a new connection.
+    let proxy = proxy(
+        &[backend.address.to_string()],
+        &format!("server_name = \"api.internal\", ca_file = \"{ca_file}\""),
+        "max_idle_per_backend = 0",
+    )
+    .await;
+    let mut client = Client::connect(proxy.address).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(backend.handshakes.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        *backend.resumed.lock().unwrap(),
+        [false, true, true],
+        "a full handshake, then resumed ones"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
