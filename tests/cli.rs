@@ -389,6 +389,28 @@ fn output_to_a_closed_pipe_does_not_kill_the_process() {
 }
 
 #[test]
+fn a_node_whose_pool_does_not_verify_its_backends_warns_at_start() {
+    let config = node_config_over_a_closed_port().replace(
+        "[[pool]]\nname = \"app\"\n",
+        "[[pool]]\nname = \"app\"\ntls = { verify = false }\n",
+    );
+    assert!(config.contains("tls = { verify = false }"));
+    let mut node = Node::start(&config);
+    let warning = node
+        .started
+        .iter()
+        .find(|line| line.contains("tls.verify = false"))
+        .unwrap_or_else(|| panic!("no warning at start: {:#?}", node.started));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("backend certificates are NOT checked"),
+        "{warning}"
+    );
+    node.signal("-TERM");
+    assert!(node.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
 fn sighup_is_logged_and_does_not_stop_the_node() {
     let mut node = Node::start(&node_config_over_a_closed_port());
     node.signal("-HUP");
