@@ -15,6 +15,9 @@
 //! a response without a length is read to EOF; otherwise `Content-Length`, whose values must
 //! agree. A connection is reused only when the response was framed by its length or by chunks,
 //! the backend did not ask to close, and nothing was left over.
+//!
+//! The connection is plain TCP or TLS ([`UpstreamStream`]); the client is the same over both
+//! (writes are flushed, which TLS needs and TCP does at no cost).
 
 use std::fmt::Write as _;
 use std::io;
@@ -369,13 +372,13 @@ impl<B: UploadBody> Upload<B> {
     }
 }
 
-/// The request head on the wire: origin-form target, HTTP/1.1, the headers as they are.
 /// Writes a request head whole, and flushes it (TLS may hold records back).
 async fn write_head(stream: &mut UpstreamStream, head: &[u8]) -> io::Result<()> {
     stream.write_all(head).await?;
     stream.flush().await
 }
 
+/// The request head on the wire: origin-form target, HTTP/1.1, the headers as they are.
 fn encode_request(request: &Parts) -> Vec<u8> {
     let target = request
         .uri
