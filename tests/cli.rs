@@ -43,6 +43,42 @@ fn check_config_accepts_a_good_file() {
 }
 
 #[test]
+fn check_config_warns_about_a_pool_that_does_not_verify_its_backends() {
+    let path = write_temp(
+        "noverify.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:8443\"]\ntls = { verify = false }\n",
+    );
+    let output = Command::new(HEARSAY)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "WARNING: pool app: tls.verify = false: backend certificates are NOT checked"
+        ),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 listener(s), 1 pool(s))"));
+    // The same file with verification on has nothing to warn about.
+    let path = write_temp(
+        "verify.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"localhost:8443\"]\ntls = {}\n",
+    );
+    let output = Command::new(HEARSAY)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("WARNING"));
+}
+
+#[test]
 fn check_config_prints_every_problem_and_fails() {
     let path = write_temp(
         "bad.toml",
@@ -350,6 +386,28 @@ fn output_to_a_closed_pipe_does_not_kill_the_process() {
     send_signal(&child.0, "-TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn a_node_whose_pool_does_not_verify_its_backends_warns_at_start() {
+    let config = node_config_over_a_closed_port().replace(
+        "[[pool]]\nname = \"app\"\n",
+        "[[pool]]\nname = \"app\"\ntls = { verify = false }\n",
+    );
+    assert!(config.contains("tls = { verify = false }"));
+    let mut node = Node::start(&config);
+    let warning = node
+        .started
+        .iter()
+        .find(|line| line.contains("tls.verify = false"))
+        .unwrap_or_else(|| panic!("no warning at start: {:#?}", node.started));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("backend certificates are NOT checked"),
+        "{warning}"
+    );
+    node.signal("-TERM");
+    assert!(node.wait_exit(Duration::from_secs(10)).success());
 }
 
 #[test]

@@ -240,6 +240,18 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Passive outlier detection; `None` = off.
     pub outlier: Option<OutlierConfig>,
+    /// TLS to the backends (requests and health checks); `None` = plain TCP.
+    pub tls: Option<PoolTls>,
+}
+
+/// `[[pool]] tls = { ... }`: how a pool's connections to its backends are secured. The files
+/// were read and checked when the config was loaded; the pool reads them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTls {
+    /// The name sent as SNI and checked against the certificates; `None`: each backend's host
+    /// (a DNS name is sent as SNI; an IP address is not, and the certificate must carry it).
+    pub server_name: Option<String>,
+    pub client: hearsay_tls::ClientSettings,
 }
 
 /// Active health checks of a pool's backends.
@@ -383,6 +395,29 @@ impl Config {
 
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|pool| pool.name == name)
+    }
+
+    /// What is valid but unsafe, one line each: the node logs them at start and `check-config`
+    /// prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        self.pools
+            .iter()
+            .filter_map(|pool| pool.tls_warning())
+            .collect()
+    }
+}
+
+impl PoolConfig {
+    /// The warning a pool that does not verify its backends' certificates deserves.
+    pub fn tls_warning(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        (!tls.client.verify).then(|| {
+            format!(
+                "pool {}: tls.verify = false: backend certificates are NOT checked; anyone on the \
+                 network path to its backends can impersonate them and read the traffic",
+                self.name
+            )
+        })
     }
 }
 

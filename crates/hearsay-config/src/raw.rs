@@ -59,6 +59,17 @@ pub(crate) struct RawPool {
     pub max_idle_per_backend: Option<i64>,
     pub health_check: Option<RawHealthCheck>,
     pub outlier: Option<RawOutlier>,
+    pub tls: Option<RawPoolTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoolTls {
+    pub server_name: Option<String>,
+    pub ca_file: Option<String>,
+    pub verify: Option<bool>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -961,3 +961,114 @@ fn admin_tls_files_are_read_and_checked() {
         "{found:?}"
     );
 }
+
+fn with_pool_tls(backends: &str, tls: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [{backends}]\ntls = {{ {tls} }}\n"
+    )
+}
+
+#[test]
+fn pool_tls_settings_are_read_and_their_files_checked() {
+    let files = TlsFiles::new("pool");
+    // `tls = {}`: system roots, SNI from each backend's host, verification on.
+    let parsed = Config::parse(&with_pool_tls("\"api.internal:443\"", "")).unwrap();
+    let tls = parsed.pools[0].tls.clone().unwrap();
+    assert_eq!(tls.server_name, None);
+    assert_eq!(
+        tls.client,
+        hearsay_tls::ClientSettings {
+            ca_file: None,
+            verify: true,
+            client_certificate: None
+        }
+    );
+    assert!(parsed.warnings().is_empty());
+    // Without `tls`: plain TCP.
+    assert_eq!(
+        Config::parse(&with_listener("")).unwrap().pools[0].tls,
+        None
+    );
+
+    let full = format!(
+        "server_name = \"api.internal\", ca_file = \"{}\", cert = \"{}\", key = \"{}\"",
+        files.path("ca.pem"),
+        files.path("admin.crt"),
+        files.path("admin.key")
+    );
+    let parsed = Config::parse(&with_pool_tls("\"10.0.0.1:443\"", &full)).unwrap();
+    let tls = parsed.pools[0].tls.clone().unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("api.internal"));
+    assert_eq!(
+        tls.client.ca_file,
+        Some(PathBuf::from(files.path("ca.pem")))
+    );
+    assert_eq!(
+        tls.client.client_certificate,
+        Some(hearsay_tls::CertificateFiles {
+            cert: PathBuf::from(files.path("admin.crt")),
+            key: PathBuf::from(files.path("admin.key")),
+        })
+    );
+
+    // Files that cannot be used are named, under the key that names them.
+    let bad = format!(
+        "ca_file = \"{}\", cert = \"{}\", key = \"{}\"",
+        files.path("missing.pem"),
+        files.path("admin.crt"),
+        files.path("other.key")
+    );
+    let found = problems(&with_pool_tls("\"api.internal:443\"", &bad));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with(&format!(
+            "pool[0].tls.ca_file: cannot read {}",
+            files.path("missing.pem")
+        )),
+        "{found:?}"
+    );
+    assert_eq!(
+        found[1],
+        format!(
+            "pool[0].tls.cert: {}: the key does not belong to the certificate in {}",
+            files.path("other.key"),
+            files.path("admin.crt")
+        )
+    );
+    let half = format!("cert = \"{}\"", files.path("admin.crt"));
+    let found = problems(&with_pool_tls("\"api.internal:443\"", &half));
+    assert_eq!(found, ["pool[0].tls: a client certificate needs both cert (PEM certificate chain file) and key (PEM private key file)"]);
+    let found = problems(&with_pool_tls(
+        "\"api.internal:443\"",
+        "server_name = \"not a name\"",
+    ));
+    assert_eq!(
+        found,
+        ["pool[0].tls.server_name: \"not a name\" is neither a DNS name nor an IP address"]
+    );
+    let found = problems(&with_pool_tls("\"api.internal:443\"", "verify = \"no\""));
+    assert!(
+        found.len() == 1 && found[0].starts_with("pool[0]"),
+        "{found:?}"
+    );
+    let contradiction = format!("verify = false, ca_file = \"{}\"", files.path("ca.pem"));
+    let found = problems(&with_pool_tls("\"api.internal:443\"", &contradiction));
+    assert_eq!(
+        found,
+        ["pool[0].tls.ca_file: has no effect with verify = false; remove one of them"]
+    );
+}
+
+#[test]
+fn a_pool_that_does_not_verify_its_backends_is_warned_about() {
+    let parsed = Config::parse(&with_pool_tls("\"127.0.0.1:8443\"", "verify = false")).unwrap();
+    assert!(!parsed.pools[0].tls.as_ref().unwrap().client.verify);
+    let warnings = parsed.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .starts_with("pool app: tls.verify = false: backend certificates are NOT checked"),
+        "{warnings:?}"
+    );
+}

@@ -12,14 +12,14 @@ use crate::excerpt::{bounded, excerpt, quote, MESSAGE_LIMIT, QUOTE_LIMIT};
 use crate::file::{read_regular_file, SECRET_FILE_LIMIT};
 use crate::raw::{
     RawAdmin, RawAdminTls, RawBackend, RawCluster, RawHealthCheck, RawListener, RawNode,
-    RawOutlier, RawPool, RawRuntime, RawSecret, RawTcpKeepalive,
+    RawOutlier, RawPool, RawPoolTls, RawRuntime, RawSecret, RawTcpKeepalive,
 };
 use crate::{
     format_duration, host_name, AdminConfig, AdminTls, Algorithm, BackendConfig,
     BackendStateConfig, ClusterConfig, Config, ConfigError, HealthCheckConfig, HealthCheckKind,
     IpNet, ListenerConfig, ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction,
-    PoolConfig, Problem, RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT,
-    DEFAULT_CLOSE_SPREAD, DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL,
+    PoolConfig, PoolTls, Problem, RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_CLOSE_SPREAD, DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE,
     DEFAULT_PUBLISHED_CLIENTS, DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
     MAX_PUBLISHED_CLIENTS, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
@@ -913,7 +913,7 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
         );
     }
     let mut seen = HashSet::new();
-    let backends = raw_backends
+    let backends: Vec<BackendConfig> = raw_backends
         .into_iter()
         .enumerate()
         .filter_map(|(index, raw)| {
@@ -987,6 +987,9 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
         .health_check
         .map(|raw| health_check(checker, &format!("{path}.health_check"), raw));
     let outlier = outlier(checker, &format!("{path}.outlier"), raw.outlier);
+    let tls = raw
+        .tls
+        .and_then(|raw| pool_tls(checker, &format!("{path}.tls"), raw, &backends));
     PoolConfig {
         name,
         algorithm,
@@ -998,7 +1001,93 @@ fn pool(checker: &mut Checker, path: &str, raw: RawPool) -> PoolConfig {
         max_idle_per_backend,
         health_check,
         outlier,
+        tls,
     }
+}
+
+/// `[[pool]] tls = { server_name, ca_file, verify, cert, key }`: every backend must have a
+/// server name (`server_name`, or its host), and the files must be usable now, so that
+/// `check-config` finds what the start would.
+fn pool_tls(
+    checker: &mut Checker,
+    path: &str,
+    raw: RawPoolTls,
+    backends: &[BackendConfig],
+) -> Option<PoolTls> {
+    let problems_before = checker.problems.len();
+    match &raw.server_name {
+        Some(name) => {
+            if hearsay_tls::rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                checker.problem(
+                    format!("{path}.server_name"),
+                    format!("{} is neither a DNS name nor an IP address", quote(name)),
+                );
+            }
+        }
+        None => {
+            for backend in backends {
+                if hearsay_tls::backend_server_name(&backend.address).is_none() {
+                    checker.problem(
+                        format!("{path}.server_name"),
+                        format!(
+                            "the host of backend {} is neither a DNS name nor an IP address, so it \
+                             cannot name the certificate to expect; set server_name",
+                            quote(&backend.address)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let verify = raw.verify.unwrap_or(true);
+    let ca_file = raw.ca_file.map(PathBuf::from);
+    match (&ca_file, verify) {
+        (Some(_), false) => checker.problem(
+            format!("{path}.ca_file"),
+            "has no effect with verify = false; remove one of them",
+        ),
+        (Some(ca_file), true) => {
+            if let Err(error) = hearsay_tls::read_ca_file(ca_file) {
+                checker.problem(format!("{path}.ca_file"), error.to_string());
+            }
+        }
+        (None, true) => {
+            if let Err(error) = hearsay_tls::system_roots() {
+                checker.problem(path, error.to_string());
+            }
+        }
+        (None, false) => {}
+    }
+    let client_certificate = match (raw.cert, raw.key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let files = hearsay_tls::CertificateFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            };
+            if let Err(error) = hearsay_tls::Certificate::load(&files, std::time::SystemTime::now())
+            {
+                checker.problem(format!("{path}.cert"), error.to_string());
+            }
+            Some(files)
+        }
+        _ => {
+            checker.problem(
+                path,
+                "a client certificate needs both cert (PEM certificate chain file) and key (PEM \
+                 private key file)",
+            );
+            None
+        }
+    };
+    (checker.problems.len() == problems_before).then_some(PoolTls {
+        server_name: raw.server_name,
+        client: hearsay_tls::ClientSettings {
+            ca_file,
+            verify,
+            client_certificate,
+        },
+    })
 }
 
 fn health_check(checker: &mut Checker, path: &str, raw: RawHealthCheck) -> HealthCheckConfig {

@@ -129,6 +129,8 @@ pub enum ProxyError {
     UnknownPool { listener: String, pool: String },
     #[error("pool {pool}: backend {backend:?} is not a valid authority")]
     BadBackend { pool: String, backend: String },
+    #[error("pool {pool}: TLS to its backends: {reason}")]
+    PoolTls { pool: String, reason: String },
     #[error("listener {listener}: cannot bind {address}: {source}")]
     Bind {
         listener: String,

@@ -1,13 +1,14 @@
 //! hearsay's TLS material, with rustls: certificate chains and keys read from PEM files and
 //! checked, the certificate chosen by SNI, certificates reloaded without dropping connections,
 //! and the server configuration every HTTPS listener shares (versions, ALPN, session
-//! resumption).
+//! resumption), and the client configuration a pool reaches TLS backends with (`client.rs`).
 //!
 //! The crypto provider is aws-lc-rs, in one place ([`provider`]): it is rustls' default, its
 //! ECDSA and RSA signatures (the cost of a full handshake) are the fastest rustls can use, and it
 //! offers the post-quantum hybrid key exchange rustls prefers.
 
 mod certificate;
+mod client;
 mod reload;
 mod sni;
 
@@ -19,6 +20,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 
 pub use certificate::{fingerprint, read_ca_file, Certificate, CertificateFiles, CertificateInfo};
+pub use client::{backend_server_name, client_config, system_roots, ClientSettings};
 pub use reload::ListenerCertificates;
 pub use rustls;
 pub use sni::{CertificateSet, SniResolver};
@@ -54,6 +56,8 @@ pub enum TlsError {
         path: PathBuf,
         not_before: SystemTime,
     },
+    #[error("no usable CA certificate in the system's store ({detail}); set ca_file")]
+    NoSystemRoots { detail: String },
     #[error("a TLS listener needs at least one certificate")]
     NoCertificates,
     #[error("TLS setup failed: {0}")]

@@ -536,3 +536,204 @@ fn a_ca_file_is_read_and_checked() {
         "{message}"
     );
 }
+
+/// A client connection made with a pool's configuration for `name` against `server`, in
+/// memory; both sides, done, or the first error either side saw.
+fn connect(
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
+    let mut client = ClientConnection::new(Arc::clone(client), name)?;
+    let mut server = ServerConnection::new(Arc::clone(server))?;
+    for _ in 0..20 {
+        pump(&mut client, &mut server)?;
+        if !client.is_handshaking() && !server.is_handshaking() {
+            // TLS 1.3 tickets come after the handshake.
+            pump(&mut client, &mut server)?;
+            return Ok((client, server));
+        }
+    }
+    panic!("handshake did not finish in 20 flights");
+}
+
+fn settings(ca_file: Option<PathBuf>, verify: bool) -> ClientSettings {
+    ClientSettings {
+        ca_file,
+        verify,
+        client_certificate: None,
+    }
+}
+
+#[test]
+fn a_backend_server_name_is_its_host_name_or_address() {
+    let dns = |name: &str| Some(ServerName::try_from(name.to_owned()).unwrap());
+    assert_eq!(backend_server_name("api.internal:443"), dns("api.internal"));
+    assert_eq!(backend_server_name("localhost:8443"), dns("localhost"));
+    assert_eq!(backend_server_name("10.0.0.7:443"), dns("10.0.0.7"));
+    assert!(matches!(
+        backend_server_name("10.0.0.7:443"),
+        Some(ServerName::IpAddress(_))
+    ));
+    assert!(matches!(
+        backend_server_name("[::1]:8443"),
+        Some(ServerName::IpAddress(_))
+    ));
+    assert_eq!(backend_server_name("bad name:443"), None);
+    assert_eq!(backend_server_name("[::1:443"), None);
+}
+
+#[test]
+fn a_pool_client_verifies_with_its_ca_file_and_sends_sni_and_alpn() {
+    let scratch = Scratch::new("client-verify");
+    let ca = Ca::new("Backend CA");
+    let other = Ca::new("Other CA");
+    let leaf = ca.leaf(&["api.internal", "127.0.0.1"]);
+    let server = server_config(
+        &listener(&scratch, &[("api", &leaf)], false),
+        MinVersion::Tls12,
+    )
+    .unwrap();
+    let ca_file = scratch.write("ca.pem", &ca.issuer.pem());
+    let client = client_config(&settings(Some(ca_file), true), now()).unwrap();
+
+    let name = backend_server_name("api.internal:443").unwrap();
+    let (client_side, server_side) = connect(&server, &client, name).unwrap();
+    assert_eq!(server_side.server_name(), Some("api.internal"));
+    assert_eq!(client_side.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    // An IP address: no SNI, and the certificate must carry the address.
+    let name = backend_server_name("127.0.0.1:443").unwrap();
+    let (_, server_side) = connect(&server, &client, name).unwrap();
+    assert_eq!(server_side.server_name(), None);
+    let name = backend_server_name("127.0.0.2:443").unwrap();
+    assert!(connect(&server, &client, name).is_err());
+
+    // A certificate for another name, or from a CA the pool does not trust: refused.
+    let name = backend_server_name("other.internal:443").unwrap();
+    assert!(connect(&server, &client, name).is_err());
+    let other_file = scratch.write("other.pem", &other.issuer.pem());
+    let distrusting = client_config(&settings(Some(other_file), true), now()).unwrap();
+    let name = backend_server_name("api.internal:443").unwrap();
+    let error = connect(&server, &distrusting, name).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn system_roots_do_not_trust_a_private_ca_and_verify_false_accepts_it() {
+    let scratch = Scratch::new("client-system");
+    let ca = Ca::new("Private CA");
+    let leaf = ca.leaf(&["api.internal"]);
+    let server = server_config(
+        &listener(&scratch, &[("api", &leaf)], false),
+        MinVersion::Tls12,
+    )
+    .unwrap();
+    let name = || backend_server_name("api.internal:443").unwrap();
+    let system = client_config(&settings(None, true), now()).unwrap();
+    assert!(
+        !system_roots().unwrap().is_empty(),
+        "this machine's store has CA certificates"
+    );
+    assert!(connect(&server, &system, name()).is_err());
+    let anything = client_config(&settings(None, false), now()).unwrap();
+    let (client_side, _) = connect(&server, &anything, name()).unwrap();
+    assert_eq!(served(&client_side), fingerprint(leaf_der(&leaf).as_ref()));
+}
+
+fn leaf_der(leaf: &Leaf) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_pool_client_resumes_its_sessions() {
+    let scratch = Scratch::new("client-resume");
+    let ca = Ca::new("Backend CA");
+    let leaf = ca.leaf(&["api.internal"]);
+    let server = server_config(
+        &listener(&scratch, &[("api", &leaf)], false),
+        MinVersion::Tls12,
+    )
+    .unwrap();
+    let ca_file = scratch.write("ca.pem", &ca.issuer.pem());
+    let client = client_config(&settings(Some(ca_file), true), now()).unwrap();
+    let name = || backend_server_name("api.internal:443").unwrap();
+    let (first, _) = connect(&server, &client, name()).unwrap();
+    assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    let (second, _) = connect(&server, &client, name()).unwrap();
+    assert_eq!(
+        second.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
+
+#[test]
+fn a_pool_client_presents_its_certificate_to_a_backend_that_requires_one() {
+    let scratch = Scratch::new("client-mtls");
+    let ca = Ca::new("Backend CA");
+    let leaf = ca.leaf(&["api.internal"]);
+    let client_leaf = ca.leaf(&["hearsay.internal"]);
+    let served_key = Certificate::load(&files(&scratch, "api", &leaf), now()).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    let server = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                served_key.key,
+            ))),
+    );
+    let ca_file = scratch.write("ca.pem", &ca.issuer.pem());
+    let name = || backend_server_name("api.internal:443").unwrap();
+
+    let without = client_config(&settings(Some(ca_file.clone()), true), now()).unwrap();
+    assert!(connect(&server, &without, name()).is_err());
+
+    let client_files = files(&scratch, "client", &client_leaf);
+    let with = ClientSettings {
+        client_certificate: Some(client_files.clone()),
+        ..settings(Some(ca_file), true)
+    };
+    let (_, server_side) = connect(&server, &client_config(&with, now()).unwrap(), name()).unwrap();
+    assert_eq!(
+        fingerprint(server_side.peer_certificates().unwrap()[0].as_ref()),
+        fingerprint(leaf_der(&client_leaf).as_ref())
+    );
+
+    // A client key that does not match its certificate is refused, naming the files.
+    let mismatched = ClientSettings {
+        client_certificate: Some(CertificateFiles {
+            cert: client_files.cert,
+            key: files(&scratch, "api", &leaf).key,
+        }),
+        ..with
+    };
+    let message = client_config(&mismatched, now()).unwrap_err().to_string();
+    assert!(
+        message.contains("api.key: the key does not belong"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_ca_file_is_refused_naming_it() {
+    let settings = settings(Some(PathBuf::from("/nonexistent/backend-ca.pem")), true);
+    let message = client_config(&settings, now()).unwrap_err().to_string();
+    assert!(
+        message.contains("cannot read /nonexistent/backend-ca.pem"),
+        "{message}"
+    );
+}

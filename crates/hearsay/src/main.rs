@@ -88,6 +88,11 @@ fn init_logging(level: Option<&str>) {
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     match Config::load(file) {
         Ok(config) => {
+            // Valid but unsafe settings (a pool that does not verify its backends) are said
+            // loudly, on stderr, before the verdict.
+            for warning in config.warnings() {
+                output::stderr(&format!("{}: WARNING: {warning}\n", file.display()));
+            }
             output::stdout(&format!(
                 "{}: ok ({} listener(s), {} pool(s))\n",
                 file.display(),

@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use super::health::{pool_clock, unix_millis, BackendHealth, HealthSnapshot, VerdictSource};
 use super::idle::Idle;
 use super::pool::PoolStats;
+use super::stream::UpstreamStream;
+use super::tls::UpstreamTls;
 use crate::error::ForwardError;
 
 /// An operator's say over a backend.
@@ -226,31 +228,51 @@ impl Backend {
         }
     }
 
+    /// A connection to the backend, TLS when the pool says so: the TCP connect and the TLS
+    /// handshake both within `timeout`. A failed handshake is a failed connect (502, retried
+    /// elsewhere, counted against the backend like a refused connection).
     pub(super) async fn connect_stream(
         &self,
         timeout: Duration,
-    ) -> Result<TcpStream, ForwardError> {
-        let stream =
-            match tokio::time::timeout(timeout, TcpStream::connect(self.address.as_str())).await {
-                Err(_) => {
-                    return Err(ForwardError::ConnectTimeout {
-                        backend: self.address.clone(),
-                    })
-                }
-                Ok(Err(error)) if error.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(ForwardError::ConnectTimeout {
-                        backend: self.address.clone(),
-                    })
-                }
-                Ok(Err(error)) => {
-                    return Err(ForwardError::BackendUnreachable {
-                        backend: self.address.clone(),
-                        reason: error.to_string(),
-                    })
-                }
-                Ok(Ok(stream)) => stream,
-            };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        tls: Option<&UpstreamTls>,
+    ) -> Result<UpstreamStream, ForwardError> {
+        let connect = async {
+            let stream = TcpStream::connect(self.address.as_str())
+                .await
+                .map_err(ConnectFailure::Tcp)?;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => Ok(UpstreamStream::Plain(stream)),
+                Some(tls) => tls
+                    .handshake(&self.address, stream)
+                    .await
+                    .map_err(ConnectFailure::Tls),
+            }
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Err(_) => Err(ForwardError::ConnectTimeout {
+                backend: self.address.clone(),
+            }),
+            Ok(Err(ConnectFailure::Tcp(error))) if error.kind() == std::io::ErrorKind::TimedOut => {
+                Err(ForwardError::ConnectTimeout {
+                    backend: self.address.clone(),
+                })
+            }
+            Ok(Err(ConnectFailure::Tcp(error))) => Err(ForwardError::BackendUnreachable {
+                backend: self.address.clone(),
+                reason: error.to_string(),
+            }),
+            Ok(Err(ConnectFailure::Tls(reason))) => Err(ForwardError::BackendUnreachable {
+                backend: self.address.clone(),
+                reason,
+            }),
+        }
     }
+}
+
+/// Why a connection to a backend could not be made.
+enum ConnectFailure {
+    Tcp(std::io::Error),
+    Tls(String),
 }

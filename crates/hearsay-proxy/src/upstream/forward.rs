@@ -195,7 +195,10 @@ impl Pool {
             let backend = &home.load.0;
             let (conn, reused) = match backend.take_idle(self.idle_timeout) {
                 Some(conn) => (conn, true),
-                None => match backend.connect_stream(self.connect_timeout).await {
+                None => match backend
+                    .connect_stream(self.connect_timeout, self.tls.as_deref())
+                    .await
+                {
                     Ok(stream) => (UpstreamConn::new(stream), false),
                     Err(error) => {
                         let body = body.take().expect("held until taken");

@@ -15,6 +15,9 @@
 //! a response without a length is read to EOF; otherwise `Content-Length`, whose values must
 //! agree. A connection is reused only when the response was framed by its length or by chunks,
 //! the backend did not ask to close, and nothing was left over.
+//!
+//! The connection is plain TCP or TLS ([`UpstreamStream`]); the client is the same over both
+//! (writes are flushed, which TLS needs and TCP does at no cost).
 
 use std::fmt::Write as _;
 use std::io;
@@ -27,7 +30,8 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::stream::UpstreamStream;
 
 /// Longest response head accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -42,7 +46,7 @@ const READ_SIZE: usize = 8 * 1024;
 /// An open connection to a backend, idle or carrying one exchange.
 #[derive(Debug)]
 pub(crate) struct UpstreamConn {
-    stream: TcpStream,
+    stream: UpstreamStream,
     /// Bytes read from the backend and not consumed yet.
     buf: BytesMut,
 }
@@ -73,9 +77,9 @@ impl std::fmt::Display for ExchangeError {
 }
 
 impl UpstreamConn {
-    pub(crate) fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: impl Into<UpstreamStream>) -> Self {
         UpstreamConn {
-            stream,
+            stream: stream.into(),
             buf: BytesMut::new(),
         }
     }
@@ -113,7 +117,8 @@ impl UpstreamConn {
         release: R,
     ) -> Result<Response<UpstreamBody<R, B>>, Failure<R, B>> {
         let unsent = |upload: Option<Upload<B>>| upload.and_then(Upload::into_untouched);
-        if let Err(error) = self.stream.write_all(head).await {
+        // (The flush writes what TLS still holds; nothing for TCP.)
+        if let Err(error) = write_head(&mut self.stream, head).await {
             return Err((ExchangeError::NotSent(error), release, unsent(upload)));
         }
         let mut received_any = !self.buf.is_empty();
@@ -289,7 +294,7 @@ impl<B: UploadBody> Upload<B> {
     /// Writes what the body has and the backend takes; `Ready(Ok)` once it went out whole.
     fn poll_send(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut UpstreamStream,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UploadError>> {
         match self.state {
@@ -311,7 +316,7 @@ impl<B: UploadBody> Upload<B> {
 
     fn poll_send_inner(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut UpstreamStream,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UploadError>> {
         loop {
@@ -323,6 +328,13 @@ impl<B: UploadBody> Upload<B> {
                     Poll::Ready(Ok(written)) => self.pending.advance(written),
                     Poll::Pending => return Poll::Pending,
                 }
+            }
+            // What was written must reach the backend before waiting for more of the body: TLS
+            // may hold records back (TCP holds nothing; this is immediate there).
+            match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(UploadError::Backend)),
+                Poll::Pending => return Poll::Pending,
             }
             let Some(body) = self.body.as_mut() else {
                 return Poll::Ready(Ok(()));
@@ -361,6 +373,12 @@ impl<B: UploadBody> Upload<B> {
             }
         }
     }
+}
+
+/// Writes a request head whole, and flushes it (TLS may hold records back).
+async fn write_head(stream: &mut UpstreamStream, head: &[u8]) -> io::Result<()> {
+    stream.write_all(head).await?;
+    stream.flush().await
 }
 
 /// The request head on the wire: origin-form target, HTTP/1.1, the headers as they are.
@@ -891,7 +909,9 @@ mod tests {
             .unwrap();
         let _guard = runtime.enter();
         let mut body = UpstreamBody::<_, http_body_util::Empty<Bytes>> {
-            conn: Some(UpstreamConn::new(TcpStream::from_std(stream).unwrap())),
+            conn: Some(UpstreamConn::new(
+                tokio::net::TcpStream::from_std(stream).unwrap(),
+            )),
             framing,
             reusable: true,
             release: Some(Keep),

@@ -10,6 +10,8 @@
 //!   cluster's verdict and remote ejections).
 //! - `probe.rs`: the active health-check task of a pool.
 //! - `idle.rs`: the idle keep-alive connections per backend, the pruning task.
+//! - `stream.rs`: an upstream connection's transport, plain TCP or TLS.
+//! - `tls.rs`: TLS to a pool's backends (client configuration, the name each backend proves).
 //! - `http1.rs`: the in-task HTTP/1.1 client: every request (with its body, if any) and the
 //!   health checks' answers.
 //! - `request_body.rs`: the client's request body on its way to a backend.
@@ -36,6 +38,8 @@ mod probe;
 mod random;
 mod request_body;
 mod select;
+mod stream;
+mod tls;
 
 pub use backend::{Backend, BackendState};
 pub use health::{BackendHealth, HealthSnapshot};

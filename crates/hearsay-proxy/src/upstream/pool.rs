@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::backend::{Backend, BackendState};
 use super::idle::prune_idle_connections;
 use super::select::Members;
+use super::tls::UpstreamTls;
 use crate::error::ProxyError;
 
 /// Why a change to a pool's backends was refused.
@@ -71,6 +72,8 @@ pub struct Pool {
     pub(super) shared_health: AtomicBool,
     /// `User-Agent` of this node's health checks (names the node, so a backend can tell).
     pub(super) probe_agent: std::sync::OnceLock<String>,
+    /// TLS to the backends (requests and health checks); `None`: plain TCP.
+    pub(super) tls: Option<Arc<UpstreamTls>>,
     pub stats: Arc<PoolStats>,
 }
 
@@ -101,6 +104,19 @@ impl Pool {
                 )))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => {
+                if let Some(warning) = config.tls_warning() {
+                    tracing::warn!(pool = %config.name, "{warning}");
+                }
+                let tls = UpstreamTls::new(tls).map_err(|reason| ProxyError::PoolTls {
+                    pool: config.name.clone(),
+                    reason,
+                })?;
+                Some(Arc::new(tls))
+            }
+        };
         let pool = Arc::new(Pool {
             name: config.name.clone(),
             algorithm: config.algorithm,
@@ -125,6 +141,7 @@ impl Pool {
             failing_open: AtomicBool::new(false),
             shared_health: AtomicBool::new(false),
             probe_agent: std::sync::OnceLock::new(),
+            tls,
             stats,
         });
         pool.stats

@@ -18,6 +18,8 @@ use super::health::unix_millis;
 use super::http1::{Release, Upload, UpstreamConn};
 use super::pool::Pool;
 use super::random::random;
+use super::stream::UpstreamStream;
+use super::tls::UpstreamTls;
 
 /// Probes the pool's backends every interval until the pool is dropped or `stop` is cancelled;
 /// each result goes to the backend's [`BackendHealth`](super::health::BackendHealth).
@@ -44,9 +46,10 @@ pub(crate) async fn run_checks(pool: Weak<Pool>, stop: CancellationToken) {
             let address = backend.address.clone();
             let config = config.clone();
             let agent = pool.probe_agent().to_owned();
+            let tls = pool.tls.clone();
             probes.spawn(async move {
                 let started_at = unix_millis();
-                let result = probe(&address, &config, &agent).await;
+                let result = probe(&address, tls.as_deref(), &config, &agent).await;
                 (index, started_at, result)
             });
         }
@@ -77,6 +80,7 @@ fn jittered(interval: Duration, spread: f64) -> Duration {
 /// framing and 1xx handling), on a connection of its own that closes after the response head.
 pub(crate) async fn probe(
     address: &str,
+    tls: Option<&UpstreamTls>,
     config: &HealthCheckConfig,
     agent: &str,
 ) -> Result<(), String> {
@@ -84,6 +88,12 @@ pub(crate) async fn probe(
         let stream = TcpStream::connect(address)
             .await
             .map_err(|error| format!("connect: {error}"))?;
+        // A TLS pool's checks shake hands as its requests do (a TCP check too: a backend
+        // whose certificate the pool refuses is not healthy for it).
+        let stream = match tls {
+            None => UpstreamStream::Plain(stream),
+            Some(tls) => tls.handshake(address, stream).await?,
+        };
         let HealthCheckKind::Http {
             path,
             expected_status,
@@ -191,7 +201,7 @@ mod tests {
         ];
         for (answer, expected) in cases {
             let (address, served) = backend(answer).await;
-            let result = probe(&address, &http_check((200, 399)), "hearsay-test").await;
+            let result = probe(&address, None, &http_check((200, 399)), "hearsay-test").await;
             match expected {
                 Ok(()) => assert_eq!(result, Ok(()), "{answer:?}"),
                 Err(reason) => {
