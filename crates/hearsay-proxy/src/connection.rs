@@ -457,9 +457,9 @@ impl Task<'_> {
 
     /// hyper handed the socket back to park it, with what it had read and not parsed.
     fn parked_socket(&self, mut io: Io, read_buf: bytes::Bytes) -> Phase {
+        self.listener.stats.on_park();
         if read_buf.is_empty() {
             // (An empty `read_buf` still holds hyper's whole read buffer: dropped here.)
-            self.listener.stats.on_park();
             return Phase::Parked(io);
         }
         // Bytes of a next request hyper had read without parsing them: served at once, by a new

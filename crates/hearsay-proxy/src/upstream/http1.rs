@@ -117,9 +117,30 @@ impl UpstreamConn {
         release: R,
     ) -> Result<Response<UpstreamBody<R, B>>, Failure<R, B>> {
         let unsent = |upload: Option<Upload<B>>| upload.and_then(Upload::into_untouched);
-        // (The flush writes what TLS still holds; nothing for TCP.)
-        if let Err(error) = write_head(&mut self.stream, head).await {
+        // The head and the body data already here go out in one write.
+        let written = match upload.as_mut() {
+            Some(upload) => {
+                std::future::poll_fn(|cx| {
+                    upload.read_ahead(cx);
+                    Poll::Ready(())
+                })
+                .await;
+                if upload.pending.is_empty() {
+                    write_head(&mut self.stream, head).await
+                } else {
+                    let mut both = Vec::with_capacity(head.len() + upload.pending.len());
+                    both.extend_from_slice(head);
+                    both.extend_from_slice(&upload.pending);
+                    write_head(&mut self.stream, &both).await
+                }
+            }
+            None => write_head(&mut self.stream, head).await,
+        };
+        if let Err(error) = written {
             return Err((ExchangeError::NotSent(error), release, unsent(upload)));
+        }
+        if let Some(upload) = upload.as_mut() {
+            upload.sent_ahead();
         }
         let mut received_any = !self.buf.is_empty();
         loop {
@@ -230,13 +251,25 @@ impl UpstreamConn {
 /// taken (so the request may go out again).
 pub(crate) type Failure<R, B> = (ExchangeError, R, Option<B>);
 
-/// A request body the client can send.
+/// A request body the client can send, and that can take back the data read ahead of the
+/// request head when the head could not be written (so the request may go out again).
 pub(crate) trait UploadBody:
     Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static
 {
+    /// Puts `data` back in front of what the body yields next.
+    fn rewind(&mut self, data: Bytes);
 }
 
-impl<B: Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static> UploadBody for B {}
+impl UploadBody for crate::upstream::RequestBody {
+    fn rewind(&mut self, data: Bytes) {
+        crate::upstream::RequestBody::rewind(self, data);
+    }
+}
+
+impl UploadBody for http_body_util::Empty<Bytes> {
+    /// An empty body yields no data, so none is ever read ahead.
+    fn rewind(&mut self, _data: Bytes) {}
+}
 
 /// A request body on its way to a backend: framed by its `Content-Length` (as the head says) or
 /// in chunks, and written as far as the backend takes it whenever the exchange is polled.
@@ -249,6 +282,13 @@ pub(crate) struct Upload<B> {
     pending: BytesMut,
     /// Whether any of the body was taken (then it cannot go out again).
     touched: bool,
+    /// The data read ahead to go out with the request head (one write for a small request),
+    /// given back to the body if that write fails.
+    ahead: Option<Bytes>,
+    /// The body's end was read ahead too (the body is kept to be given back).
+    ended: bool,
+    /// The body broke while read ahead: the send loop reports it.
+    broken: Option<String>,
     state: UploadState,
 }
 
@@ -279,16 +319,76 @@ impl<B: UploadBody> Upload<B> {
             chunked,
             pending: BytesMut::new(),
             touched: false,
+            ahead: None,
+            ended: false,
+            broken: None,
             state: UploadState::Sending,
         }
     }
 
-    /// The body, if none of it was taken.
+    /// The body, if none of it was taken (with what was read ahead put back).
     fn into_untouched(self) -> Option<B> {
         if self.touched {
             return None;
         }
-        self.body
+        let mut body = self.body?;
+        if let Some(ahead) = self.ahead {
+            body.rewind(ahead);
+        }
+        Some(body)
+    }
+
+    /// Reads the data the body already has (one frame, without waiting) into `pending`, to go
+    /// out in the same write as the request head: a small request is one write, as hyper's
+    /// client made it. Nothing counts as taken until that write succeeds ([`Upload::sent_ahead`]).
+    fn read_ahead(&mut self, cx: &mut Context<'_>) {
+        let Some(body) = self.body.as_mut() else {
+            return;
+        };
+        let data = match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => return,
+            // Trailers are not forwarded; an empty frame carries nothing.
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => Some(data),
+                _ => return,
+            },
+            Poll::Ready(None) => None,
+            Poll::Ready(Some(Err(error))) => {
+                // Reported by the send loop, as if it had read it.
+                self.broken = Some(error.to_string());
+                return;
+            }
+        };
+        let end = data.is_none() || body.is_end_stream();
+        if let Some(data) = data {
+            self.encode(&data);
+            self.ahead = Some(data);
+        }
+        if end {
+            self.ended = true;
+            if self.chunked {
+                self.pending.extend_from_slice(b"0\r\n\r\n");
+            }
+        }
+    }
+
+    /// The request head and what was read ahead went out: that data (or the end) is taken now.
+    fn sent_ahead(&mut self) {
+        if self.ahead.take().is_some() || self.ended {
+            self.touched = true;
+        }
+        self.pending.clear();
+    }
+
+    fn encode(&mut self, data: &Bytes) {
+        if self.chunked {
+            // (Into the buffer, no allocation.)
+            let _ = write!(self.pending, "{:X}\r\n", data.len());
+            self.pending.extend_from_slice(data);
+            self.pending.extend_from_slice(b"\r\n");
+        } else {
+            self.pending.extend_from_slice(data);
+        }
     }
 
     /// Writes what the body has and the backend takes; `Ready(Ok)` once it went out whole.
@@ -336,6 +436,13 @@ impl<B: UploadBody> Upload<B> {
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(UploadError::Backend)),
                 Poll::Pending => return Poll::Pending,
             }
+            if let Some(reason) = self.broken.take() {
+                self.touched = true;
+                return Poll::Ready(Err(UploadError::Client(reason)));
+            }
+            if self.ended {
+                self.body = None;
+            }
             let Some(body) = self.body.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
@@ -349,14 +456,7 @@ impl<B: UploadBody> Upload<B> {
                     if data.is_empty() {
                         continue;
                     }
-                    if self.chunked {
-                        // (Into the buffer, no allocation.)
-                        let _ = write!(self.pending, "{:X}\r\n", data.len());
-                        self.pending.extend_from_slice(&data);
-                        self.pending.extend_from_slice(b"\r\n");
-                    } else {
-                        self.pending.extend_from_slice(&data);
-                    }
+                    self.encode(&data);
                 }
                 Poll::Ready(None) => {
                     self.touched = true;
@@ -1036,5 +1136,91 @@ mod tests {
         assert_eq!((out.as_slice(), state), (&b"hel"[..], Framing::Length(2)));
         let (out, state) = decode(Framing::Length(5), b"hello", 2).unwrap();
         assert_eq!((out.as_slice(), state), (&b"hello"[..], Framing::Done));
+    }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A body of data frames that are all there at once, able to take data back.
+    #[derive(Debug)]
+    struct Ready(VecDeque<Bytes>, Option<Bytes>);
+
+    impl Body for Ready {
+        type Data = Bytes;
+        type Error = String;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+            let next = self.1.take().or_else(|| self.0.pop_front());
+            Poll::Ready(next.map(|data| Ok(Frame::data(data))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.1.is_none() && self.0.is_empty()
+        }
+    }
+
+    impl UploadBody for Ready {
+        fn rewind(&mut self, data: Bytes) {
+            self.1 = Some(data);
+        }
+    }
+
+    fn body(frames: &[&'static str]) -> Ready {
+        Ready(
+            frames
+                .iter()
+                .map(|f| Bytes::from_static(f.as_bytes()))
+                .collect(),
+            None,
+        )
+    }
+
+    fn read_ahead(upload: &mut Upload<Ready>) {
+        upload.read_ahead(&mut Context::from_waker(Waker::noop()));
+    }
+
+    fn drain(mut body: Ready) -> Vec<Bytes> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+            out.push(frame.into_data().unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_small_body_goes_out_with_the_head_and_comes_back_whole_if_that_write_fails() {
+        let mut upload = Upload::new(body(&["hello"]), true);
+        read_ahead(&mut upload);
+        assert_eq!(
+            &upload.pending[..],
+            b"5\r\nhello\r\n0\r\n\r\n",
+            "data and end"
+        );
+        // The write failed: the request can go out again, its body whole.
+        let again = upload.into_untouched().expect("nothing was taken");
+        assert_eq!(drain(again), ["hello"]);
+
+        // The write succeeded: taken, and the send loop has nothing more to write.
+        let mut upload = Upload::new(body(&["hello"]), false);
+        read_ahead(&mut upload);
+        assert_eq!(&upload.pending[..], b"hello");
+        upload.sent_ahead();
+        assert!(upload.pending.is_empty());
+        assert!(upload.into_untouched().is_none(), "its data is on the wire");
+    }
+
+    #[test]
+    fn only_the_first_frame_is_read_ahead_and_the_rest_follows_in_order() {
+        let mut upload = Upload::new(body(&["ab", "cd"]), true);
+        read_ahead(&mut upload);
+        assert_eq!(&upload.pending[..], b"2\r\nab\r\n", "no end yet");
+        let again = upload.into_untouched().expect("nothing was taken");
+        assert_eq!(drain(again), ["ab", "cd"]);
     }
 }

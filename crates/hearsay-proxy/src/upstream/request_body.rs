@@ -47,6 +47,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         reading: Option<BodyReading>,
+        // Data read ahead for a write that failed, yielded again before `inner`.
+        rewound: Option<Bytes>,
     }
 }
 
@@ -55,7 +57,15 @@ impl RequestBody {
         RequestBody {
             inner,
             reading: Some(BodyReading(connection)),
+            rewound: None,
         }
+    }
+
+    /// Puts `data` back in front of what the body yields next (data read ahead of a request head
+    /// whose write failed: the request goes out again, whole).
+    pub(crate) fn rewind(&mut self, data: Bytes) {
+        debug_assert!(self.rewound.is_none());
+        self.rewound = Some(data);
     }
 }
 
@@ -68,6 +78,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
+        if let Some(data) = this.rewound.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         let result = this.inner.as_mut().poll_frame(cx);
         let finished = match &result {
             Poll::Ready(Some(Err(error))) => {
@@ -92,10 +105,20 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rewound.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let Some(rewound) = &self.rewound else {
+            return self.inner.size_hint();
+        };
+        let inner = self.inner.size_hint();
+        let extra = rewound.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + extra);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
     }
 }
