@@ -41,6 +41,8 @@ pub struct Node {
     pub address: SocketAddr,
     pub admin: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// The lines it logged until it listened.
+    pub startup_log: Vec<String>,
 }
 
 impl Node {
@@ -98,6 +100,7 @@ impl Node {
             address: address.unwrap(),
             admin: admin.unwrap(),
             log,
+            startup_log: seen,
         }
     }
 
