@@ -225,3 +225,106 @@ fn promtool_check(exposition: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A real Prometheus server scrapes the node: the target is up and a known value arrives
+/// through Prometheus' query API. Skipped, with a message, where `prometheus` is not installed.
+#[test]
+fn a_real_prometheus_scrapes_the_node() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: the prometheus server is not installed (Debian package `prometheus`)");
+        return;
+    }
+    let (backend, _slow) = start_backend();
+    let (node, metrics) = node_with_metrics(backend);
+    let mut client = TcpStream::connect(node.address).unwrap();
+    for _ in 0..3 {
+        let response = request(&mut client, "/hello");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    }
+
+    let dir = std::path::PathBuf::from(temp_data_dir());
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n\
+             scrape_configs:\n  - job_name: hearsay\n    static_configs:\n      - targets: [\"{metrics}\"]\n"
+        ),
+    )
+    .unwrap();
+    let web = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let stop = KillOnDrop(&mut prometheus, dir.clone());
+
+    let query = |expression: &str| -> Option<String> {
+        let mut stream = TcpStream::connect(web).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let head = format!(
+            "GET /api/v1/query?query={expression} HTTP/1.1\r\nHost: prometheus\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    };
+    let up = wait_for(
+        &format!(
+            "Prometheus to see the node up (its log: {})",
+            dir.join("prometheus.log").display()
+        ),
+        Duration::from_secs(60),
+        || {
+            let response = query("up")?;
+            response
+                .contains(&format!("\"instance\":\"{metrics}\""))
+                .then_some(response)
+                .filter(|response| response.contains(",\"1\"]"))
+        },
+    );
+    assert!(up.contains("\"job\":\"hearsay\""), "{up}");
+    // The value Prometheus stored is the node's count of the three requests.
+    wait_for(
+        "Prometheus to hold hearsay_requests_total = 3",
+        Duration::from_secs(30),
+        || {
+            let response = query("hearsay_requests_total%7Blistener%3D%22web%22%7D")?;
+            response.contains(",\"3\"]").then_some(())
+        },
+    );
+    drop(stop);
+    drop(client);
+}
+
+/// Kills (and reaps) the Prometheus server when the test ends, pass or fail, and removes its
+/// directory (its database) unless the test failed (its log is there).
+struct KillOnDrop<'a>(&'a mut std::process::Child, std::path::PathBuf);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+}
