@@ -485,3 +485,107 @@ fn histograms<'h, L: EncodeLabelSet>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        for (accept, format) in [
+            (None, Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("text/plain;version=0.0.4"), Format::Text),
+            (
+                Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+                Format::OpenMetrics,
+            ),
+        ] {
+            assert_eq!(Format::from_accept(accept), format, "{accept:?}");
+        }
+    }
+
+    /// A node alone (no `[cluster]`), built as the binary builds it.
+    async fn metrics() -> (Metrics, std::path::PathBuf) {
+        let data_dir = std::env::temp_dir().join(format!(
+            "hearsay-telemetry-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let config = hearsay_config::Config::parse(&format!(
+            "[node]\nid = \"t\"\ndata_dir = \"{}\"\n\
+             [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+             [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n",
+            data_dir.display()
+        ))
+        .unwrap();
+        let proxy = Proxy::new(&config).unwrap();
+        let cluster = Cluster::start(
+            Arc::clone(&proxy),
+            hearsay_cluster::ClusterOptions {
+                node_id: "t".to_owned(),
+                data_dir: data_dir.clone(),
+                admin_address: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                version: "test".to_owned(),
+                config: None,
+                file: hearsay_cluster::FileValues::of(&config),
+                transport: None,
+            },
+        )
+        .await
+        .unwrap();
+        (Metrics::new(proxy, cluster, "9.9.9"), data_dir)
+    }
+
+    #[tokio::test]
+    async fn both_formats_name_counters_as_their_readers_expect() {
+        let (metrics, data_dir) = metrics().await;
+        let text = metrics.render(Format::Text);
+        // Prometheus 0.0.4: the family is named as its samples, `_total` included.
+        assert!(
+            text.contains("# TYPE hearsay_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hearsay_requests_total{listener=\"web\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE hearsay_request_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hearsay_build_info{version=\"9.9.9\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        // Every family has its help, once.
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(helps.len(), types);
+        let mut names: Vec<&str> = helps.iter().map(|l| l.split(' ').nth(2).unwrap()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), helps.len(), "a family is exposed twice");
+        // No cluster: no gossip counters, but the node counts itself.
+        assert!(!text.contains("hearsay_gossip"), "{text}");
+        assert!(
+            text.contains("hearsay_cluster_members{state=\"alive\"} 1\n"),
+            "{text}"
+        );
+
+        // OpenMetrics: the family without `_total`, the samples with it, and the end marker.
+        let open = metrics.render(Format::OpenMetrics);
+        assert!(open.contains("# TYPE hearsay_requests counter\n"), "{open}");
+        assert!(
+            open.contains("hearsay_requests_total{listener=\"web\"} 0\n"),
+            "{open}"
+        );
+        assert!(
+            open.contains("# UNIT hearsay_request_duration_seconds seconds\n"),
+            "{open}"
+        );
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        let _ = std::fs::remove_dir_all(data_dir);
+    }
+}

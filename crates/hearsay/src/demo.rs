@@ -292,8 +292,8 @@ fn announce(nodes: &[DemoNode], gossip: &[SocketAddr], key: &Path, backend_list:
     }
     let first = &nodes[0];
     crate::output::stdout(&format!(
-        "try: curl -i http://{}/hello\n     grpcurl -plaintext {} hearsay.admin.v1.Admin/ListMembers\n(Ctrl-C stops every node gracefully)\n",
-        first.listen, first.admin
+        "try: curl -i http://{}/hello\n     grpcurl -plaintext {} hearsay.admin.v1.Admin/ListMembers\n     curl -s http://{}/metrics\n(Ctrl-C stops every node gracefully)\n",
+        first.listen, first.admin, first.metrics
     ));
 }
 
