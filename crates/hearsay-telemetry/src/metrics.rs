@@ -487,7 +487,7 @@ fn histograms<'h, L: EncodeLabelSet>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -505,8 +505,8 @@ mod tests {
         }
     }
 
-    /// A node alone (no `[cluster]`), built as the binary builds it.
-    async fn metrics() -> (Metrics, std::path::PathBuf) {
+    /// A node alone (no `[cluster]`), built as the binary builds it, and its data directory.
+    pub(crate) async fn metrics() -> (Metrics, std::path::PathBuf) {
         let data_dir = std::env::temp_dir().join(format!(
             "hearsay-telemetry-test-{}-{:?}",
             std::process::id(),
