@@ -286,7 +286,7 @@ impl NodeCollector {
         histograms(
             encoder,
             "upstream_response_duration",
-            "From sending a request to a backend to its response head, per answered attempt.",
+            "From picking a backend to its response head (a new connection's connect included), per answered attempt.",
             upstream
                 .iter()
                 .map(|(labels, histogram)| (*labels, histogram)),
