@@ -195,9 +195,9 @@ fn a_node_that_cannot_bind_says_why() {
 #[test]
 fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
     // Ports below the ephemeral range, all checked free: listeners base..+2, admin +3..+5,
-    // gossip (UDP) and backends (TCP) +6..+8.
+    // gossip (UDP) and backends (TCP) +6..+8, metrics +9..+11.
     let free = |base: u16| {
-        (0..9).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        (0..12).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
             && (6..9).all(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i)).is_ok())
     };
     let base = (0..500)
@@ -211,6 +211,7 @@ fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
         .args(["--listen-port", &base.to_string()])
         .args(["--admin-port", &(base + 3).to_string()])
         .args(["--gossip-port", &(base + 6).to_string()])
+        .args(["--metrics-port", &(base + 9).to_string()])
         .args(["--backend-port", &(base + 6).to_string()])
         .args(["--data-dir", &data])
         .stdout(std::process::Stdio::piped())
@@ -255,6 +256,36 @@ fn the_demo_runs_a_local_cluster_and_stops_on_sigint() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(members.contains("\"nodeId\": \"n3\""), "{members}");
+    // Each node serves its metrics on its own port: the third sees the whole cluster and the
+    // sealed gossip that formed it.
+    let metrics = loop {
+        let mut stream = TcpStream::connect(("127.0.0.1", base + 11)).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /metrics HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        if text.contains("hearsay_cluster_members{state=\"alive\"} 3") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3's metrics never showed 3 members:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let received: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("hearsay_gossip_received_bytes_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gossip byte counter in:\n{metrics}"));
+    assert!(received > 0, "{metrics}");
+    assert!(
+        metrics.contains("hearsay_gossip_dropped_datagrams_total{reason=\"forged\"} 0"),
+        "{metrics}"
+    );
     send_signal(&child, "-INT");
     let status = wait_exit(&mut child, Duration::from_secs(20));
     assert!(status.success(), "{status}");

@@ -991,9 +991,11 @@ impl Cluster {
                 std::cmp::Reverse(info.id),
             )
         });
-        for connection in mine.iter().take(trim.share as usize) {
+        let closing = mine.len().min(trim.share as usize);
+        for connection in &mine[..closing] {
             connection.request_close(hearsay_proxy::CloseReason::OverLimit);
         }
+        listener.stats.on_trim(closing as u64);
         tracing::info!(listener = %listener.name, client = %trim.client, limit = trim.limit, closed = trim.share.min(mine.len() as u32), holders = ?trim.holders, "client over its cluster-wide cap: closing this node's share of the surplus");
         gossip
             .trimmed

@@ -372,4 +372,7 @@ async fn a_client_over_its_cap_after_a_partition_loses_the_surplus_once() {
         tokio::time::sleep(GOSSIP_INTERVAL).await;
     }
     assert_eq!((count(&a), count(&b)), (2, 2));
+    // Each node counted the one connection it trimmed (what the metrics expose).
+    let trimmed = |node: &Node| node.proxy.listener("web").unwrap().stats.trimmed();
+    assert_eq!((trimmed(&a), trimmed(&b)), (1, 1));
 }

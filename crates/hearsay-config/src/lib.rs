@@ -47,6 +47,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub runtime: RuntimeConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
     /// Gossip with other nodes; `None` = a single node on its own.
@@ -77,6 +78,14 @@ pub struct AdminConfig {
     pub insecure: bool,
     /// TLS for the admin API (and mTLS with `client_ca`).
     pub tls: Option<AdminTls>,
+}
+
+/// What the node tells monitoring systems.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Where `GET /metrics` (Prometheus text exposition) is served; `None` = not served (the
+    /// default, so several nodes on one host do not collide).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The admin API's certificate, and the CA its clients' certificates must be signed by.

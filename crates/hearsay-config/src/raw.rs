@@ -131,6 +131,12 @@ pub(crate) struct RawAdminTls {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RawCluster {
     pub listen: Option<String>,
     pub advertise: Option<String>,

@@ -1072,3 +1072,60 @@ fn a_pool_that_does_not_verify_its_backends_is_warned_about() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn metrics_are_off_unless_an_address_is_set() {
+    let config = Config::parse(&with_listener("")).unwrap();
+    assert_eq!(config.telemetry.metrics_listen, None);
+    let on = format!(
+        "[telemetry]\nmetrics_listen = \"127.0.0.1:9464\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        Config::parse(&on).unwrap().telemetry.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+}
+
+#[test]
+fn bad_metrics_addresses_are_reported() {
+    let bad = format!(
+        "[telemetry]\nmetrics_listen = \"localhost\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        problems(&bad),
+        [
+            "telemetry.metrics_listen: \"localhost\" is not an address; write it as IP:port, e.g. \
+          \"127.0.0.1:9090\" (leave it out to serve no metrics)"
+        ]
+    );
+    let unknown = format!(
+        "[telemetry]\nmetrics = \"127.0.0.1:1\"\n{}",
+        with_listener("")
+    );
+    assert!(problems(&unknown)
+        .iter()
+        .any(|p| p.starts_with("telemetry: unknown field `metrics`")));
+    // The admin API's port, and a listener's port on the wildcard address.
+    let clash = format!(
+        "[admin]\nlisten = \"127.0.0.1:9100\"\n[telemetry]\nmetrics_listen = \"0.0.0.0:9100\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        problems(&clash),
+        [
+            "telemetry.metrics_listen: 0.0.0.0:9100 is the admin API's address (admin.listen = \
+          127.0.0.1:9100); pick another port"
+        ]
+    );
+    let listener = format!(
+        "[telemetry]\nmetrics_listen = \"127.0.0.1:8080\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        problems(&listener),
+        ["telemetry.metrics_listen: 127.0.0.1:8080 is listener[0]'s address (listener[0].bind = \
+          127.0.0.1:8080); pick another port"]
+    );
+}

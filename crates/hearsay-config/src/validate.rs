@@ -12,20 +12,28 @@ use crate::excerpt::{bounded, excerpt, quote, MESSAGE_LIMIT, QUOTE_LIMIT};
 use crate::file::{read_regular_file, SECRET_FILE_LIMIT};
 use crate::raw::{
     RawAdmin, RawAdminTls, RawBackend, RawCluster, RawHealthCheck, RawListener, RawNode,
-    RawOutlier, RawPool, RawPoolTls, RawRuntime, RawSecret, RawTcpKeepalive,
+    RawOutlier, RawPool, RawPoolTls, RawRuntime, RawSecret, RawTcpKeepalive, RawTelemetry,
 };
 use crate::{
     format_duration, host_name, AdminConfig, AdminTls, Algorithm, BackendConfig,
     BackendStateConfig, ClusterConfig, Config, ConfigError, HealthCheckConfig, HealthCheckKind,
     IpNet, ListenerConfig, ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction,
-    PoolConfig, PoolTls, Problem, RuntimeConfig, TcpKeepalive, DEFAULT_ADMIN_LISTEN,
-    DEFAULT_BODY_TIMEOUT, DEFAULT_CLOSE_SPREAD, DEFAULT_FAILURE_THRESHOLD, DEFAULT_GOSSIP_INTERVAL,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_HEADER_SIZE,
-    DEFAULT_PUBLISHED_CLIENTS, DEFAULT_SHUTDOWN_GRACE, MAX_KEEPALIVE_TIMEOUT,
-    MAX_PUBLISHED_CLIENTS, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
+    PoolConfig, PoolTls, Problem, RuntimeConfig, TcpKeepalive, TelemetryConfig,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CLOSE_SPREAD, DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_GOSSIP_INTERVAL, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_PUBLISHED_CLIENTS, DEFAULT_SHUTDOWN_GRACE,
+    MAX_KEEPALIVE_TIMEOUT, MAX_PUBLISHED_CLIENTS, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
 };
 
-const KNOWN_SECTIONS: &[&str] = &["node", "runtime", "admin", "cluster", "listener", "pool"];
+const KNOWN_SECTIONS: &[&str] = &[
+    "node",
+    "runtime",
+    "admin",
+    "telemetry",
+    "cluster",
+    "listener",
+    "pool",
+];
 const OVER_LIMIT_ACTIONS: &str = "\"http_429\" or \"close\"";
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -202,6 +210,12 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
         .unwrap_or_default();
     let admin = admin(&mut checker, raw_admin);
 
+    let raw_telemetry: RawTelemetry = table
+        .remove("telemetry")
+        .and_then(|value| checker.decode("telemetry", value))
+        .unwrap_or_default();
+    let telemetry = telemetry(&mut checker, raw_telemetry);
+
     let cluster = table
         .remove("cluster")
         .and_then(|value| checker.decode::<RawCluster>("cluster", value))
@@ -240,12 +254,14 @@ pub(crate) fn validate(mut table: toml::Table) -> Result<Config, ConfigError> {
         .collect();
 
     cross_check(&mut checker, &listeners, &pools, &undecoded_pools);
+    check_metrics_listen(&mut checker, &telemetry, &admin, &listeners);
 
     if checker.problems.is_empty() {
         Ok(Config {
             node,
             runtime,
             admin,
+            telemetry,
             listeners: listeners
                 .into_iter()
                 .map(|(_, listener)| listener)
@@ -387,6 +403,64 @@ fn admin(checker: &mut Checker, raw: RawAdmin) -> AdminConfig {
         token,
         insecure,
         tls,
+    }
+}
+
+/// `[telemetry]`: where the metrics are served, if anywhere.
+fn telemetry(checker: &mut Checker, raw: RawTelemetry) -> TelemetryConfig {
+    let metrics_listen = raw.metrics_listen.and_then(|text| {
+        text.trim().parse().ok().or_else(|| {
+            checker.problem(
+                "telemetry.metrics_listen",
+                format!(
+                    "{} is not an address; write it as IP:port, e.g. \"127.0.0.1:9090\" (leave it \
+                     out to serve no metrics)",
+                    quote(&text)
+                ),
+            );
+            None
+        })
+    });
+    TelemetryConfig { metrics_listen }
+}
+
+/// The metrics address must not be a port the node already binds for TCP (the admin API or a
+/// listener): the second bind would fail at start.
+fn check_metrics_listen(
+    checker: &mut Checker,
+    telemetry: &TelemetryConfig,
+    admin: &AdminConfig,
+    listeners: &[(String, ListenerConfig)],
+) {
+    let Some(metrics) = telemetry.metrics_listen else {
+        return;
+    };
+    let clash = |other: SocketAddr| {
+        metrics.port() != 0
+            && metrics.port() == other.port()
+            && (metrics.ip() == other.ip()
+                || metrics.ip().is_unspecified()
+                || other.ip().is_unspecified())
+    };
+    if clash(admin.listen) {
+        checker.problem(
+            "telemetry.metrics_listen",
+            format!(
+                "{metrics} is the admin API's address (admin.listen = {}); pick another port",
+                admin.listen
+            ),
+        );
+    }
+    for (path, listener) in listeners {
+        if clash(listener.bind) {
+            checker.problem(
+                "telemetry.metrics_listen",
+                format!(
+                    "{metrics} is {path}'s address ({path}.bind = {}); pick another port",
+                    listener.bind
+                ),
+            );
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod body;
 mod connection;
 pub mod error;
 pub mod headers;
+pub mod histogram;
 mod io;
 mod listener;
 mod log_limit;
@@ -18,9 +19,11 @@ pub mod upstream;
 
 pub use admission::{ClientKey, ClientTable};
 pub use error::{ForwardError, ProxyError};
+pub use histogram::{HistogramSnapshot, LatencyHistogram};
 pub use listener::{Listener, SettingsUpdate, UpdateError};
 pub use registry::{
-    CloseReason, Connection, ConnectionInfo, ConnectionState, Registry, StatsSnapshot,
+    CloseReason, Connection, ConnectionInfo, ConnectionState, ListenerStats, Registry,
+    StatsSnapshot, STATUS_CLASSES,
 };
 pub use server::Proxy;
 pub use upstream::{

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::histogram::{HistogramSnapshot, LatencyHistogram};
+
 const SHARDS: usize = 16;
 
 /// Why a connection ended.
@@ -90,6 +92,22 @@ pub struct ListenerStats {
     /// Connections waiting on their bare socket now.
     parked_now: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
+    /// Connections refused at accept over the per-client limit (also closed as `OverLimit`).
+    refused: AtomicU64,
+    /// Open connections the cluster asked to close because their client was over its
+    /// cluster-wide cap (the surplus trim).
+    trimmed: AtomicU64,
+    /// Answered requests by status class (1xx..5xx), each a histogram of request durations: from
+    /// the first byte of the request head to the end of the response (written or abandoned).
+    responses: [LatencyHistogram; STATUS_CLASSES.len()],
+}
+
+/// The status classes responses are counted by, in [`ListenerStats::responses`]'s order.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index in [`STATUS_CLASSES`] of a status code.
+pub(crate) fn status_class(status: http::StatusCode) -> u8 {
+    ((status.as_u16() / 100).clamp(1, 5) - 1) as u8
 }
 
 /// A point-in-time copy of [`ListenerStats`].
@@ -123,6 +141,41 @@ impl ListenerStats {
 
     pub(crate) fn on_close(&self, reason: CloseReason) {
         self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection refused at accept over the per-client limit.
+    pub(crate) fn on_refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.on_close(CloseReason::OverLimit);
+    }
+
+    /// The cluster asked `count` connections to close in a surplus trim.
+    pub fn on_trim(&self, count: u64) {
+        self.trimmed.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// A response of status class `class` (index in [`STATUS_CLASSES`]) ended `nanos` after
+    /// its request began.
+    pub(crate) fn on_response(&self, class: u8, nanos: u64) {
+        if let Some(histogram) = self.responses.get(usize::from(class)) {
+            histogram.observe(nanos);
+        }
+    }
+
+    /// Connections refused at accept over the per-client limit since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed by surplus trims since start.
+    pub fn trimmed(&self) -> u64 {
+        self.trimmed.load(Ordering::Relaxed)
+    }
+
+    /// Request durations of the answered requests of each status class, in
+    /// [`STATUS_CLASSES`]' order.
+    pub fn responses(&self) -> [HistogramSnapshot; STATUS_CLASSES.len()] {
+        std::array::from_fn(|class| self.responses[class].snapshot())
     }
 
     /// Connections open now.
@@ -384,7 +437,8 @@ impl Connection {
         }
     }
 
-    pub(crate) fn request_finished(&self) {
+    /// Ends a request; returns the time it ended (`now_nanos`).
+    pub(crate) fn request_finished(&self) -> u64 {
         let now = now_nanos();
         self.body_reading.store(false, Ordering::Relaxed);
         self.last_write.store(now, Ordering::Relaxed);
@@ -397,6 +451,17 @@ impl Connection {
         let idle_deadline = now.saturating_add(self.idle_hint.load(Ordering::Relaxed));
         if self.armed.load(Ordering::Acquire) > idle_deadline {
             self.wake.notify_one();
+        }
+        now
+    }
+
+    /// When the request about to start began: the first byte of its head, or (for a head that
+    /// arrived while the previous request was in flight) the last read. Read before
+    /// [`Connection::request_started`] clears it.
+    pub(crate) fn request_began(&self) -> u64 {
+        match self.head_started.load(Ordering::Relaxed) {
+            0 => self.last_read.load(Ordering::Relaxed),
+            started => started,
         }
     }
 

@@ -254,7 +254,7 @@ impl Proxy {
                 .map(|limit| limit.saturating_sub(listener.remote_count(&key)))
         };
         let Some(admission) = listener.clients.try_admit(key, limit) else {
-            listener.stats.on_close(CloseReason::OverLimit);
+            listener.stats.on_refuse();
             tracing::debug!(listener = %listener.name, client = %peer, key = %key, "connection refused: over limit");
             if settings.over_limit == OverLimitAction::Http429 {
                 self.refuse(stream);

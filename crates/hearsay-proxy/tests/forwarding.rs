@@ -4,6 +4,7 @@
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -591,5 +592,64 @@ async fn an_upload_keeps_flowing_while_the_backend_streams_its_answer() {
         read_until(&mut client, &mut received, b"\r\n0\r\n\r\n").await,
         "the answer ended: {:?}",
         String::from_utf8_lossy(&received)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_counted_by_status_class_with_their_durations() {
+    let backend = Backend::start("b1").await;
+    let proxy = TestProxy::start("", &[backend.address], "").await;
+    let mut client = Client::connect(proxy.address).await;
+    assert_eq!(client.get("/slow?ms=300").await.status, 200);
+    assert_eq!(client.get("/status?code=404").await.status, 404);
+    assert_eq!(client.get("/status?code=503").await.status, 503);
+    let listener = Arc::clone(proxy.proxy.listener("web").unwrap());
+    let classes = || listener.stats.responses().map(|histogram| histogram.count);
+    // Counted when hyper is done with the response, just after the client has read it.
+    assert!(
+        wait_until(Duration::from_secs(5), || classes() == [0, 1, 0, 1, 1]).await,
+        "{:?}",
+        classes()
+    );
+    let ok = &listener.stats.responses()[1];
+    assert!(ok.sum_seconds >= 0.3 && ok.sum_seconds < 10.0, "{ok:?}");
+    let at_most_quarter_second: u64 = ok
+        .buckets
+        .iter()
+        .filter(|(bound, _)| *bound <= 0.25)
+        .map(|(_, count)| count)
+        .sum();
+    assert_eq!(
+        at_most_quarter_second, 0,
+        "the slow response is over 0.25 s: {ok:?}"
+    );
+
+    // The pool saw three answers, one of them after at least 0.3 s.
+    let upstream = listener.pool.stats.upstream_response.snapshot();
+    assert_eq!(upstream.count, 3, "{upstream:?}");
+    assert!(upstream.sum_seconds >= 0.3, "{upstream:?}");
+    let over_quarter_second: u64 = upstream
+        .buckets
+        .iter()
+        .filter(|(bound, _)| *bound > 0.25)
+        .map(|(_, count)| count)
+        .sum();
+    assert!(over_quarter_second >= 1, "{upstream:?}");
+
+    // A backend that is gone: the proxy's own 502 is a 5xx; no upstream answer is timed.
+    let gone = TestProxy::start("", &[closed_port().await], "").await;
+    let mut client = Client::connect(gone.address).await;
+    assert_eq!(client.get("/").await.status, 502);
+    let gone_listener = Arc::clone(gone.proxy.listener("web").unwrap());
+    assert!(
+        wait_until(Duration::from_secs(5), || gone_listener.stats.responses()
+            [4]
+        .count
+            == 1)
+        .await
+    );
+    assert_eq!(
+        gone_listener.pool.stats.upstream_response.snapshot().count,
+        0
     );
 }

@@ -28,6 +28,9 @@ async fn the_connection_over_the_limit_gets_429_and_capacity_returns_on_close() 
     assert!(response.text().contains("too many"), "{}", response.text());
     assert!(refused.wait_closed(Duration::from_secs(2)).await.is_some());
     assert_eq!(proxy.stats().closed(CloseReason::OverLimit), 1);
+    let listener = proxy.proxy.listener("web").unwrap();
+    assert_eq!(listener.stats.refused(), 1, "counted as refused at accept");
+    assert_eq!(listener.stats.trimmed(), 0);
     assert_eq!(
         backend.requests.load(std::sync::atomic::Ordering::SeqCst),
         3,
@@ -64,6 +67,7 @@ async fn over_limit_close_drops_the_connection_without_an_answer() {
         "closed with no response"
     );
     assert_eq!(proxy.stats().closed(CloseReason::OverLimit), 1);
+    assert_eq!(proxy.proxy.listener("web").unwrap().stats.refused(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

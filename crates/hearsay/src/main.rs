@@ -137,6 +137,12 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("cannot bind the admin API on {}", config.admin.listen))?;
+        let metrics_socket = match config.telemetry.metrics_listen {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| {
+                format!("cannot bind the metrics endpoint on {address} (telemetry.metrics_listen)")
+            })?),
+            None => None,
+        };
         let bound = proxy.bind()?;
         let admin_address = admin_socket.local_addr()?;
         let cluster = hearsay_cluster::Cluster::start(
@@ -188,6 +194,20 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             client_certificates = config.admin.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
             "admin API listening"
         );
+        let stop_metrics = tokio_util::sync::CancellationToken::new();
+        let metrics = match metrics_socket {
+            Some(socket) => {
+                let address = socket.local_addr()?;
+                let metrics = Arc::new(hearsay_telemetry::Metrics::new(
+                    Arc::clone(&proxy),
+                    Arc::clone(&cluster),
+                    env!("CARGO_PKG_VERSION"),
+                ));
+                tracing::info!(address = %address, path = "/metrics", "metrics endpoint listening");
+                Some(tokio::spawn(hearsay_telemetry::serve(socket, metrics, stop_metrics.clone())))
+            }
+            None => None,
+        };
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), connection_budget = proxy.connection_budget(), "node started");
         tokio::select! {
             () = signals.stop() => {}
@@ -201,7 +221,8 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             }
         }
         // Order: announce draining by gossip, stop accepting and drain the data plane, stop the
-        // admin API (operators can watch the drain through it), then leave the cluster.
+        // admin API and the metrics endpoint (operators can watch the drain through them), then
+        // leave the cluster.
         cluster.set_ready(false);
         cluster.set_draining().await;
         proxy.shutdown(config.node.shutdown_grace).await;
@@ -214,6 +235,11 @@ fn run_node(config: Config) -> anyhow::Result<()> {
                 tracing::info!(grace = ?ADMIN_SHUTDOWN_GRACE, "admin clients still connected; closing them");
                 admin.abort();
             }
+        }
+        // The metrics stay up through the drain (a dashboard sees it), like the admin API.
+        stop_metrics.cancel();
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
         }
         cluster.leave().await;
         tracing::info!(node = %config.node.id, "node stopped");

@@ -26,8 +26,9 @@ pub(super) async fn handle(
     listener: Arc<Listener>,
     draining: bool,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let began = connection.request_began();
     let served = connection.request_started(!request.body().is_end_stream());
-    let in_flight = InFlight(Arc::clone(&connection));
+    let mut in_flight = InFlight::new(Arc::clone(&connection), began);
     let settings = listener.settings();
     connection
         .idle_hint
@@ -111,6 +112,7 @@ pub(super) async fn handle(
         None
     };
     frame_response(&mut parts, version, persistence, keep_alive);
+    in_flight.answered(parts.status);
     Ok(Response::from_parts(
         parts,
         ResponseBody::new(body, in_flight),

@@ -45,6 +45,9 @@ pub struct PoolStats {
     /// Times the selection structures (ring, weights) were built: once at start and once per
     /// change of the backend set (added, removed, weight changed), never per request.
     pub selection_rebuilds: AtomicU64,
+    /// Time from picking a backend to its response head (a new connection's connect included),
+    /// per answered attempt.
+    pub upstream_response: crate::histogram::LatencyHistogram,
 }
 
 /// A named set of backends with its balancer and health policy.
