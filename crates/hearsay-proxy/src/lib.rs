@@ -14,6 +14,7 @@ mod listener;
 mod log_limit;
 pub mod registry;
 mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use admission::{ClientKey, ClientTable};
@@ -23,6 +24,7 @@ pub use registry::{
     CloseReason, Connection, ConnectionInfo, ConnectionState, Registry, StatsSnapshot,
 };
 pub use server::Proxy;
+pub use tls::{ListenerTls, ReloadCause};
 pub use upstream::{
     Backend, BackendHealth, BackendState, HealthSnapshot, Pool, PoolError, PoolStats,
 };
