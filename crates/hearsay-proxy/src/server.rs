@@ -383,8 +383,20 @@ impl Proxy {
         Arc<str>,
         Result<Arc<hearsay_tls::CertificateSet>, hearsay_tls::TlsError>,
     )> {
+        self.reload_certificates_of(None)
+    }
+
+    /// [`Proxy::reload_certificates`] for the HTTPS listener named `only` (none: every one).
+    pub fn reload_certificates_of(
+        &self,
+        only: Option<&str>,
+    ) -> Vec<(
+        Arc<str>,
+        Result<Arc<hearsay_tls::CertificateSet>, hearsay_tls::TlsError>,
+    )> {
         self.listeners
             .iter()
+            .filter(|listener| only.is_none_or(|name| *listener.name == *name))
             .filter_map(|listener| {
                 let tls = listener.tls.as_ref()?;
                 let result = tls.reload();

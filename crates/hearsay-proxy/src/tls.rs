@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hearsay_tls::{CertificateSet, ListenerCertificates, TlsError};
+use hearsay_tls::ListenerCertificates;
+pub use hearsay_tls::{CertificateSet, TlsError};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
