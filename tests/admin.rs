@@ -981,3 +981,72 @@ fn tls_admin_api_with_client_ca_requires_a_client_certificate_it_signed() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
 }
+
+#[test]
+fn certificates_are_shown_and_reloaded_with_a_bad_file_named() {
+    use hearsay_testkit::tls::{Scratch, TestCa};
+    let ca = TestCa::new("hearsay admin e2e CA");
+    let scratch = Scratch::new("e2e-admin-certificates");
+    let (cert, key) = ca.write_leaf(&scratch.dir, "site", &["site.example.com"]);
+    let (other_cert, other_key) = ca.write_leaf(&scratch.dir, "other", &["other.example.com"]);
+    let (backend, _) = start_backend();
+    let node = start_node(
+        &[backend],
+        &format!(
+            "tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let fingerprint = |path: &std::path::Path| {
+        let output = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(path)
+            .output()
+            .expect("openssl runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.trim().split('=').nth(1).unwrap().to_owned()
+    };
+    let old = fingerprint(&cert);
+
+    let shown = call(node.admin, "GetNode", "{}").json();
+    for expected in [
+        "\"listener\": \"web\"",
+        "\"site.example.com\"",
+        "CN=hearsay admin e2e CA",
+        "\"notAfter\"",
+        &old,
+        &cert.display().to_string(),
+    ] {
+        assert!(
+            shown.contains(expected),
+            "GetNode lacks {expected}: {shown}"
+        );
+    }
+    let listed = call(node.admin, "ListListeners", "{}").json();
+    assert!(listed.contains(&old), "{listed}");
+
+    // New files in place: the reload answers with what serves now.
+    std::fs::copy(&other_cert, &cert).unwrap();
+    std::fs::copy(&other_key, &key).unwrap();
+    let new = fingerprint(&cert);
+    let reloaded = call(node.admin, "ReloadCertificates", "{}").json();
+    assert!(
+        reloaded.contains(&new) && !reloaded.contains(&old),
+        "{reloaded}"
+    );
+    assert!(call(node.admin, "GetListener", "{\"name\": \"web\"}")
+        .json()
+        .contains(&new));
+
+    // A key that does not match: refused, naming the file; the certificate in service stays.
+    ca.write_leaf(&scratch.dir, "third", &["third.example.com"]);
+    std::fs::copy(scratch.path("third.key"), &key).unwrap();
+    let error = call(node.admin, "ReloadCertificates", "{\"listener\": \"web\"}").error();
+    assert!(error.contains("FailedPrecondition"), "{error}");
+    assert!(error.contains(&key.display().to_string()), "{error}");
+    assert!(call(node.admin, "GetNode", "{}").json().contains(&new));
+    // A plain listener or an unknown one has nothing to reload.
+    let error = call(node.admin, "ReloadCertificates", "{\"listener\": \"nope\"}").error();
+    assert!(error.contains("NotFound"), "{error}");
+}

@@ -20,6 +20,9 @@ pub enum AdminError {
     },
     #[error("{0}")]
     AlreadyExists(String),
+    /// A certificate reload refused a bad file (the certificates in service stay).
+    #[error("{0}")]
+    CertificatesRefused(String),
 }
 
 impl AdminError {
@@ -72,6 +75,7 @@ impl From<AdminError> for Status {
             }
             AdminError::VersionConflict { .. } => Status::failed_precondition(message),
             AdminError::AlreadyExists(_) => Status::already_exists(message),
+            AdminError::CertificatesRefused(_) => Status::failed_precondition(message),
         }
     }
 }

@@ -221,6 +221,35 @@ fn listener_to_proto(listener: &Listener) -> pb::Listener {
         settings: Some(settings_to_proto(&listener.settings())),
         version: listener.version(),
         origins: Vec::new(),
+        tls: listener
+            .tls
+            .as_ref()
+            .map(|tls| certificates_to_proto(&listener.name, &tls.certificates())),
+    }
+}
+
+/// The certificates a listener serves, as an operator tells them apart.
+fn certificates_to_proto(
+    listener: &str,
+    set: &hearsay_proxy::tls::CertificateSet,
+) -> pb::ListenerCertificates {
+    pb::ListenerCertificates {
+        listener: listener.to_owned(),
+        certificates: set
+            .certificates()
+            .iter()
+            .map(|certificate| pb::Certificate {
+                cert_file: certificate.files.cert.display().to_string(),
+                key_file: certificate.files.key.display().to_string(),
+                subject: certificate.info.subject.clone(),
+                names: certificate.info.names.clone(),
+                issuer: certificate.info.issuer.clone(),
+                not_before: Some(to_timestamp(certificate.info.not_before)),
+                not_after: Some(to_timestamp(certificate.info.not_after)),
+                sha256: certificate.info.sha256.clone(),
+            })
+            .collect(),
+        sni_strict: set.is_strict(),
     }
 }
 
@@ -462,6 +491,15 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|l| l.name.to_string())
                 .collect(),
             admin_address: self.node.admin_address.to_string(),
+            certificates: self
+                .proxy
+                .listeners()
+                .iter()
+                .filter_map(|listener| {
+                    let tls = listener.tls.as_ref()?;
+                    Some(certificates_to_proto(&listener.name, &tls.certificates()))
+                })
+                .collect(),
             gossip_address: self
                 .cluster
                 .gossip_address()
@@ -560,6 +598,44 @@ impl pb::admin_server::Admin for AdminService {
         }
         tracing::info!(who = %who, listener = %listener.name, version = update.version, "listener reset to the config file");
         Ok(Response::new(self.listener_to_proto(listener)))
+    }
+
+    async fn reload_certificates(
+        &self,
+        request: Request<pb::ReloadCertificatesRequest>,
+    ) -> Reply<pb::ReloadCertificatesResponse> {
+        let who = caller(&request);
+        let name = &request.get_ref().listener;
+        let only = if name.is_empty() {
+            None
+        } else {
+            let listener = self.listener(name)?;
+            if listener.tls.is_none() {
+                return Err(AdminError::invalid(
+                    "listener",
+                    format!("{name} has no TLS (no certificates to reload)"),
+                )
+                .into());
+            }
+            Some(name.as_str())
+        };
+        tracing::info!(who = %who, listener = %name, "certificate reload requested");
+        let mut reloaded = Vec::new();
+        let mut refused = Vec::new();
+        for (listener, result) in self.proxy.reload_certificates_of(only) {
+            match result {
+                Ok(set) => reloaded.push(certificates_to_proto(&listener, &set)),
+                Err(error) => refused.push(format!(
+                    "listener {listener}: {error} (its certificates in service stay)"
+                )),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(AdminError::CertificatesRefused(refused.join("; ")).into());
+        }
+        Ok(Response::new(pb::ReloadCertificatesResponse {
+            listeners: reloaded,
+        }))
     }
 
     async fn list_pools(

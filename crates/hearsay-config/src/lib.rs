@@ -187,6 +187,18 @@ pub struct ListenerConfig {
     /// Largest request head accepted, in bytes (fixed at start; a larger head gets 431).
     pub max_request_header_size: usize,
     pub settings: ListenerSettings,
+    /// HTTPS: the certificates and versions (fixed at start; the files are re-read on reload).
+    pub tls: Option<ListenerTls>,
+}
+
+/// An HTTPS listener's TLS: its certificates (chosen by SNI, the first one the default), whether
+/// a client without a matching name is refused, and the lowest version accepted. The files were
+/// read and checked when the config was loaded; the proxy reads them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub certificates: Vec<hearsay_tls::CertificateFiles>,
+    pub sni_strict: bool,
+    pub min_version: hearsay_tls::MinVersion,
 }
 
 /// The part of a listener that can change at runtime. Open connections follow the current value.

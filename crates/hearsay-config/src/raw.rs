@@ -36,6 +36,23 @@ pub(crate) struct RawListener {
     pub over_limit: Option<String>,
     pub limit_exempt: Option<Vec<String>>,
     pub max_request_header_size: Option<i64>,
+    pub tls: Option<RawListenerTls>,
+}
+
+/// `[[listener]] tls = { certificates = [...], sni_strict, min_version }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub certificates: Option<Vec<RawCertificateFiles>>,
+    pub sni_strict: Option<bool>,
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificateFiles {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1129,3 +1129,96 @@ fn bad_metrics_addresses_are_reported() {
           127.0.0.1:8080); pick another port"]
     );
 }
+
+#[test]
+fn listener_tls_files_are_read_and_checked() {
+    let files = TlsFiles::new("listener");
+    let good = format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        files.path("admin.crt"),
+        files.path("admin.key")
+    );
+    let config = |tls: &str| with_listener(&format!("tls = {{ {tls} }}"));
+
+    let parsed = Config::parse(&config(&format!("certificates = [{good}]"))).unwrap();
+    let tls = parsed.listeners[0].tls.clone().unwrap();
+    assert_eq!(tls.certificates.len(), 1);
+    assert_eq!(
+        tls.certificates[0].cert,
+        PathBuf::from(files.path("admin.crt"))
+    );
+    assert!(!tls.sni_strict);
+    assert_eq!(tls.min_version, hearsay_tls::MinVersion::Tls12);
+    let parsed = Config::parse(&config(&format!(
+        "certificates = [{good}, {good}], sni_strict = true, min_version = \"1.3\""
+    )))
+    .unwrap();
+    let tls = parsed.listeners[0].tls.clone().unwrap();
+    assert_eq!(tls.certificates.len(), 2);
+    assert!(tls.sni_strict);
+    assert_eq!(tls.min_version, hearsay_tls::MinVersion::Tls13);
+    // A listener without `tls` stays plain HTTP.
+    assert_eq!(
+        Config::parse(&with_listener("")).unwrap().listeners[0].tls,
+        None
+    );
+
+    // Every bad certificate is reported with its place and its file.
+    let mismatch = format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        files.path("admin.crt"),
+        files.path("other.key")
+    );
+    let missing = format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        files.path("missing.crt"),
+        files.path("admin.key")
+    );
+    let found = problems(&config(&format!(
+        "certificates = [{good}, {mismatch}, {missing}]"
+    )));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(
+        found[0],
+        format!(
+            "listener[0].tls.certificates[1]: {}: the key does not belong to the certificate in {}",
+            files.path("other.key"),
+            files.path("admin.crt")
+        )
+    );
+    assert!(
+        found[1].starts_with(&format!(
+            "listener[0].tls.certificates[2]: cannot read {}: ",
+            files.path("missing.crt")
+        )),
+        "{found:?}"
+    );
+    let found = problems(&config(&format!(
+        "certificates = [{good}], min_version = \"1.1\""
+    )));
+    assert_eq!(
+        found,
+        ["listener[0].tls.min_version: \"1.1\" is not a TLS version hearsay accepts as the minimum; allowed: \"1.2\" or \"1.3\""]
+    );
+    let found = problems(&config("certificates = []"));
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].starts_with("listener[0].tls.certificates: needs at least one certificate"),
+        "{found:?}"
+    );
+    let found = problems(&config(&format!(
+        "certificates = [{{ cert = \"{}\" }}]",
+        files.path("admin.crt")
+    )));
+    assert_eq!(
+        found,
+        ["listener[0].tls.certificates[0]: needs both cert (PEM certificate chain file) and key (PEM private key file)"]
+    );
+    let found = problems(&config(&format!(
+        "certificates = [{good}], ciphers = \"weak\""
+    )));
+    assert!(
+        found.len() == 1 && found[0].starts_with("listener[0]"),
+        "{found:?}"
+    );
+}

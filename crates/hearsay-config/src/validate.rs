@@ -11,14 +11,14 @@ use serde::Deserialize;
 use crate::excerpt::{bounded, excerpt, quote, MESSAGE_LIMIT, QUOTE_LIMIT};
 use crate::file::{read_regular_file, SECRET_FILE_LIMIT};
 use crate::raw::{
-    RawAdmin, RawAdminTls, RawBackend, RawCluster, RawHealthCheck, RawListener, RawNode,
-    RawOutlier, RawPool, RawPoolTls, RawRuntime, RawSecret, RawTcpKeepalive, RawTelemetry,
+    RawAdmin, RawAdminTls, RawBackend, RawCluster, RawHealthCheck, RawListener, RawListenerTls,
+    RawNode, RawOutlier, RawPool, RawPoolTls, RawRuntime, RawSecret, RawTcpKeepalive, RawTelemetry,
 };
 use crate::{
     format_duration, host_name, AdminConfig, AdminTls, Algorithm, BackendConfig,
     BackendStateConfig, ClusterConfig, Config, ConfigError, HealthCheckConfig, HealthCheckKind,
-    IpNet, ListenerConfig, ListenerSettings, NodeConfig, OutlierConfig, OverLimitAction,
-    PoolConfig, PoolTls, Problem, RuntimeConfig, TcpKeepalive, TelemetryConfig,
+    IpNet, ListenerConfig, ListenerSettings, ListenerTls, NodeConfig, OutlierConfig,
+    OverLimitAction, PoolConfig, PoolTls, Problem, RuntimeConfig, TcpKeepalive, TelemetryConfig,
     DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CLOSE_SPREAD, DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_GOSSIP_INTERVAL, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_PUBLISHED_CLIENTS, DEFAULT_SHUTDOWN_GRACE,
@@ -35,6 +35,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "pool",
 ];
 const OVER_LIMIT_ACTIONS: &str = "\"http_429\" or \"close\"";
+const TLS_MIN_VERSIONS: &str = "\"1.2\" or \"1.3\"";
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Linux caps TCP_KEEPIDLE / TCP_KEEPINTVL at 32767 s and TCP_KEEPCNT at 127.
@@ -899,12 +900,16 @@ fn listener(checker: &mut Checker, path: &str, raw: RawListener) -> ListenerConf
             parsed
         })
         .collect();
+    let tls = raw
+        .tls
+        .and_then(|raw| listener_tls(checker, &format!("{path}.tls"), raw));
 
     ListenerConfig {
         name,
         bind,
         pool,
         max_request_header_size,
+        tls,
         settings: ListenerSettings {
             keepalive_timeout,
             header_timeout,
@@ -919,6 +924,62 @@ fn listener(checker: &mut Checker, path: &str, raw: RawListener) -> ListenerConf
             limit_exempt,
         },
     }
+}
+
+/// `[[listener]] tls = { certificates = [{ cert, key }, ...], sni_strict, min_version }`: every
+/// file must exist and be usable now (key matching, certificate valid), so `check-config` finds
+/// what the start would. Each problem names the certificate's place and the file.
+fn listener_tls(checker: &mut Checker, path: &str, raw: RawListenerTls) -> Option<ListenerTls> {
+    let min_version = match raw.min_version.as_deref().map(str::trim) {
+        None | Some("1.2") => hearsay_tls::MinVersion::Tls12,
+        Some("1.3") => hearsay_tls::MinVersion::Tls13,
+        Some(other) => {
+            checker.problem(
+                format!("{path}.min_version"),
+                format!(
+                    "{} is not a TLS version hearsay accepts as the minimum; allowed: {TLS_MIN_VERSIONS}",
+                    quote(other)
+                ),
+            );
+            hearsay_tls::MinVersion::Tls12
+        }
+    };
+    let raw_certificates = raw.certificates.unwrap_or_default();
+    if raw_certificates.is_empty() {
+        checker.problem(
+            format!("{path}.certificates"),
+            "needs at least one certificate: certificates = [{ cert = \"chain.pem\", key = \"key.pem\" }]",
+        );
+        return None;
+    }
+    let now = std::time::SystemTime::now();
+    let mut usable = true;
+    let mut certificates = Vec::with_capacity(raw_certificates.len());
+    for (index, raw) in raw_certificates.into_iter().enumerate() {
+        let place = format!("{path}.certificates[{index}]");
+        let (Some(cert), Some(key)) = (raw.cert, raw.key) else {
+            checker.problem(
+                place,
+                "needs both cert (PEM certificate chain file) and key (PEM private key file)",
+            );
+            usable = false;
+            continue;
+        };
+        let files = hearsay_tls::CertificateFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        };
+        if let Err(error) = hearsay_tls::Certificate::load(&files, now) {
+            checker.problem(place, error.to_string());
+            usable = false;
+        }
+        certificates.push(files);
+    }
+    usable.then_some(ListenerTls {
+        certificates,
+        sni_strict: raw.sni_strict.unwrap_or(false),
+        min_version,
+    })
 }
 
 fn parse_network(text: &str) -> Option<IpNet> {

@@ -138,6 +138,12 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("listener {listener}: {source}")]
+    Tls {
+        listener: String,
+        #[source]
+        source: hearsay_tls::TlsError,
+    },
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Client sockets: [`ClientStream`] joins the reactor only when it first has to wait, and
-//! [`TrackedIo`] records when bytes last moved, so the connection task can tell an idle
-//! connection from a slow one without waking on every read.
+//! Client sockets: [`ClientStream`] joins the reactor only when it first has to wait,
+//! [`ClientIo`] is that socket bare (HTTP) or under TLS (HTTPS), and [`TrackedIo`] records when
+//! bytes (of HTTP, decrypted) last moved, so the connection task can tell an idle connection from
+//! a slow one without waking on every read.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -12,6 +13,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::server::TlsStream;
 
 use crate::registry::Connection;
 
@@ -240,6 +242,78 @@ impl AsyncWrite for ClientStream {
             ClientStream::Direct(Some(stream)) => Poll::Ready(stream.shutdown(Shutdown::Write)),
             ClientStream::Direct(None) => Poll::Ready(Err(gone())),
             ClientStream::Registered(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A client connection as hyper sees it: the socket itself, or a TLS session over it. The TLS
+/// session is boxed (rustls' state is a few hundred bytes before its buffers), so a plain
+/// connection's task does not grow, and plain reads and writes cost one match.
+pub(crate) enum ClientIo {
+    Plain(ClientStream),
+    Tls(Box<TlsStream<ClientStream>>),
+}
+
+impl ClientIo {
+    /// Ready when hyper has something to read: bytes (or the close) on the socket, or, under TLS,
+    /// plaintext rustls decrypted already or the client's `close_notify`. A parked connection
+    /// waits on this; rustls keeps the session meanwhile.
+    pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ClientIo::Plain(stream) => stream.poll_read_ready(cx),
+            ClientIo::Tls(tls) => {
+                let (socket, session) = tls.get_mut();
+                match session.process_new_packets() {
+                    Ok(state)
+                        if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() =>
+                    {
+                        socket.poll_read_ready(cx)
+                    }
+                    // Something to read, or an error hyper will meet when it reads.
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            ClientIo::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            ClientIo::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            ClientIo::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    /// Under TLS: `close_notify` first, then the socket's write side.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            ClientIo::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
         }
     }
 }

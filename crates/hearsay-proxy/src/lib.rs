@@ -15,6 +15,7 @@ mod listener;
 mod log_limit;
 pub mod registry;
 mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use admission::{ClientKey, ClientTable};
@@ -26,6 +27,7 @@ pub use registry::{
     StatsSnapshot, STATUS_CLASSES,
 };
 pub use server::Proxy;
+pub use tls::{ListenerTls, ReloadCause};
 pub use upstream::{
     Backend, BackendHealth, BackendState, HealthSnapshot, Pool, PoolError, PoolStats,
 };

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use crate::admission::{ClientKey, ClientTable};
 use crate::log_limit::LogLimiter;
 use crate::registry::{ListenerStats, Registry};
+use crate::tls::ListenerTls;
 use crate::upstream::Pool;
 
 /// One listener of the node. Open connections read [`Listener::settings`] on every decision and
@@ -25,6 +26,10 @@ pub struct Listener {
     /// Largest request head accepted, in bytes; hyper answers a larger one with 431.
     pub max_request_header_size: usize,
     pub pool: Arc<Pool>,
+    /// HTTPS: the certificates and the handshake; `None` for plain HTTP.
+    pub tls: Option<ListenerTls>,
+    /// `X-Forwarded-Proto` of the requests it forwards: `https` when it has TLS.
+    pub(crate) forwarded_proto: &'static str,
     /// The settings in force, read on every decision of every connection (lock-free); replaced
     /// whole under `update_lock`.
     settings: ArcSwap<ListenerSettings>,
@@ -72,12 +77,15 @@ impl Listener {
         max_request_header_size: usize,
         pool: Arc<Pool>,
         settings: ListenerSettings,
+        tls: Option<ListenerTls>,
     ) -> Listener {
         Listener {
             name: Arc::from(name),
             bind,
             max_request_header_size,
             pool,
+            forwarded_proto: if tls.is_some() { "https" } else { "http" },
+            tls,
             settings: ArcSwap::from_pointee(settings),
             version: AtomicU64::new(1),
             update_lock: Mutex::new(()),

@@ -23,6 +23,7 @@ use crate::error::{ProxyError, TOO_MANY_CONNECTIONS};
 use crate::io::ClientStream;
 use crate::listener::Listener;
 use crate::registry::{CloseReason, Registry};
+use crate::tls::{ListenerTls, ReloadCause};
 use crate::upstream::Pool;
 
 const LISTEN_BACKLOG: i32 = 4096;
@@ -84,6 +85,15 @@ impl Proxy {
                             listener: listener.name.clone(),
                             pool: listener.pool.clone(),
                         })?;
+                let tls = listener
+                    .tls
+                    .as_ref()
+                    .map(ListenerTls::load)
+                    .transpose()
+                    .map_err(|source| ProxyError::Tls {
+                        listener: listener.name.clone(),
+                        source,
+                    })?;
                 Ok(Arc::new(Listener::new(
                     &registry,
                     &listener.name,
@@ -91,6 +101,7 @@ impl Proxy {
                     listener.max_request_header_size,
                     Arc::clone(pool),
                     listener.settings.clone(),
+                    tls,
                 )))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
@@ -257,7 +268,10 @@ impl Proxy {
             listener.stats.on_refuse();
             tracing::debug!(listener = %listener.name, client = %peer, key = %key, "connection refused: over limit");
             if settings.over_limit == OverLimitAction::Http429 {
-                self.refuse(stream);
+                match &listener.tls {
+                    None => self.refuse(stream),
+                    Some(_) => self.refuse_tls(listener, stream, settings.header_timeout),
+                }
             }
             return None;
         };
@@ -327,6 +341,100 @@ impl Proxy {
         });
     }
 
+    /// Answers an over-limit HTTPS connection with the canned 429: after the handshake (a client
+    /// understands nothing before it), which gets the `header_timeout` any connection gets, then
+    /// the 429, `close_notify` and the same bounded linger as a plain refusal. Counted with the
+    /// plain refusals: beyond [`MAX_LINGERING_REFUSALS`] the socket is closed at once, without a
+    /// handshake.
+    fn refuse_tls(
+        &self,
+        listener: &Arc<Listener>,
+        stream: std::net::TcpStream,
+        header_timeout: Duration,
+    ) {
+        if self.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING_REFUSALS {
+            self.refusing.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let refusing = Arc::clone(&self.refusing);
+        let listener = Arc::clone(listener);
+        let abort = self.abort.clone();
+        self.tasks.spawn(async move {
+            let deadline = tokio::time::Instant::now() + header_timeout;
+            if let Some(tls) = &listener.tls {
+                if let Ok(mut stream) = tls
+                    .handshake(ClientStream::new(stream), deadline, &abort)
+                    .await
+                {
+                    let _ =
+                        tokio::time::timeout(REFUSAL_LINGER, answer_and_drain(&mut stream)).await;
+                }
+            }
+            refusing.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Reads the certificate files of every HTTPS listener again (SIGHUP, the admin API) and
+    /// logs the outcome of each. A listener whose new files are bad keeps its certificates; the
+    /// error names the file.
+    pub fn reload_certificates(
+        &self,
+    ) -> Vec<(
+        Arc<str>,
+        Result<Arc<hearsay_tls::CertificateSet>, hearsay_tls::TlsError>,
+    )> {
+        self.reload_certificates_of(None)
+    }
+
+    /// [`Proxy::reload_certificates`] for the HTTPS listener named `only` (none: every one).
+    pub fn reload_certificates_of(
+        &self,
+        only: Option<&str>,
+    ) -> Vec<(
+        Arc<str>,
+        Result<Arc<hearsay_tls::CertificateSet>, hearsay_tls::TlsError>,
+    )> {
+        self.listeners
+            .iter()
+            .filter(|listener| only.is_none_or(|name| *listener.name == *name))
+            .filter_map(|listener| {
+                let tls = listener.tls.as_ref()?;
+                let result = tls.reload();
+                crate::tls::log_reload(&listener.name, ReloadCause::Requested, &result);
+                Some((Arc::clone(&listener.name), result))
+            })
+            .collect()
+    }
+
+    /// Looks at the certificate files of every HTTPS listener every `every` and reloads a
+    /// listener's certificates when one of its files changed (modification time or size), until
+    /// the data plane stops. Nothing runs when no listener has TLS.
+    pub fn watch_certificates(self: &Arc<Self>, every: Duration) {
+        if self.listeners.iter().all(|listener| listener.tls.is_none()) {
+            return;
+        }
+        let proxy = Arc::clone(self);
+        let stop = self.background.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                for listener in &proxy.listeners {
+                    let Some(tls) = &listener.tls else { continue };
+                    if let Some(result) = tls.reload_if_changed() {
+                        crate::tls::log_reload(&listener.name, ReloadCause::FileChanged, &result);
+                    }
+                }
+            }
+        });
+    }
+
     /// Refused connections lingering after their 429 now (at most [`MAX_LINGERING_REFUSALS`]).
     pub fn lingering_refusals(&self) -> usize {
         self.refusing.load(Ordering::Relaxed)
@@ -370,6 +478,26 @@ impl Proxy {
         }
         self.background.cancel();
         tracing::info!("data plane stopped");
+    }
+}
+
+/// Writes the 429 over TLS, closes with `close_notify` and takes in what the client still sends
+/// (up to 64 KiB), as a plain refusal does.
+async fn answer_and_drain<S>(stream: &mut S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    stream.write_all(TOO_MANY_CONNECTIONS).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 2048];
+    let mut total = 0;
+    loop {
+        let read = stream.read(&mut sink).await?;
+        total += read;
+        if read == 0 || total > 64 * 1024 {
+            return Ok(());
+        }
     }
 }
 

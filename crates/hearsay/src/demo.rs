@@ -188,7 +188,7 @@ fn run_backends_only(
             let socket = tokio::net::TcpListener::from_std(socket)?;
             tokio::spawn(serve_backend(name, socket));
         }
-        signals.stop().await;
+        signals.stop(None).await;
         Ok(())
     })
 }
@@ -326,7 +326,7 @@ async fn supervise(
     children: &mut [(String, Child)],
     signals: &mut crate::Signals,
 ) -> anyhow::Result<()> {
-    let signal = signals.stop();
+    let signal = signals.stop(None);
     tokio::pin!(signal);
     loop {
         tokio::select! {

@@ -161,6 +161,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         for (listener, socket) in bound {
             proxy.serve(listener, socket);
         }
+        proxy.watch_certificates(hearsay_proxy::tls::CERTIFICATE_POLL);
         cluster.set_ready(true);
         let stop_admin = tokio_util::sync::CancellationToken::new();
         let node = hearsay_admin::NodeInfo {
@@ -210,7 +211,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         };
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), connection_budget = proxy.connection_budget(), "node started");
         tokio::select! {
-            () = signals.stop() => {}
+            () = signals.stop(Some(&proxy)) => {}
             result = &mut admin => {
                 // The admin server only returns early on failure.
                 return match result {
@@ -269,9 +270,11 @@ impl Signals {
     }
 
     /// Waits for SIGTERM or SIGINT. SIGHUP (what `systemctl reload` and log rotators send) does
-    /// not stop the process: there is nothing to reload yet (settings change through the admin
-    /// API, and the log goes to stderr, which needs no reopening), so it is logged and ignored.
-    pub(crate) async fn stop(&mut self) {
+    /// not stop the process: it reloads the certificates of every HTTPS listener of `proxy` (each outcome
+    /// logged; a bad file leaves the listener's certificates in service). Settings change through
+    /// the admin API, the config file with a restart, and the log goes to stderr, which needs no
+    /// reopening.
+    pub(crate) async fn stop(&mut self, proxy: Option<&Proxy>) {
         loop {
             tokio::select! {
                 _ = self.terminate.recv() => {
@@ -283,7 +286,13 @@ impl Signals {
                     return;
                 }
                 _ = self.hangup.recv() => {
-                    tracing::info!(signal = "SIGHUP", "signal received: nothing to reload (change settings with the admin API, the config file with a restart); still running");
+                    let Some(proxy) = proxy else {
+                        tracing::info!(signal = "SIGHUP", "signal received: nothing to reload; still running");
+                        continue;
+                    };
+                    let reloaded = proxy.reload_certificates();
+                    let refused = reloaded.iter().filter(|(_, result)| result.is_err()).count();
+                    tracing::info!(signal = "SIGHUP", tls_listeners = reloaded.len(), refused, "signal received: certificates reloaded (settings change with the admin API, the config file with a restart); still running");
                 }
             }
         }

@@ -3,7 +3,7 @@
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetNodeRequest {}
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Node {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -23,6 +23,61 @@ pub struct Node {
     /// What the gossip transport did since start; absent when the node runs alone.
     #[prost(message, optional, tag = "8")]
     pub gossip: ::core::option::Option<GossipStats>,
+    /// The certificates each HTTPS listener of this node serves now (per node, not gossiped).
+    #[prost(message, repeated, tag = "9")]
+    pub certificates: ::prost::alloc::vec::Vec<ListenerCertificates>,
+}
+/// A certificate an HTTPS listener serves.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Certificate {
+    /// The files it was read from.
+    #[prost(string, tag = "1")]
+    pub cert_file: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub key_file: ::prost::alloc::string::String,
+    /// The subject's distinguished name, e.g. "CN=example.com".
+    #[prost(string, tag = "3")]
+    pub subject: ::prost::alloc::string::String,
+    /// The DNS names of its subject alternative names ("\*.example.com" for a wildcard): what SNI
+    /// is matched against.
+    #[prost(string, repeated, tag = "4")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "5")]
+    pub issuer: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "6")]
+    pub not_before: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(message, optional, tag = "7")]
+    pub not_after: ::core::option::Option<::prost_types::Timestamp>,
+    /// SHA-256 of the certificate (DER), as `openssl x509 -fingerprint -sha256` prints it.
+    #[prost(string, tag = "8")]
+    pub sha256: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListenerCertificates {
+    #[prost(string, tag = "1")]
+    pub listener: ::prost::alloc::string::String,
+    /// In order: the first is the default for clients without SNI or with an unknown name.
+    #[prost(message, repeated, tag = "2")]
+    pub certificates: ::prost::alloc::vec::Vec<Certificate>,
+    /// Clients without a matching name are refused instead of getting the first certificate.
+    #[prost(bool, tag = "3")]
+    pub sni_strict: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReloadCertificatesRequest {
+    /// Empty: every HTTPS listener.
+    #[prost(string, tag = "1")]
+    pub listener: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReloadCertificatesResponse {
+    /// What each reloaded listener serves now.
+    #[prost(message, repeated, tag = "1")]
+    pub listeners: ::prost::alloc::vec::Vec<ListenerCertificates>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -155,6 +210,9 @@ pub struct Listener {
     /// Where each setting's current value came from, in the order of ListenerSettings.
     #[prost(message, repeated, tag = "6")]
     pub origins: ::prost::alloc::vec::Vec<SettingOrigin>,
+    /// HTTPS: the certificates it serves now; absent for a plain HTTP listener.
+    #[prost(message, optional, tag = "7")]
+    pub tls: ::core::option::Option<ListenerCertificates>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -865,6 +923,34 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "ResetListener"));
             self.inner.unary(req, path, codec).await
         }
+        /// Reads the certificate files of this node's HTTPS listeners again (all, or the one named), as
+        /// SIGHUP does. A listener whose new files are bad keeps its certificates: the call then fails
+        /// with FAILED_PRECONDITION naming the file (other listeners are reloaded all the same).
+        /// Certificates are per node: other nodes are not touched.
+        pub async fn reload_certificates(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReloadCertificatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReloadCertificatesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/hearsay.admin.v1.Admin/ReloadCertificates",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("hearsay.admin.v1.Admin", "ReloadCertificates"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn list_pools(
             &mut self,
             request: impl tonic::IntoRequest<super::ListPoolsRequest>,
@@ -1242,6 +1328,17 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ResetListenerRequest>,
         ) -> std::result::Result<tonic::Response<super::Listener>, tonic::Status>;
+        /// Reads the certificate files of this node's HTTPS listeners again (all, or the one named), as
+        /// SIGHUP does. A listener whose new files are bad keeps its certificates: the call then fails
+        /// with FAILED_PRECONDITION naming the file (other listeners are reloaded all the same).
+        /// Certificates are per node: other nodes are not touched.
+        async fn reload_certificates(
+            &self,
+            request: tonic::Request<super::ReloadCertificatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReloadCertificatesResponse>,
+            tonic::Status,
+        >;
         async fn list_pools(
             &self,
             request: tonic::Request<super::ListPoolsRequest>,
@@ -1625,6 +1722,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ResetListenerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/hearsay.admin.v1.Admin/ReloadCertificates" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReloadCertificatesSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ReloadCertificatesRequest>
+                    for ReloadCertificatesSvc<T> {
+                        type Response = super::ReloadCertificatesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReloadCertificatesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::reload_certificates(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReloadCertificatesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::io::{ClientStream, TrackedIo};
+use crate::io::{ClientIo, TrackedIo};
 
 /// Takes in what the client already sent (without waiting), then closes: the best a close can
 /// do when too many connections linger already.
-pub(super) async fn discard_ready(mut io: TrackedIo<ClientStream>) {
+pub(super) async fn discard_ready(mut io: TrackedIo<ClientIo>) {
     use tokio::io::AsyncReadExt as _;
     let mut discard = [0u8; 1024];
     for _ in 0..64 {
@@ -32,7 +32,7 @@ const LINGER_QUIET: Duration = Duration::from_millis(500);
 /// the client closes too, or goes quiet. Closing with unread bytes, or with bytes still to
 /// arrive, would answer them with a TCP reset, which can also destroy a response the client has
 /// not read yet; after a lingering close the client sees a clean end of stream and retries.
-pub(super) async fn linger_close(mut io: TrackedIo<ClientStream>, abort: &CancellationToken) {
+pub(super) async fn linger_close(mut io: TrackedIo<ClientIo>, abort: &CancellationToken) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     // Usually shut down already (hyper, or the parked close); not after hyper's own 400/431.
     let _ = tokio::time::timeout(Duration::from_millis(100), io.shutdown()).await;
@@ -54,7 +54,7 @@ pub(super) async fn linger_close(mut io: TrackedIo<ClientStream>, abort: &Cancel
 
 /// Writes the 408 answer to a request head that did not arrive in time, and closes. Bounded: a
 /// client that does not read gets nothing after a moment.
-pub(super) async fn answer_request_timeout(io: &mut TrackedIo<ClientStream>) {
+pub(super) async fn answer_request_timeout(io: &mut TrackedIo<ClientIo>) {
     use tokio::io::AsyncWriteExt as _;
     let write = async {
         io.write_all(crate::error::REQUEST_TIMEOUT).await?;
@@ -67,7 +67,7 @@ pub(super) async fn answer_request_timeout(io: &mut TrackedIo<ClientStream>) {
 /// client sends meanwhile for a moment, so its request does not meet a closed socket (a reset
 /// that could cost it the answer). Bounded: a client that neither reads nor closes is dropped
 /// after a second.
-pub(super) async fn answer_over_limit(io: &mut TrackedIo<ClientStream>) {
+pub(super) async fn answer_over_limit(io: &mut TrackedIo<ClientIo>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         io.write_all(crate::error::TOO_MANY_CONNECTIONS).await?;

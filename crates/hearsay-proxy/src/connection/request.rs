@@ -48,7 +48,14 @@ pub(super) async fn handle(
     let forwarded = match checked {
         // Boxed: hyper keeps room for one request future per connection for the connection's
         // whole life, so a large future inline would cost every idle connection its size.
-        Ok(()) => Box::pin(listener.pool.forward(request, &connection)).await,
+        Ok(()) => {
+            Box::pin(
+                listener
+                    .pool
+                    .forward(request, &connection, listener.forwarded_proto),
+            )
+            .await
+        }
         Err(error) => Err(error),
     };
     let response = match forwarded {

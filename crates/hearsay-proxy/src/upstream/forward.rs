@@ -37,10 +37,11 @@ impl Pool {
         &self,
         request: Request<RequestBody>,
         connection: &Connection,
+        proto: &'static str,
     ) -> Result<Forwarded, ForwardError> {
         let client = connection.client.ip();
         let (mut parts, body) = request.into_parts();
-        headers::rewrite_request(&mut parts.headers, &connection.client_header, "http");
+        headers::rewrite_request(&mut parts.headers, &connection.client_header, proto);
         // HTTP/1 upstream requests use origin form; the Host header is the client's.
         parts.uri = match parts.uri.path_and_query() {
             Some(path) => Uri::from(path.clone()),
