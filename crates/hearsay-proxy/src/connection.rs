@@ -516,11 +516,11 @@ impl Task<'_> {
                 }
                 // Nothing in flight: close at once, as hyper does for an idle connection.
                 Some(Stop::Close(reason)) => {
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                    Box::pin(ending::shut_write(&mut io)).await;
                     return Ending::lingering(reason, io);
                 }
                 Some(Stop::Abort(reason)) => {
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                    Box::pin(ending::shut_write(&mut io)).await;
                     return Ending::dropped(reason);
                 }
             }

@@ -32,10 +32,20 @@ const LINGER_QUIET: Duration = Duration::from_millis(500);
 /// the client closes too, or goes quiet. Closing with unread bytes, or with bytes still to
 /// arrive, would answer them with a TCP reset, which can also destroy a response the client has
 /// not read yet; after a lingering close the client sees a clean end of stream and retries.
+/// Shuts the write side (over TLS: sends `close_notify` first), waiting at most 100 ms: a client
+/// that stopped reading (its window full) must not hold the task, its per-client place and the
+/// node's shutdown forever.
+pub(super) async fn shut_write(io: &mut TrackedIo<ClientIo>) {
+    let _ = tokio::time::timeout(SHUT_WRITE_MAX, tokio::io::AsyncWriteExt::shutdown(io)).await;
+}
+
+/// How long closing the write side may wait for the socket to take `close_notify`.
+const SHUT_WRITE_MAX: Duration = Duration::from_millis(100);
+
 pub(super) async fn linger_close(mut io: TrackedIo<ClientIo>, abort: &CancellationToken) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
     // Usually shut down already (hyper, or the parked close); not after hyper's own 400/431.
-    let _ = tokio::time::timeout(Duration::from_millis(100), io.shutdown()).await;
+    shut_write(&mut io).await;
     let give_up = tokio::time::Instant::now() + LINGER_MAX;
     let mut discard = [0u8; 1024];
     loop {

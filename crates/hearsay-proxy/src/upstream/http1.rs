@@ -131,7 +131,19 @@ impl UpstreamConn {
                     let mut both = Vec::with_capacity(head.len() + upload.pending.len());
                     both.extend_from_slice(head);
                     both.extend_from_slice(&upload.pending);
-                    write_head(&mut self.stream, &both).await
+                    match write_counted(&mut self.stream, &both).await {
+                        Ok(()) => Ok(()),
+                        // Not even the whole head: nothing the backend could act on.
+                        Err((sent, error)) if sent < head.len() => Err(error),
+                        // The head went out, the body did not: the request cannot go out
+                        // again (the backend may have acted on the head); its answer, if it
+                        // gives one (a 401, a 413), is still read, as when a later body write
+                        // fails.
+                        Err(_) => {
+                            upload.write_refused();
+                            Ok(())
+                        }
+                    }
                 }
             }
             None => write_head(&mut self.stream, head).await,
@@ -354,8 +366,10 @@ impl<B: UploadBody> Upload<B> {
             },
             Poll::Ready(None) => None,
             Poll::Ready(Some(Err(error))) => {
-                // Reported by the send loop, as if it had read it.
+                // Reported by the send loop, as if it had read it. The body is spent (it would
+                // end cleanly if polled again): the request must not go out again.
                 self.broken = Some(error.to_string());
+                self.touched = true;
                 return;
             }
         };
@@ -370,6 +384,16 @@ impl<B: UploadBody> Upload<B> {
                 self.pending.extend_from_slice(b"0\r\n\r\n");
             }
         }
+    }
+
+    /// The head went out but not the body data read ahead with it: the upload ends there (the
+    /// connection is not reused) and the request cannot go out again.
+    fn write_refused(&mut self) {
+        self.touched = true;
+        self.ahead = None;
+        self.pending.clear();
+        self.state = UploadState::Failed;
+        self.body = None;
     }
 
     /// The request head and what was read ahead went out: that data (or the end) is taken now.
@@ -479,6 +503,23 @@ impl<B: UploadBody> Upload<B> {
 async fn write_head(stream: &mut UpstreamStream, head: &[u8]) -> io::Result<()> {
     stream.write_all(head).await?;
     stream.flush().await
+}
+
+/// [`write_head`] that says, on failure, how many bytes the stream had taken.
+async fn write_counted(
+    stream: &mut UpstreamStream,
+    bytes: &[u8],
+) -> Result<(), (usize, io::Error)> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match stream.write(&bytes[sent..]).await {
+            Ok(0) => return Err((sent, io::ErrorKind::WriteZero.into())),
+            Ok(written) => sent += written,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err((sent, error)),
+        }
+    }
+    stream.flush().await.map_err(|error| (sent, error))
 }
 
 /// The request head on the wire: origin-form target, HTTP/1.1, the headers as they are.
@@ -1213,6 +1254,29 @@ mod read_ahead_tests {
         upload.sent_ahead();
         assert!(upload.pending.is_empty());
         assert!(upload.into_untouched().is_none(), "its data is on the wire");
+    }
+
+    #[test]
+    fn a_body_that_broke_while_read_ahead_is_not_given_back() {
+        #[derive(Debug)]
+        struct Broken;
+        impl Body for Broken {
+            type Data = Bytes;
+            type Error = String;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+                Poll::Ready(Some(Err("bad chunk size".to_owned())))
+            }
+        }
+        impl UploadBody for Broken {
+            fn rewind(&mut self, _data: Bytes) {}
+        }
+        let mut upload = Upload::new(Broken, true);
+        upload.read_ahead(&mut Context::from_waker(Waker::noop()));
+        assert!(upload.pending.is_empty(), "nothing to write");
+        assert!(upload.into_untouched().is_none(), "spent: never re-sent");
     }
 
     #[test]
