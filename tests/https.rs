@@ -1,6 +1,7 @@
 //! End-to-end tests of an HTTPS listener of the `hearsay` binary: the real `curl` picking
-//! certificates by SNI over TLS 1.2 and 1.3, `check-config` naming a bad certificate file, and
-//! certificates reloaded on SIGHUP while a connection opened before keeps working.
+//! certificates by SNI over TLS 1.2 and 1.3, `check-config` naming a bad certificate file,
+//! certificates reloaded on SIGHUP while a connection opened before keeps working, and the real
+//! `sslscan` finding only TLS 1.2 and 1.3 with strong ciphers.
 
 mod support;
 
@@ -227,4 +228,78 @@ fn sighup_reloads_certificates_and_keeps_open_connections() {
     assert_eq!(still.conn.peer_certificates().unwrap()[0].to_vec(), new);
     assert!(curl(&files, &node, "a.example.com", &[], "/").is_ok());
     assert!(get(&mut open).starts_with("HTTP/1.1 200"));
+}
+
+/// sslscan's findings (a line per protocol and per accepted cipher), without its colours.
+fn sslscan(node: &Node) -> Option<String> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v sslscan"])
+        .output()
+        .expect("sh runs");
+    if !found.status.success() {
+        return None;
+    }
+    let output = Command::new("sslscan")
+        .args(["--no-colour", "--no-heartbleed", "--sni-name=a.example.com"])
+        .arg(node.address.to_string())
+        .output()
+        .expect("sslscan runs");
+    assert!(
+        output.status.success(),
+        "sslscan failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn a_tls_scanner_finds_only_tls_1_2_and_1_3_with_strong_ciphers() {
+    let files = Files::new("scan");
+    let (backend, _) = start_backend();
+    let node = Node::start(&node_config(&files, backend));
+    let Some(report) = sslscan(&node) else {
+        eprintln!(
+            "skipped: sslscan is not installed (Debian package sslscan; .ci/run installs it)"
+        );
+        return;
+    };
+    let protocol = |name: &str| {
+        report
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{report}"))
+            .to_owned()
+    };
+    for old in ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"] {
+        assert!(protocol(old).contains("disabled"), "{old}:\n{report}");
+    }
+    for current in ["TLSv1.2", "TLSv1.3"] {
+        assert!(
+            protocol(current).contains("enabled"),
+            "{current}:\n{report}"
+        );
+    }
+    let ciphers: Vec<&str> = report
+        .lines()
+        .filter(|line| line.starts_with("Preferred") || line.starts_with("Accepted"))
+        .collect();
+    assert!(!ciphers.is_empty(), "no cipher found:\n{report}");
+    for line in &ciphers {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "Accepted  TLSv1.2  256 bits  ECDHE-ECDSA-AES256-GCM-SHA384  Curve 25519 DHE 253"
+        let bits: u32 = fields[2].parse().unwrap_or(0);
+        let name = fields[4];
+        assert!(bits >= 128, "weak cipher: {line}");
+        assert!(
+            name.contains("GCM") || name.contains("CHACHA20"),
+            "not an AEAD cipher: {line}"
+        );
+        for weak in ["RC4", "DES", "NULL", "EXP", "MD5", "anon", "CBC"] {
+            assert!(!name.contains(weak), "weak cipher: {line}");
+        }
+    }
+    // Forward secrecy only: every TLS 1.2 suite is ECDHE.
+    for line in ciphers.iter().filter(|line| line.contains("TLSv1.2")) {
+        assert!(line.contains("ECDHE"), "no forward secrecy: {line}");
+    }
 }
