@@ -7,99 +7,31 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hearsay_testkit::tls::{Leaf, Scratch, TestCa};
 use hearsay_tls::rustls;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rcgen::{CertificateParams, KeyPair};
 use support::{wait_until, Client, TestProxy};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// A scratch directory for PEM files, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "hearsay-upstream-tls-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-/// A certificate with its key, as DER (for the backend) and PEM (for the proxy's files).
-struct Leaf {
-    der: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses) signed by this CA.
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        leaf(cert, key)
-    }
-}
-
+/// A self-signed certificate for `names` (no CA vouches for it).
 fn self_signed(names: &[&str]) -> Leaf {
     let key = KeyPair::generate().unwrap();
     let params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     let cert = params.self_signed(&key).unwrap();
-    leaf(cert, key)
-}
-
-fn leaf(cert: rcgen::Certificate, key: KeyPair) -> Leaf {
     Leaf {
-        der: cert.der().clone(),
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
     }
 }
 
@@ -123,7 +55,7 @@ impl TlsBackend {
     }
 
     /// `client_ca`: only clients with a certificate signed by it get through the handshake.
-    async fn start_with(leaf: &Leaf, client_ca: Option<&Ca>) -> TlsBackend {
+    async fn start_with(leaf: &Leaf, client_ca: Option<&TestCa>) -> TlsBackend {
         let builder = rustls::ServerConfig::builder_with_provider(hearsay_tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap();
@@ -131,7 +63,7 @@ impl TlsBackend {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.0.der().clone()).unwrap();
+                roots.add(ca.der()).unwrap();
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     hearsay_tls::provider(),
@@ -142,7 +74,7 @@ impl TlsBackend {
             }
         };
         let config = builder
-            .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
+            .with_single_cert(leaf.chain_der(), leaf.key_der())
             .unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -232,7 +164,7 @@ async fn proxy(backends: &[String], tls: &str, pool_keys: &str) -> TestProxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_backend_answers_and_keeps_one_connection_for_many_requests() {
     let scratch = Scratch::new("verified");
-    let ca = Ca::new("Backend CA");
+    let ca = TestCa::new("Backend CA");
     let backend = TlsBackend::start(&ca.leaf(&["api.internal"])).await;
     let ca_file = scratch.write("ca.pem", &ca.pem());
     let proxy = proxy(
@@ -286,7 +218,7 @@ async fn verified_backend_answers_and_keeps_one_connection_for_many_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_resume_the_pools_tls_session() {
     let scratch = Scratch::new("resume");
-    let ca = Ca::new("Backend CA");
+    let ca = TestCa::new("Backend CA");
     let backend = TlsBackend::start(&ca.leaf(&["api.internal"])).await;
     let ca_file = scratch.write("ca.pem", &ca.pem());
     // No idle connections kept: every request needs a new connection.
@@ -311,7 +243,7 @@ async fn new_connections_resume_the_pools_tls_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_is_the_backend_host_name_and_none_for_an_ip_address() {
     let scratch = Scratch::new("sni");
-    let ca = Ca::new("Backend CA");
+    let ca = TestCa::new("Backend CA");
     let backend = TlsBackend::start(&ca.leaf(&["localhost", "127.0.0.1"])).await;
     let ca_file = scratch.write("ca.pem", &ca.pem());
     let tls = format!("ca_file = \"{ca_file}\"");
@@ -343,8 +275,8 @@ async fn sni_is_the_backend_host_name_and_none_for_an_ip_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_signed_by_another_ca_fails_like_a_refused_connect() {
     let scratch = Scratch::new("wrong-ca");
-    let trusted = Ca::new("Trusted CA");
-    let other = Ca::new("Other CA");
+    let trusted = TestCa::new("Trusted CA");
+    let other = TestCa::new("Other CA");
     let impostor = TlsBackend::start(&other.leaf(&["api.internal"])).await;
     let ca_file = scratch.write("ca.pem", &trusted.pem());
     let tls = format!("server_name = \"api.internal\", ca_file = \"{ca_file}\"");
@@ -426,8 +358,8 @@ async fn proxy_verified(backend: &TlsBackend) -> TestProxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_shake_hands_and_mark_backends() {
     let scratch = Scratch::new("health");
-    let ca = Ca::new("Backend CA");
-    let other = Ca::new("Other CA");
+    let ca = TestCa::new("Backend CA");
+    let other = TestCa::new("Other CA");
     let good = TlsBackend::start(&ca.leaf(&["api.internal"])).await;
     let impostor = TlsBackend::start(&other.leaf(&["api.internal"])).await;
     let ca_file = scratch.write("ca.pem", &ca.pem());
@@ -473,12 +405,12 @@ async fn health_checks_shake_hands_and_mark_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_requiring_a_client_certificate_gets_the_pools() {
     let scratch = Scratch::new("mtls");
-    let ca = Ca::new("Backend CA");
+    let ca = TestCa::new("Backend CA");
     let backend = TlsBackend::start_with(&ca.leaf(&["api.internal"]), Some(&ca)).await;
     let ca_file = scratch.write("ca.pem", &ca.pem());
     let client_leaf = ca.leaf(&["hearsay.internal"]);
-    let cert = scratch.write("client.crt", &client_leaf.cert_pem);
-    let key = scratch.write("client.key", &client_leaf.key_pem);
+    let cert = scratch.write("client.crt", &client_leaf.cert);
+    let key = scratch.write("client.key", &client_leaf.key);
     let base = format!("server_name = \"api.internal\", ca_file = \"{ca_file}\"");
 
     let with = proxy(
@@ -505,13 +437,13 @@ async fn a_backend_requiring_a_client_certificate_gets_the_pools() {
 async fn an_idle_tls_connection_dropped_from_the_pool_ends_with_close_notify() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let scratch = Scratch::new("close-notify");
-    let ca = Ca::new("Backend CA");
+    let ca = TestCa::new("Backend CA");
     let leaf = ca.leaf(&["api.internal"]);
     let config = rustls::ServerConfig::builder_with_provider(hearsay_tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
+        .with_single_cert(leaf.chain_der(), leaf.key_der())
         .unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
