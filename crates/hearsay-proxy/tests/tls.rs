@@ -14,7 +14,7 @@ use hearsay_proxy::CloseReason;
 use hearsay_testkit::tls::{Scratch, TestCa};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ProtocolVersion};
-use support::{wait_until, Backend, TestProxy};
+use support::{wait_until, Backend, Client, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -62,10 +62,9 @@ impl Certificates {
     }
 }
 
-/// A TLS client connection with a minimal HTTP/1 reader.
+/// A TLS client connection, read as HTTP/1 by the tests' raw client.
 struct TlsClient {
-    stream: TlsStream<TcpStream>,
-    buffer: Vec<u8>,
+    http: Client<TlsStream<TcpStream>>,
 }
 
 impl TlsClient {
@@ -83,83 +82,40 @@ impl TlsClient {
         .await
         .expect("handshake within 10s")?;
         Ok(TlsClient {
-            stream,
-            buffer: Vec::new(),
+            http: Client::from_stream(stream),
         })
     }
 
     /// SHA-256 of the certificate the server presented, as hearsay-tls prints it.
     fn served(&self) -> String {
-        let (_, session) = self.stream.get_ref();
+        let (_, session) = self.http.stream.get_ref();
         hearsay_tls::fingerprint(&session.peer_certificates().unwrap()[0])
     }
 
     fn version(&self) -> ProtocolVersion {
-        self.stream.get_ref().1.protocol_version().unwrap()
+        self.http.stream.get_ref().1.protocol_version().unwrap()
     }
 
-    /// Sends a GET and reads the response: status and body (framed by Content-Length).
+    /// Sends a GET and reads the response: status and body.
     async fn get(&mut self, path: &str) -> (u16, String) {
-        self.stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: a.example.com\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.read_response().await.expect("a response")
+        let response = self.http.get(path).await;
+        (response.status, response.text())
     }
 
     async fn read_response(&mut self) -> Option<(u16, String)> {
-        let head_end = loop {
-            if let Some(at) = find(&self.buffer, b"\r\n\r\n") {
-                break at;
-            }
-            if !self.fill().await {
-                return None;
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
-        self.buffer.drain(..head_end + 4);
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let length: usize = head
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().unwrap())
-            })
-            .unwrap_or(0);
-        while self.buffer.len() < length {
-            assert!(self.fill().await, "closed inside a body");
-        }
-        let body = String::from_utf8_lossy(&self.buffer[..length]).into_owned();
-        self.buffer.drain(..length);
-        Some((status, body))
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16384];
-        match tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => false,
-            Ok(Ok(read)) => {
-                self.buffer.extend_from_slice(&chunk[..read]);
-                true
-            }
-            Err(_) => panic!("no bytes from the proxy within 10s"),
-        }
+        let response = self.http.read_response().await?;
+        Some((response.status, response.text()))
     }
 
     /// Waits (at most `limit`) for the server's close: `Ok(0)` after its `close_notify` (rustls
     /// reports a close without one as an error).
     async fn wait_closed(&mut self, limit: Duration) -> Option<(Instant, std::io::Result<usize>)> {
         let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
+        match tokio::time::timeout(limit, self.http.stream.read(&mut chunk)).await {
             Err(_) => None,
             Ok(result) => Some((Instant::now(), result)),
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The fingerprints of the certificates a listener serves, in order.
@@ -258,7 +214,7 @@ async fn raw_server_certificate(address: SocketAddr) -> Vec<u8> {
     let client = TlsClient::connect(address, Arc::new(config), "ignored.example")
         .await
         .unwrap();
-    client.stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    client.http.stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,10 +344,9 @@ async fn a_quiet_tls_connection_is_parked_and_keeps_its_session() {
     // Two requests in one write: the second waits in rustls (or hyper) while the first is
     // served, and is answered without the client sending anything more.
     client
-        .stream
-        .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+        .http
+        .send(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
     assert_eq!(client.read_response().await.unwrap().0, 200);
     assert_eq!(client.read_response().await.unwrap().0, 200);
     let stats = proxy.stats();

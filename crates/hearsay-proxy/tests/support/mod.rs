@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use hearsay_config::Config;
@@ -98,21 +98,20 @@ impl RawResponse {
     }
 }
 
-/// A raw client connection.
-pub struct Client {
-    pub stream: TcpStream,
+/// A raw client connection, over TCP or anything else that reads and writes (TLS).
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     buffer: Vec<u8>,
 }
 
 impl Client {
     pub async fn connect(address: SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(address).await.unwrap(),
-            buffer: Vec::new(),
-        }
+        Client::from_stream(TcpStream::connect(address).await.unwrap())
     }
+}
 
-    pub fn from_stream(stream: TcpStream) -> Client {
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub fn from_stream(stream: S) -> Client<S> {
         Client {
             stream,
             buffer: Vec::new(),
