@@ -104,6 +104,10 @@ struct Eligible<'a> {
 impl Eligible<'_> {
     /// Index (in the set) of the `nth` eligible member.
     fn nth(&self, nth: usize) -> usize {
+        if self.count == self.eligible.len() {
+            // Every member may be picked (the usual case): no walk.
+            return if nth < self.count { nth } else { 0 };
+        }
         self.indices().nth(nth).unwrap_or(0)
     }
 

@@ -996,7 +996,7 @@ impl Cluster {
             connection.request_close(hearsay_proxy::CloseReason::OverLimit);
         }
         listener.stats.on_trim(closing as u64);
-        tracing::info!(listener = %listener.name, client = %trim.client, limit = trim.limit, closed = trim.share.min(mine.len() as u32), holders = ?trim.holders, "client over its cluster-wide cap: closing this node's share of the surplus");
+        tracing::info!(listener = %listener.name, client = %trim.client, limit = trim.limit, closed = closing, holders = ?trim.holders, "client over its cluster-wide cap: closing this node's share of the surplus");
         gossip
             .trimmed
             .lock()

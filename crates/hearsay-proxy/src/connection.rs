@@ -33,7 +33,9 @@ use crate::admission::Admission;
 use crate::body::ResponseBody;
 use crate::io::{ClientIo, ClientStream, TrackedIo};
 use crate::listener::Listener;
-use crate::registry::{instant_of, now_nanos, CloseReason, Connection, ParkedNow, Registration};
+use crate::registry::{
+    instant_of, nanos, now_nanos, CloseReason, Connection, ParkedNow, Registration,
+};
 use rules::{decide, ParkPause, State, Verdict};
 
 /// Everything a connection task needs besides its socket.
@@ -100,9 +102,7 @@ async fn handshake(
 ) -> Result<tokio_rustls::server::TlsStream<ClientStream>, CloseReason> {
     let header_timeout = context.listener.settings().header_timeout;
     let accepted = context.registration.connection.accepted_nanos;
-    let deadline = instant_of(
-        accepted.saturating_add(u64::try_from(header_timeout.as_nanos()).unwrap_or(u64::MAX)),
-    );
+    let deadline = instant_of(accepted.saturating_add(nanos(header_timeout)));
     tls.handshake(stream, deadline, &context.abort).await
 }
 
@@ -394,7 +394,7 @@ impl Task<'_> {
 
     /// The listener answers over-limit connections with a 429 (rather than a bare close).
     fn over_limit_answered(&self) -> bool {
-        self.listener.settings().over_limit == OverLimitAction::Http429
+        self.listener.settings_now().over_limit == OverLimitAction::Http429
     }
 
     /// Looks at the connection's state, the settings and the requests to close it: `Some` ends
@@ -417,7 +417,7 @@ impl Task<'_> {
         let now = now_nanos();
         let verdict = decide(
             &connection.state(),
-            &self.listener.settings(),
+            &self.listener.settings_now(),
             now,
             requested.map(|reason| (reason, connection.close_at())),
             wake_at,

@@ -102,6 +102,12 @@ impl Listener {
         self.settings.load_full()
     }
 
+    /// The settings in force now, for a look that ends before the next `await`: no reference
+    /// count is touched (one shared by every connection of the listener).
+    pub(crate) fn settings_now(&self) -> arc_swap::Guard<Arc<ListenerSettings>> {
+        self.settings.load()
+    }
+
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }

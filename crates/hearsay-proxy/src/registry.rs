@@ -240,6 +240,11 @@ pub(crate) fn now_nanos() -> u64 {
     Instant::now().duration_since(base).as_nanos() as u64
 }
 
+/// A duration in the nanoseconds [`now_nanos`] counts in (saturating).
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 pub(crate) fn instant_of(nanos: u64) -> Instant {
     let now = now_nanos();
     let now_instant = Instant::now();

@@ -444,7 +444,7 @@ impl Proxy {
     /// in-flight requests finish within `grace`, then drop what is left.
     pub async fn shutdown(&self, grace: Duration) {
         tracing::info!(grace = ?grace, open = self.registry.connections().len(), "draining connections");
-        let spread = u64::try_from(self.close_spread.min(grace / 2).as_nanos()).unwrap_or(u64::MAX);
+        let spread = crate::registry::nanos(self.close_spread.min(grace / 2));
         self.drain_spread_nanos.store(spread, Ordering::Relaxed);
         self.drain.cancel();
         // Connection tasks wait on their own wake-up only (not on shared tokens): tell each. One

@@ -13,11 +13,11 @@ use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::rules::{nanos, persistence, Persistence, RequestFacts};
+use super::rules::{persistence, Persistence, RequestFacts};
 use crate::body::{InFlight, RequestBody, ResponseBody};
 use crate::headers;
 use crate::listener::Listener;
-use crate::registry::{now_nanos, Connection};
+use crate::registry::{nanos, now_nanos, Connection};
 
 /// Handles one request: forwards it and decides whether the connection stays open after it.
 pub(super) async fn handle(
@@ -29,10 +29,10 @@ pub(super) async fn handle(
     let began = connection.request_began();
     let served = connection.request_started(!request.body().is_end_stream());
     let mut in_flight = InFlight::new(Arc::clone(&connection), began);
-    let settings = listener.settings();
-    connection
-        .idle_hint
-        .store(nanos(settings.keepalive_timeout), Ordering::Relaxed);
+    connection.idle_hint.store(
+        nanos(listener.settings_now().keepalive_timeout),
+        Ordering::Relaxed,
+    );
     let version = request.version();
     let mut facts = RequestFacts {
         draining,
@@ -102,6 +102,8 @@ pub(super) async fn handle(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     headers::remove_hop_by_hop(&mut parts.headers);
+    // Read after the answer came: the settings in force when the response goes out.
+    let settings = listener.settings_now();
     let persistence = persistence(&facts, &settings);
     if let Persistence::ServerCloses(reason) = persistence {
         connection.set_close_reason(reason);

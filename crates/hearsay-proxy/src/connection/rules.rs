@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hearsay_config::ListenerSettings;
 
-use crate::registry::CloseReason;
+use crate::registry::{nanos, CloseReason};
 
 /// What the connection state looks like at one moment, in nanoseconds of [`now_nanos`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +44,6 @@ const PARK_AFTER_MAX_NANOS: u64 = 1_000_000_000;
 /// Added to the idle deadline so that a client, which sees our last byte a little after we wrote
 /// it, never sees the close before its full `keepalive_timeout` (the timer has 1 ms resolution).
 const IDLE_MARGIN_NANOS: u64 = 2_000_000;
-
-pub(crate) fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// The connection rules:
 /// - no request in flight, part of a head received: the head must be complete `header_timeout`

@@ -18,6 +18,7 @@ use hearsay_balancer::{Ejection, HealthCheckState, HealthVerdict, OutlierPolicy,
 use hearsay_config::HealthCheckConfig;
 
 use super::pool::PoolStats;
+use crate::registry::nanos;
 
 /// What the pool and operators see of a backend's health at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,10 +87,6 @@ struct ChecksHere {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The pool clock, in nanoseconds (monotonic): when ejections end.

@@ -103,7 +103,7 @@ impl UpstreamConn {
         release: R,
     ) -> Result<Response<UpstreamBody<R, B>>, Failure<R, B>> {
         let head = encode_request(request);
-        self.exchange_encoded(&head, &request.method, upload, release)
+        self.exchange_encoded(head, &request.method, upload, release)
             .await
     }
 
@@ -111,7 +111,7 @@ impl UpstreamConn {
     /// write theirs as they always have); `method` frames the response.
     pub(crate) async fn exchange_encoded<R: Release, B: UploadBody>(
         mut self,
-        head: &[u8],
+        mut head: Vec<u8>,
         method: &Method,
         mut upload: Option<Upload<B>>,
         release: R,
@@ -125,28 +125,25 @@ impl UpstreamConn {
                     Poll::Ready(())
                 })
                 .await;
-                if upload.pending.is_empty() {
-                    write_head(&mut self.stream, head).await
-                } else {
-                    let mut both = Vec::with_capacity(head.len() + upload.pending.len());
-                    both.extend_from_slice(head);
-                    both.extend_from_slice(&upload.pending);
-                    match write_counted(&mut self.stream, &both).await {
-                        Ok(()) => Ok(()),
-                        // Not even the whole head: nothing the backend could act on.
-                        Err((sent, error)) if sent < head.len() => Err(error),
-                        // The head went out, the body did not: the request cannot go out
-                        // again (the backend may have acted on the head); its answer, if it
-                        // gives one (a 401, a 413), is still read, as when a later body write
-                        // fails.
-                        Err(_) => {
-                            upload.write_refused();
-                            Ok(())
-                        }
+                let head_len = head.len();
+                head.extend_from_slice(&upload.pending);
+                match write_counted(&mut self.stream, &head).await {
+                    Ok(()) => Ok(()),
+                    // Not even the whole head: nothing the backend could act on.
+                    Err((sent, error)) if sent < head_len => Err(error),
+                    // The head went out, the body did not: the request cannot go out
+                    // again (the backend may have acted on the head); its answer, if it
+                    // gives one (a 401, a 413), is still read, as when a later body write
+                    // fails.
+                    Err(_) => {
+                        upload.write_refused();
+                        Ok(())
                     }
                 }
             }
-            None => write_head(&mut self.stream, head).await,
+            None => write_counted(&mut self.stream, &head)
+                .await
+                .map_err(|(_, error)| error),
         };
         if let Err(error) = written {
             return Err((ExchangeError::NotSent(error), release, unsent(upload)));
@@ -499,13 +496,8 @@ impl<B: UploadBody> Upload<B> {
     }
 }
 
-/// Writes a request head whole, and flushes it (TLS may hold records back).
-async fn write_head(stream: &mut UpstreamStream, head: &[u8]) -> io::Result<()> {
-    stream.write_all(head).await?;
-    stream.flush().await
-}
-
-/// [`write_head`] that says, on failure, how many bytes the stream had taken.
+/// Writes `bytes` whole and flushes (what TLS still holds; nothing for TCP); on failure, says how
+/// many bytes the stream had taken.
 async fn write_counted(
     stream: &mut UpstreamStream,
     bytes: &[u8],

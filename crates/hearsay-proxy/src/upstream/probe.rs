@@ -108,7 +108,7 @@ pub(crate) async fn probe(
         );
         let response = UpstreamConn::new(stream)
             .exchange_encoded(
-                request.as_bytes(),
+                request.into_bytes(),
                 &Method::GET,
                 None::<Upload<Empty<Bytes>>>,
                 Close,

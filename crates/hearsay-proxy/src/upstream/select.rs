@@ -101,8 +101,11 @@ impl Pool {
     }
 
     /// Logs entering and leaving fail-open once per transition.
+    /// Read first: a swap on every pick would write a line every request shares.
     pub(super) fn note_fail_open(&self, failing_open: bool) {
-        if self.failing_open.swap(failing_open, Ordering::Relaxed) != failing_open {
+        if self.failing_open.load(Ordering::Relaxed) != failing_open
+            && self.failing_open.swap(failing_open, Ordering::Relaxed) != failing_open
+        {
             if failing_open {
                 tracing::warn!(pool = %self.name, "every enabled backend is unhealthy: failing open, forwarding to all of them");
             } else {
