@@ -258,8 +258,8 @@ fn a_tls_scanner_finds_only_tls_1_2_and_1_3_with_strong_ciphers() {
     let (backend, _) = start_backend();
     let node = Node::start(&node_config(&files, backend));
     let Some(report) = sslscan(&node) else {
-        eprintln!(
-            "skipped: sslscan is not installed (Debian package sslscan; .ci/run installs it)"
+        support::missing_tool(
+            "sslscan is not installed (Debian package sslscan; .ci/run installs it)",
         );
         return;
     };

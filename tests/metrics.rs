@@ -206,8 +206,8 @@ fn promtool_check(exposition: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        eprintln!(
-            "SKIPPED promtool check: promtool is not installed (Debian package `prometheus`)"
+        support::missing_tool(
+            "promtool check: promtool is not installed (Debian package `prometheus`)",
         );
         return;
     };
@@ -235,7 +235,9 @@ fn a_real_prometheus_scrapes_the_node() {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: the prometheus server is not installed (Debian package `prometheus`)");
+        support::missing_tool(
+            "the prometheus server is not installed (Debian package `prometheus`)",
+        );
         return;
     }
     let (backend, _slow) = start_backend();

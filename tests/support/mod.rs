@@ -187,3 +187,14 @@ pub fn try_request(stream: &mut TcpStream, path: &str) -> Option<String> {
         }
     }
 }
+
+/// A test needs a tool that is not installed: a failure where `.ci/run` installed the tools
+/// (`HEARSAY_REQUIRE_TOOLS` set: a missing tool must not pass as a skipped check), else a skip
+/// with `message`.
+pub fn missing_tool(message: &str) {
+    assert!(
+        std::env::var_os("HEARSAY_REQUIRE_TOOLS").is_none(),
+        "{message} (HEARSAY_REQUIRE_TOOLS is set)"
+    );
+    eprintln!("SKIPPED: {message}");
+}

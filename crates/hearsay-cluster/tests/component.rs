@@ -208,19 +208,25 @@ async fn two_writes_of_one_setting_end_with_the_later_stamp_everywhere() {
         .await;
     let a = start("a", 11, &[12], &transport, "").await;
     let b = start("b", 12, &[11], &transport, "").await;
-    // Partitioned: each writes the same setting; b writes second, so its stamp is higher (the
-    // same wall clock, later or equal milliseconds, and "b" > "a" on a tie).
-    set_keepalive(&a, Duration::from_secs(11));
+    // Partitioned: each writes the same setting. a, the lower node id (which loses a tie of
+    // equal milliseconds), writes second, a few milliseconds later: only the later stamp can
+    // make its write win.
     set_keepalive(&b, Duration::from_secs(22));
+    let b_wrote = std::time::Instant::now();
+    until("a later millisecond", || {
+        b_wrote.elapsed() >= Duration::from_millis(5)
+    })
+    .await;
+    set_keepalive(&a, Duration::from_secs(11));
     assert_eq!(keepalive(&a), Duration::from_secs(11));
     assert_eq!(keepalive(&b), Duration::from_secs(22));
     transport.add_link(a.gossip, b.gossip).await;
-    until("b's write wins on a and b", || {
-        keepalive(&a) == Duration::from_secs(22) && keepalive(&b) == Duration::from_secs(22)
+    until("a's later write wins on a and b", || {
+        keepalive(&a) == Duration::from_secs(11) && keepalive(&b) == Duration::from_secs(11)
     })
     .await;
-    assert_eq!(written_by(&a).as_deref(), Some("b"));
-    assert_eq!(written_by(&b).as_deref(), Some("b"));
+    assert_eq!(written_by(&a).as_deref(), Some("a"));
+    assert_eq!(written_by(&b).as_deref(), Some("a"));
 }
 
 /// Entries outlive their writer: every node adopts them into its own gossip state, so a node

@@ -279,6 +279,8 @@ async fn a_handshake_that_never_finishes_is_cut_at_the_header_timeout() {
     let cut = opened.elapsed();
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(cut >= Duration::from_millis(400), "cut after {cut:?}");
+    // On time, with the 250 ms of lateness the real-clock checks allow on a loaded machine.
+    assert!(cut <= Duration::from_millis(650), "cut late: {cut:?}");
     assert!(
         closed(&proxy, CloseReason::HeaderTimeout, 1).await,
         "counted as a header timeout"
