@@ -19,7 +19,8 @@ use std::time::Duration;
 pub use hearsay_balancer::Algorithm;
 pub use ipnet::IpNet;
 pub use validate::{
-    decode_cluster_key, settings_problems, valid_authority as valid_backend_address, valid_name,
+    decode_cluster_key, otlp_endpoint, otlp_endpoint_in_environment, settings_problems,
+    valid_authority as valid_backend_address, valid_name,
 };
 
 /// Default idle (keep-alive) timeout of a listener.
@@ -81,11 +82,67 @@ pub struct AdminConfig {
 }
 
 /// What the node tells monitoring systems.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
     /// Where `GET /metrics` (Prometheus text exposition) is served; `None` = not served (the
     /// default, so several nodes on one host do not collide).
     pub metrics_listen: Option<SocketAddr>,
+    /// The OTLP/gRPC endpoint traces (and, with `otlp_metrics`, metrics) are exported to, e.g.
+    /// `http://127.0.0.1:4317`. `None`: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) if set, else no export.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded (0.0 to 1.0); a request that arrives with a sampled
+    /// `traceparent` is always recorded. A replicated, live setting: this is its start value.
+    pub sample_ratio: f64,
+    /// The `service.name` of the node's spans (`OTEL_SERVICE_NAME` wins when set).
+    pub service_name: String,
+    /// Push the metrics over OTLP too (to the same endpoint), every `otlp_metrics_interval`.
+    pub otlp_metrics: bool,
+    /// How often the metrics are pushed over OTLP.
+    pub otlp_metrics_interval: Duration,
+    /// How the node's log lines are written to stderr.
+    pub log_format: LogFormat,
+    /// Where one JSON line per request goes; `None` = no access log.
+    pub access_log: Option<AccessLog>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics_listen: None,
+            otlp_endpoint: None,
+            sample_ratio: DEFAULT_SAMPLE_RATIO,
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
+            otlp_metrics: false,
+            otlp_metrics_interval: DEFAULT_OTLP_METRICS_INTERVAL,
+            log_format: LogFormat::Text,
+            access_log: None,
+        }
+    }
+}
+
+/// The share of new traces recorded unless `telemetry.sample_ratio` says otherwise.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+/// The `service.name` of hearsay's spans unless `telemetry.service_name` says otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "hearsay";
+/// How often metrics are pushed over OTLP unless `telemetry.otlp_metrics_interval` says otherwise.
+pub const DEFAULT_OTLP_METRICS_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    Text,
+    /// One JSON object per line, with the trace and span ids of the request it is about.
+    Json,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Stderr,
+    /// A file, appended to and reopened on SIGHUP (for logrotate).
+    File(PathBuf),
 }
 
 /// The admin API's certificate, and the CA its clients' certificates must be signed by.

@@ -150,6 +150,13 @@ pub(crate) struct RawAdminTls {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTelemetry {
     pub metrics_listen: Option<String>,
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    pub otlp_metrics: Option<bool>,
+    pub otlp_metrics_interval: Option<String>,
+    pub log_format: Option<String>,
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

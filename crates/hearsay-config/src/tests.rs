@@ -1131,6 +1131,73 @@ fn bad_metrics_addresses_are_reported() {
 }
 
 #[test]
+fn telemetry_defaults_and_settings() {
+    let config = Config::parse(&with_listener("")).unwrap();
+    let telemetry = &config.telemetry;
+    assert_eq!(telemetry.otlp_endpoint, None);
+    assert_eq!(telemetry.sample_ratio, 0.01);
+    assert_eq!(telemetry.service_name, "hearsay");
+    assert!(!telemetry.otlp_metrics);
+    assert_eq!(telemetry.log_format, crate::LogFormat::Text);
+    assert_eq!(telemetry.access_log, None);
+    let on = format!(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317/\"\nsample_ratio = 1.0\n\
+         service_name = \"edge\"\notlp_metrics = true\notlp_metrics_interval = \"5s\"\n\
+         log_format = \"json\"\naccess_log = \"/var/log/hearsay/access.log\"\n{}",
+        with_listener("")
+    );
+    let telemetry = Config::parse(&on).unwrap().telemetry;
+    assert_eq!(
+        telemetry.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4317")
+    );
+    assert_eq!(telemetry.sample_ratio, 1.0);
+    assert_eq!(telemetry.service_name, "edge");
+    assert!(telemetry.otlp_metrics);
+    assert_eq!(telemetry.otlp_metrics_interval, Duration::from_secs(5));
+    assert_eq!(telemetry.log_format, crate::LogFormat::Json);
+    assert_eq!(
+        telemetry.access_log,
+        Some(crate::AccessLog::File("/var/log/hearsay/access.log".into()))
+    );
+    let stderr = format!(
+        "[telemetry]\naccess_log = \"stderr\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        Config::parse(&stderr).unwrap().telemetry.access_log,
+        Some(crate::AccessLog::Stderr)
+    );
+}
+
+#[test]
+fn bad_telemetry_settings_are_reported() {
+    let bad = format!(
+        "[telemetry]\notlp_endpoint = \"127.0.0.1:4317\"\nsample_ratio = 1.5\n\
+         service_name = \" \"\nlog_format = \"xml\"\naccess_log = \"\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(
+        problems(&bad),
+        [
+            "telemetry.otlp_endpoint: \"127.0.0.1:4317\" is not an OTLP/gRPC endpoint; write it \
+             as http://HOST:PORT, e.g. \"http://127.0.0.1:4317\" (https:// for TLS)",
+            "telemetry.sample_ratio: 1.5 is not a share of traces; write a number from 0.0 (none) \
+             to 1.0 (all)",
+            "telemetry.service_name: \" \" must be 1 to 255 characters",
+            "telemetry.log_format: \"xml\" is not a log format; write \"text\" or \"json\"",
+            "telemetry.access_log: is empty; write \"stderr\" or the path of a file (leave it out \
+             for no access log)",
+        ]
+    );
+    let path = format!(
+        "[telemetry]\notlp_endpoint = \"http://collector:4317/v1/traces\"\n{}",
+        with_listener("")
+    );
+    assert_eq!(problems(&path).len(), 1, "{:?}", problems(&path));
+}
+
+#[test]
 fn listener_tls_files_are_read_and_checked() {
     let files = TlsFiles::new("listener");
     let good = format!(

@@ -24,6 +24,7 @@ use crate::{
     DEFAULT_MAX_REQUEST_HEADER_SIZE, DEFAULT_PUBLISHED_CLIENTS, DEFAULT_SHUTDOWN_GRACE,
     MAX_KEEPALIVE_TIMEOUT, MAX_PUBLISHED_CLIENTS, MAX_REQUEST_HEADER_SIZE, MIN_REQUEST_HEADER_SIZE,
 };
+use crate::{AccessLog, LogFormat};
 
 const KNOWN_SECTIONS: &[&str] = &[
     "node",
@@ -407,8 +408,9 @@ fn admin(checker: &mut Checker, raw: RawAdmin) -> AdminConfig {
     }
 }
 
-/// `[telemetry]`: where the metrics are served, if anywhere.
+/// `[telemetry]`: metrics, traces and logs.
 fn telemetry(checker: &mut Checker, raw: RawTelemetry) -> TelemetryConfig {
+    let defaults = TelemetryConfig::default();
     let metrics_listen = raw.metrics_listen.and_then(|text| {
         text.trim().parse().ok().or_else(|| {
             checker.problem(
@@ -422,7 +424,113 @@ fn telemetry(checker: &mut Checker, raw: RawTelemetry) -> TelemetryConfig {
             None
         })
     });
-    TelemetryConfig { metrics_listen }
+    let otlp_endpoint = raw
+        .otlp_endpoint
+        .and_then(|text| match otlp_endpoint(&text) {
+            Ok(endpoint) => Some(endpoint),
+            Err(why) => {
+                checker.problem("telemetry.otlp_endpoint", format!("{} {why}", quote(&text)));
+                None
+            }
+        });
+    let sample_ratio = match raw.sample_ratio {
+        Some(ratio) if !(0.0..=1.0).contains(&ratio) => {
+            checker.problem(
+                "telemetry.sample_ratio",
+                format!(
+                    "{ratio} is not a share of traces; write a number from 0.0 (none) to 1.0 (all)"
+                ),
+            );
+            defaults.sample_ratio
+        }
+        Some(ratio) => ratio,
+        None => defaults.sample_ratio,
+    };
+    let service_name = match raw.service_name {
+        Some(name) if name.trim().is_empty() || name.len() > 255 => {
+            checker.problem(
+                "telemetry.service_name",
+                format!("{} must be 1 to 255 characters", quote(&name)),
+            );
+            defaults.service_name
+        }
+        Some(name) => name.trim().to_owned(),
+        None => defaults.service_name,
+    };
+    let otlp_metrics = raw.otlp_metrics.unwrap_or(false);
+    if otlp_metrics && otlp_endpoint.is_none() && !otlp_endpoint_in_environment("METRICS") {
+        checker.problem(
+            "telemetry.otlp_metrics",
+            "= true needs an endpoint to push to: set telemetry.otlp_endpoint (or \
+             OTEL_EXPORTER_OTLP_ENDPOINT)",
+        );
+    }
+    let otlp_metrics_interval = checker.duration(
+        "telemetry.otlp_metrics_interval",
+        raw.otlp_metrics_interval.as_deref(),
+        defaults.otlp_metrics_interval,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    let log_format = match raw.log_format.as_deref().map(str::trim) {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            checker.problem(
+                "telemetry.log_format",
+                format!(
+                    "{} is not a log format; write \"text\" or \"json\"",
+                    quote(other)
+                ),
+            );
+            LogFormat::Text
+        }
+    };
+    let access_log = match raw.access_log.as_deref().map(str::trim) {
+        None => None,
+        Some("") => {
+            checker.problem(
+                "telemetry.access_log",
+                "is empty; write \"stderr\" or the path of a file (leave it out for no access log)",
+            );
+            None
+        }
+        Some("stderr") => Some(AccessLog::Stderr),
+        Some(path) => Some(AccessLog::File(PathBuf::from(path))),
+    };
+    TelemetryConfig {
+        metrics_listen,
+        otlp_endpoint,
+        sample_ratio,
+        service_name,
+        otlp_metrics,
+        otlp_metrics_interval,
+        log_format,
+        access_log,
+    }
+}
+
+/// Whether the standard OTel variables name an endpoint for `signal` ("TRACES", "METRICS").
+pub fn otlp_endpoint_in_environment(signal: &str) -> bool {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    set("OTEL_EXPORTER_OTLP_ENDPOINT") || set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+}
+
+/// An OTLP/gRPC endpoint: `http://host:port` or `https://host:port` (a path is not part of a
+/// gRPC endpoint). Returned without a trailing `/`.
+pub fn otlp_endpoint(text: &str) -> Result<String, &'static str> {
+    let text = text.trim().trim_end_matches('/');
+    let authority = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or("is not an OTLP/gRPC endpoint; write it as http://HOST:PORT, e.g. \"http://127.0.0.1:4317\" (https:// for TLS)")?;
+    if authority.is_empty()
+        || authority.contains('/')
+        || authority.contains(|c: char| c.is_whitespace() || c.is_control())
+    {
+        return Err("is not an OTLP/gRPC endpoint: after http:// comes HOST:PORT and nothing else, e.g. \"http://127.0.0.1:4317\"");
+    }
+    Ok(text.to_owned())
 }
 
 /// The metrics address must not be a port the node already binds for TCP (the admin API or a

@@ -16,6 +16,7 @@ mod log_limit;
 pub mod registry;
 mod server;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use admission::{ClientKey, ClientTable};

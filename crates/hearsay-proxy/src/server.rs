@@ -58,6 +58,8 @@ pub struct Proxy {
     close_spread: Duration,
     /// The spread of the drain under way, in nanoseconds (set when it begins).
     drain_spread_nanos: std::sync::atomic::AtomicU64,
+    /// The share of new traces recorded (`telemetry.sample_ratio`, replicated: the cluster sets it).
+    sample_ratio: Arc<crate::trace::SampleRatio>,
 }
 
 impl Proxy {
@@ -122,6 +124,9 @@ impl Proxy {
             max_lingering: max_lingering(connection_budget),
             close_spread: config.node.close_spread,
             drain_spread_nanos: std::sync::atomic::AtomicU64::new(0),
+            sample_ratio: Arc::new(crate::trace::SampleRatio::new(
+                config.telemetry.sample_ratio,
+            )),
         }))
     }
 
@@ -304,6 +309,12 @@ impl Proxy {
             .sum();
         open + (self.lingering.load(Ordering::Relaxed) + self.refusing.load(Ordering::Relaxed))
             as u64
+    }
+
+    /// The share of new traces recorded, read by the sampler on each new trace and set by the
+    /// cluster when the replicated `sample_ratio` changes.
+    pub fn sample_ratio(&self) -> &Arc<crate::trace::SampleRatio> {
+        &self.sample_ratio
     }
 
     /// Client connections this node accepts at most at once (see [`connection_budget`]).
