@@ -167,6 +167,10 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             },
             Arc::clone(proxy.sample_ratio()),
         )?;
+        if let Some(access_log) = proxy.access_log() {
+            access_log.start()?;
+            tracing::info!(target = ?access_log.target(), "writing the access log");
+        }
         if let Some(traces) = &traces {
             tracing::info!(endpoint = traces.endpoint(), sample_ratio = proxy.sample_ratio().get(), "exporting traces over OTLP/gRPC");
         }
@@ -313,9 +317,9 @@ impl Signals {
 
     /// Waits for SIGTERM or SIGINT. SIGHUP (what `systemctl reload` and log rotators send) does
     /// not stop the process: it reloads the certificates of every HTTPS listener of `proxy` (each outcome
-    /// logged; a bad file leaves the listener's certificates in service). Settings change through
-    /// the admin API, the config file with a restart, and the log goes to stderr, which needs no
-    /// reopening.
+    /// logged; a bad file leaves the listener's certificates in service) and reopens the access
+    /// log file (after logrotate moved it). Settings change through the admin API, the config
+    /// file with a restart; the log goes to stderr, which needs no reopening.
     pub(crate) async fn stop(&mut self, proxy: Option<&Proxy>) {
         loop {
             tokio::select! {
@@ -332,9 +336,12 @@ impl Signals {
                         tracing::info!(signal = "SIGHUP", "signal received: nothing to reload; still running");
                         continue;
                     };
+                    if let Some(access_log) = proxy.access_log() {
+                        access_log.reopen().await;
+                    }
                     let reloaded = proxy.reload_certificates();
                     let refused = reloaded.iter().filter(|(_, result)| result.is_err()).count();
-                    tracing::info!(signal = "SIGHUP", tls_listeners = reloaded.len(), refused, "signal received: certificates reloaded (settings change with the admin API, the config file with a restart); still running");
+                    tracing::info!(signal = "SIGHUP", tls_listeners = reloaded.len(), refused, "signal received: certificates reloaded, access log reopened (settings change with the admin API, the config file with a restart); still running");
                 }
             }
         }
