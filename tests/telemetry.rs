@@ -448,3 +448,78 @@ fn json_log_lines_carry_the_trace_of_their_request() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn connection_events_join_the_trace_of_the_last_request() {
+    let receiver = OtlpReceiver::start();
+    let (backend, heads) = recording_backend();
+    let node = Node::start(&format!(
+        "[node]\nid = \"events-e2e\"\ndata_dir = \"{}\"\n[runtime]\nworker_threads = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 1.0\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+         keepalive_timeout = \"1s\"\nmax_connections_per_client = 1\nover_limit = \"close\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
+        temp_data_dir(),
+        receiver.endpoint()
+    ));
+    let mut client = TcpStream::connect(node.address).unwrap();
+    get(&mut client, "/", "");
+    heads.recv_timeout(Duration::from_secs(10)).unwrap();
+    // A second connection from the same client is over its limit of one.
+    let mut refused = TcpStream::connect(node.address).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut refused, &mut byte).unwrap_or(0),
+        0,
+        "closed at accept"
+    );
+    // The first connection closes at its idle timeout.
+    let spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        spans
+            .iter()
+            .any(|s| s.name() == "hearsay.connection.closed")
+            && spans
+                .iter()
+                .any(|s| s.name() == "hearsay.connection.refused")
+    });
+    let server = spans
+        .iter()
+        .find(|s| s.kind() == "SERVER")
+        .expect("{spans:#?}");
+    let closed = spans
+        .iter()
+        .find(|s| s.name() == "hearsay.connection.closed")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(closed.trace_id(), server.trace_id());
+    assert_eq!(closed.parent_span_id(), server.span_id());
+    assert_eq!(
+        closed.attribute("hearsay.close.reason").as_deref(),
+        Some("idle_timeout")
+    );
+    assert_eq!(
+        closed.attribute("hearsay.connection.requests").as_deref(),
+        Some("1")
+    );
+    let refused = spans
+        .iter()
+        .find(|s| s.name() == "hearsay.connection.refused")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(refused.parent_span_id(), "", "no request came on it");
+    assert_eq!(
+        refused
+            .attribute("hearsay.client.connections.cluster")
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        refused.attribute("hearsay.client.limit").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        refused.attribute("client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+}

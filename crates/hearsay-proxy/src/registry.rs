@@ -300,6 +300,9 @@ pub struct Connection {
     /// Request body bytes read from the client for the current request (the access log's
     /// `bytes_in`).
     pub(crate) body_bytes: AtomicU64,
+    /// The trace of the connection's last request when it was recorded: the connection's own
+    /// events (its close at the idle or header timeout) join that trace.
+    pub(crate) last_trace: arc_swap::ArcSwapOption<opentelemetry::trace::SpanContext>,
 }
 
 /// Why a client's request body could not be read to its end: the client's fault, never the
@@ -366,6 +369,7 @@ impl Connection {
             body_failure: std::sync::atomic::AtomicU8::new(0),
             close_at: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
+            last_trace: arc_swap::ArcSwapOption::empty(),
         }
     }
 

@@ -281,7 +281,32 @@ impl Proxy {
         };
         let Some(admission) = listener.clients.try_admit(key, limit) else {
             listener.stats.on_refuse();
-            tracing::debug!(listener = %listener.name, client = %peer, key = %key, "connection refused: over limit");
+            let local = listener.clients.count(&key);
+            let remote = listener.remote_count(&key);
+            tracing::debug!(listener = %listener.name, client = %peer, key = %key, local, cluster = local + remote, "connection refused: over limit");
+            crate::trail::connection_event("hearsay.connection.refused", None, || {
+                vec![
+                    opentelemetry::KeyValue::new("hearsay.listener", listener.name.to_string()),
+                    opentelemetry::KeyValue::new("client.address", peer.ip().to_string()),
+                    opentelemetry::KeyValue::new("hearsay.client.key", key.to_string()),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.client.connections.node",
+                        i64::from(local),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.client.connections.cluster",
+                        i64::from(local + remote),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.client.limit",
+                        settings.max_connections_per_client.map_or(0, i64::from),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.over_limit",
+                        format!("{:?}", settings.over_limit),
+                    ),
+                ]
+            });
             if settings.over_limit == OverLimitAction::Http429 {
                 match &listener.tls {
                     None => self.refuse(stream),

@@ -283,6 +283,31 @@ impl Drop for Trail {
     }
 }
 
+/// A connection's event as a span of its own, ended at once: a child of `parent` (the trace of
+/// the connection's last request) when there is one, else the root of a new trace, recorded as
+/// the sampler decides. Nothing is built when traces are not exported.
+pub(crate) fn connection_event(
+    name: &'static str,
+    parent: Option<&SpanContext>,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+) {
+    let Some(tracer) = trace::tracer() else {
+        return;
+    };
+    let parent = match parent {
+        Some(context) => Context::new().with_remote_span_context(context.clone()),
+        None => Context::new(),
+    };
+    let mut span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .start_with_context(tracer, &parent);
+    if span.is_recording() {
+        span.set_attributes(attributes());
+    }
+    span.end();
+}
+
 /// `host:port` into the host and the port (IPv6 brackets removed).
 fn split_host(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {

@@ -62,6 +62,11 @@ pub(super) async fn handle(
             index: served,
         },
     );
+    if trail.recorded() {
+        connection.last_trace.store(trail.context().map(Arc::new));
+    } else if connection.last_trace.load().is_some() {
+        connection.last_trace.store(None);
+    }
     let access = listener.access_log.as_ref().map(|log| AccessFacts {
         log: Arc::clone(log),
         time: std::time::SystemTime::now(),
