@@ -149,8 +149,7 @@ impl Pusher {
             self.started,
             unix_nanos(SystemTime::now()),
         );
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(timeout);
+        // Our own bound, the only one (the channel's would race it with a vaguer error).
         let response = tokio::time::timeout(timeout, self.client.export(request))
             .await
             .map_err(|_| PushError::Timeout(timeout))??;
@@ -265,9 +264,7 @@ fn metrics_endpoint(
 /// A lazily connected gRPC channel (a collector that is down at start is tried again at each
 /// push); TLS with the system's roots for `https://`.
 fn channel(endpoint: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    let mut builder = Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+    let mut builder = Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(timeout);
     if endpoint.starts_with("https://") {
         builder = builder.tls_config(ClientTlsConfig::new().with_native_roots())?;
     }
