@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hearsay_proxy::trace::SampleRatio;
 use opentelemetry::trace::{Link, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     Sampler, SamplingResult, SdkTracerProvider, ShouldSample, Span, SpanData, SpanExporter,
@@ -93,6 +93,18 @@ impl Traces {
         // An empty endpoint: the exporter reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT itself.
         if !endpoint.is_empty() {
             builder = builder.with_endpoint(endpoint.clone());
+        }
+        // https:// (here or in the environment): TLS trusting the system's roots.
+        let named = if endpoint.is_empty() {
+            std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                .unwrap_or_default()
+        } else {
+            endpoint.clone()
+        };
+        if named.trim().starts_with("https://") {
+            builder = builder
+                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
         }
         let exporter = builder
             .with_timeout(EXPORT_TIMEOUT)
@@ -329,5 +341,96 @@ impl Failures {
             );
             self.lost_since = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    /// An exporter whose calls never end (a collector that accepts and never answers).
+    #[derive(Debug)]
+    struct Stuck;
+
+    impl SpanExporter for Stuck {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_spans_and_counts_them_without_waiting() {
+        let identity = TraceIdentity {
+            service_name: "test".to_owned(),
+            node_id: "n1".to_owned(),
+            version: "0".to_owned(),
+            cluster_id: None,
+        };
+        let (traces, _task) = Traces::with_exporter(
+            Stuck,
+            &identity,
+            Arc::new(SampleRatio::new(1.0)),
+            Duration::from_millis(1),
+        );
+        let tracer = traces.provider.tracer("test");
+        // One batch is stuck in the exporter, the queue fills behind it, and the rest is
+        // dropped: ending a span never waits.
+        let before = SPANS.dropped.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let total = QUEUE_CAPACITY + MAX_BATCH + 100;
+        for _ in 0..total {
+            tracer.start("request").end();
+            // Let the exporter task take its batch first.
+            tokio::task::yield_now().await;
+        }
+        let dropped = SPANS.dropped.load(Ordering::Relaxed) - before;
+        assert!(
+            (100..=(total - QUEUE_CAPACITY) as u64).contains(&dropped),
+            "dropped {dropped} of {total}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_live_ratio_decides_new_traces_and_a_parent_decides_its_children() {
+        let ratio = Arc::new(SampleRatio::new(0.0));
+        let sampler = Sampler::parent_based(LiveRatio(Arc::clone(&ratio)));
+        let decide = |parent: Option<&Context>| {
+            sampler
+                .should_sample(
+                    parent,
+                    TraceId::from(0x0123_4567_89ab_cdef_0123_4567_89ab_cdefu128),
+                    "GET",
+                    &SpanKind::Server,
+                    &[],
+                    &[],
+                )
+                .decision
+        };
+        use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+        use opentelemetry_sdk::trace::SamplingDecision;
+        assert_eq!(decide(None), SamplingDecision::Drop);
+        ratio.set(1.0);
+        assert_eq!(decide(None), SamplingDecision::RecordAndSample);
+        let parent = |flags| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(7u128),
+                opentelemetry::trace::SpanId::from(9u64),
+                flags,
+                true,
+                Default::default(),
+            ))
+        };
+        ratio.set(0.0);
+        assert_eq!(
+            decide(Some(&parent(opentelemetry::trace::TraceFlags::SAMPLED))),
+            SamplingDecision::RecordAndSample
+        );
+        ratio.set(1.0);
+        assert_eq!(
+            decide(Some(&parent(opentelemetry::trace::TraceFlags::default()))),
+            SamplingDecision::Drop
+        );
     }
 }

@@ -249,6 +249,15 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // `[telemetry] otlp_metrics`: the same metrics pushed over OTLP, in their own task.
+        let otlp_metrics = hearsay_telemetry::OtlpMetricsPush::start(
+            &config,
+            Arc::new(hearsay_telemetry::Metrics::new(
+                Arc::clone(&proxy),
+                Arc::clone(&cluster),
+                env!("CARGO_PKG_VERSION"),
+            )),
+        );
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), connection_budget = proxy.connection_budget(), "node started");
         tokio::select! {
             () = signals.stop(Some(&proxy)) => {}
@@ -281,6 +290,10 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         stop_metrics.cancel();
         if let Some(metrics) = metrics {
             let _ = metrics.await;
+        }
+        // The drained node's last counts, pushed within hearsay_telemetry::FINAL_PUSH_TIMEOUT.
+        if let Some(push) = otlp_metrics {
+            push.finish().await;
         }
         cluster.leave().await;
         if let Some(traces) = traces {
