@@ -3,6 +3,10 @@
 # two hearsay builds side by side, each with one worker thread pinned to CPU 1, wrk and the
 # nginx backend on CPU 0, runs alternating between them; prints each one's requests/s and
 # CPU time per request (from /proc) and the ratio B/A. "post" sends 1 KiB POST bodies.
+# One build against itself with telemetry on in B (an OTLP sink on 127.0.0.1:4317 first:
+# cargo run --release -p hearsay-testkit --example otlp_sink):
+#   B_EXTRA='[telemetry]\notlp_endpoint = "http://127.0.0.1:4317"\nsample_ratio = 0.01\nmetrics_listen = "127.0.0.1:19464"' \
+#     tests/bench/ab.sh target/release/hearsay target/release/hearsay keepalive 10 3
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1 B=$2 MODE=${3:-keepalive} PAIRS=${4:-8} DUR=${5:-3}
@@ -17,6 +21,9 @@ C
 sed -e 's/KEEPALIVE/75s/' -e "s#/tmp/hearsay-bench#$W/dataA#" tests/bench/hearsay.toml >"$W/a.toml"
 sed -e 's/KEEPALIVE/75s/' -e "s#/tmp/hearsay-bench#$W/dataB#" -e 's/18083/18084/' tests/bench/hearsay.toml >"$W/b.toml"
 printf "\n[admin]\nlisten = \"127.0.0.1:0\"\n" >> "$W/a.toml"; printf "\n[admin]\nlisten = \"127.0.0.1:0\"\n" >> "$W/b.toml"
+# A_EXTRA / B_EXTRA: TOML appended to one side's config (e.g. a [telemetry] section), so one
+# binary can be measured against itself with a setting on and off.
+printf '%b\n' "${A_EXTRA:-}" >> "$W/a.toml"; printf '%b\n' "${B_EXTRA:-}" >> "$W/b.toml"
 grep -q 18084 "$W/b.toml" || { echo "port not replaced"; exit 1; }
 taskset -c 0 nginx -c "$W/backend.conf" -p "$W" & sleep 0.3
 taskset -c 1 "$A" --log-level warn run --config "$W/a.toml" >"$W/a.log" 2>&1 & pa=$!
