@@ -2460,3 +2460,79 @@ fn measure_rolling_restart_under_load() {
         total.truncated
     );
 }
+
+/// grpcurl's answer of `method` on a node: (succeeded, stdout and stderr).
+fn grpcurl_call(admin: SocketAddr, method: &str, body: &str) -> (bool, String) {
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10", "-d", body])
+        .arg(admin.to_string())
+        .arg(format!("hearsay.admin.v1.Admin/{method}"))
+        .output()
+        .expect("grpcurl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[test]
+fn the_sample_ratio_set_on_one_node_reaches_every_node_and_survives_a_restart() {
+    let mut nodes = cluster_configs(3, "", "backends = [\"127.0.0.1:9\"]", "");
+    for node in &mut nodes {
+        node.config += "[telemetry]\nsample_ratio = 0.25\n";
+    }
+    start_cluster(&mut nodes);
+    let admins: Vec<SocketAddr> = nodes.iter().map(|n| n.node().admin).collect();
+    let telemetry = |admin| grpcurl_json(admin, "GetTelemetry", "{}");
+    for admin in &admins {
+        let json = telemetry(*admin);
+        assert!(json.contains("\"sampleRatio\": 0.25"), "{json}");
+        assert!(json.contains("\"source\": \"FILE\""), "{json}");
+    }
+
+    // Out of range, or missing: refused with a message naming the setting and its range.
+    for body in [
+        r#"{"sample_ratio": 1.5}"#,
+        r#"{"sample_ratio": -0.1}"#,
+        "{}",
+    ] {
+        let (ok, printed) = grpcurl_call(admins[0], "UpdateTelemetry", body);
+        assert!(!ok, "{body}: {printed}");
+        assert!(printed.contains("InvalidArgument"), "{body}: {printed}");
+        assert!(printed.contains("sample_ratio"), "{body}: {printed}");
+    }
+    assert!(telemetry(admins[0]).contains("\"sampleRatio\": 0.25"));
+
+    // `hearsay ctl set-sample-ratio` on n2 reaches n1 and n3 by gossip.
+    let ctl = std::process::Command::new(support::HEARSAY)
+        .args(["ctl", "--admin", &admins[1].to_string()])
+        .args(["set-sample-ratio", "0.5"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&ctl.stdout);
+    assert!(
+        ctl.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert!(
+        printed.contains("sample_ratio   0.5      admin n2"),
+        "{printed}"
+    );
+    for admin in &admins {
+        let json = wait_for(
+            &format!("sample ratio 0.5 on {admin}"),
+            Duration::from_secs(10),
+            || Some(telemetry(*admin)).filter(|json| json.contains("\"sampleRatio\": 0.5")),
+        );
+        assert!(json.contains("\"source\": \"ADMIN\""), "{json}");
+        assert!(json.contains("\"nodeId\": \"n2\""), "{json}");
+    }
+
+    // Persisted: n3 restarted with its file unchanged keeps the written value.
+    stop(&mut nodes[2]);
+    nodes[2].start();
+    let json = telemetry(nodes[2].node().admin);
+    assert!(json.contains("\"sampleRatio\": 0.5"), "{json}");
+}

@@ -122,6 +122,16 @@ impl AdminService {
         proto
     }
 
+    fn telemetry(&self) -> pb::Telemetry {
+        pb::Telemetry {
+            sample_ratio: self.proxy.sample_ratio().get(),
+            sample_ratio_origin: Some(origin_to_proto(
+                "sample_ratio",
+                self.cluster.sample_ratio_origin(),
+            )),
+        }
+    }
+
     fn listener(&self, name: &str) -> Result<&Arc<Listener>, AdminError> {
         if name.is_empty() {
             return Err(AdminError::invalid("name", "is required"));
@@ -972,5 +982,33 @@ impl pb::admin_server::Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn get_telemetry(
+        &self,
+        _request: Request<pb::GetTelemetryRequest>,
+    ) -> Reply<pb::Telemetry> {
+        Ok(Response::new(self.telemetry()))
+    }
+
+    async fn update_telemetry(
+        &self,
+        request: Request<pb::UpdateTelemetryRequest>,
+    ) -> Reply<pb::Telemetry> {
+        let who = caller(&request);
+        let peer = peer(&request);
+        let Some(ratio) = request.get_ref().sample_ratio else {
+            return Err(AdminError::invalid(
+                "sample_ratio",
+                "required: the share of new traces recorded, 0.0 to 1.0",
+            )
+            .into());
+        };
+        let (old, new) = self
+            .cluster
+            .set_sample_ratio(ratio, peer)
+            .map_err(AdminError::InvalidArguments)?;
+        tracing::info!(who = %who, field = "sample_ratio", old, new, "telemetry setting changed");
+        Ok(Response::new(self.telemetry()))
     }
 }

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::hlc::unix_millis;
 use crate::keys::{
     self, backend_key, listener_key, Announced, BACKEND_PREFIX, EJECTION_PREFIX, KEY_ADMIN,
-    KEY_LISTENERS, KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX,
+    KEY_LISTENERS, KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX, TELEMETRY_KEY,
+    TELEMETRY_PREFIX,
 };
 use crate::replicated::{
     self, BackendStateValue, Entry, FileValues, ListenerField, Loaded, Origin, Source, Store, Write,
@@ -248,6 +249,7 @@ impl Cluster {
             for prefix in [
                 LISTENER_PREFIX,
                 BACKEND_PREFIX,
+                TELEMETRY_PREFIX,
                 EJECTION_PREFIX,
                 PASS_PREFIX,
             ] {
@@ -588,6 +590,30 @@ impl Cluster {
     }
 
     /// Where each replicated setting of a listener got its current value on this node.
+    /// Sets the share of new traces recorded, cluster-wide (`telemetry.sample_ratio`). Returns
+    /// the ratio before and after, or why `ratio` is not a share.
+    pub fn set_sample_ratio(&self, ratio: f64, peer: Option<String>) -> Result<(f64, f64), String> {
+        let ratio = replicated::Ratio::checked(ratio)?;
+        let mut store = self.lock_store();
+        let old = self.proxy.sample_ratio().get();
+        self.write(
+            &mut store,
+            &[Write::SampleRatio(ratio)],
+            &Origin::admin(peer),
+        );
+        Ok((old, self.proxy.sample_ratio().get()))
+    }
+
+    /// Where this node's sample ratio came from.
+    pub fn sample_ratio_origin(&self) -> SettingOrigin {
+        let store = self.lock_store();
+        let field = match store.entries.get(TELEMETRY_KEY) {
+            Some(Entry::Telemetry(telemetry)) => telemetry.sample_ratio.as_ref(),
+            _ => None,
+        };
+        SettingOrigin::of(field)
+    }
+
     pub fn listener_origins(&self, name: &str) -> Vec<(ListenerField, SettingOrigin)> {
         let store = self.lock_store();
         let fields = match store.entries.get(&listener_key(name)) {

@@ -9,6 +9,7 @@
 //! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
 //! | `node:ready` | `1` / `0` | listeners bound |
 //! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON `Entry`: stamped fields | replicated settings, merged field by field by every node |
+//! | `set:t:telemetry` | JSON `Entry`: stamped fields | the replicated telemetry settings (`sample_ratio`); older nodes read no `set:t:` key |
 //! | `c:<listener>/<client key>` | `<count>` / `<count>e` | this node's open connections of one client it leads / echoes (see `client_counts`) |
 //! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
 //! | `e:<pool>/<backend>` | `<until>,<since>` unix ms | this node's passive ejection: until then, begun then |
@@ -27,6 +28,10 @@ use crate::client_counts::Role;
 pub const LISTENER_PREFIX: &str = "set:l:";
 /// Replicated backend membership, state and weight: `set:b:<pool>/<backend>`.
 pub const BACKEND_PREFIX: &str = "set:b:";
+/// Replicated telemetry settings: `set:t:telemetry` (one key: the settings are node-wide).
+pub const TELEMETRY_PREFIX: &str = "set:t:";
+/// The one telemetry key.
+pub const TELEMETRY_KEY: &str = "set:t:telemetry";
 /// A client's open connections on this node: `c:<listener>/<client key>`.
 pub const COUNT_PREFIX: &str = "c:";
 /// This node's active-check verdict of a backend: `h:<pool>/<backend>`.
@@ -54,6 +59,7 @@ const MAX_ADDRESS_LEN: usize = 260;
 pub enum Target<'a> {
     Listener(&'a str),
     Backend { pool: &'a str, address: &'a str },
+    Telemetry,
 }
 
 pub fn listener_key(name: &str) -> String {
@@ -67,6 +73,9 @@ pub fn backend_key(pool: &str, address: &str) -> String {
 /// A replicated key: names as the config file allows them, so a peer's key can never name more
 /// than a config could (bounded length, no control characters).
 pub fn parse_key(key: &str) -> Option<Target<'_>> {
+    if key == TELEMETRY_KEY {
+        return Some(Target::Telemetry);
+    }
     if let Some(name) = key.strip_prefix(LISTENER_PREFIX) {
         return hearsay_config::valid_name(name).then_some(Target::Listener(name));
     }
@@ -252,6 +261,9 @@ mod tests {
         );
         assert_eq!(listener_key("web"), "set:l:web", "the wire format");
         assert_eq!(backend_key("app", "10.0.0.1:80"), "set:b:app/10.0.0.1:80");
+        assert_eq!(parse_key("set:t:telemetry"), Some(Target::Telemetry));
+        assert_eq!(parse_key("set:t:"), None);
+        assert_eq!(parse_key("set:t:other"), None);
         assert_eq!(parse_key("set:l:"), None);
         assert_eq!(parse_key("set:b:app"), None);
         assert_eq!(parse_key("c:web/1.2.3.4"), None);

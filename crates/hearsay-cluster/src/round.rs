@@ -15,7 +15,8 @@ use hearsay_proxy::ClientKey;
 use crate::client_counts::{self, LocalCounts, Role};
 use crate::keys::{
     self, Announced, BACKEND_PREFIX, COUNT_PREFIX, EJECTION_PREFIX, KEY_ADMIN, KEY_LISTENERS,
-    KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX, VERDICT_PREFIX,
+    KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX, TELEMETRY_PREFIX,
+    VERDICT_PREFIX,
 };
 use crate::replicated::Entry;
 use crate::shared_health;
@@ -288,7 +289,7 @@ fn offered_entries<S: NodeValues, C>(input: &RoundInput<'_, S, C>) -> Vec<(Strin
         .map(|node| node.state);
     let mut offered = Vec::new();
     for node in input.nodes.iter().filter(|node| node.id != input.self_id) {
-        for prefix in [LISTENER_PREFIX, BACKEND_PREFIX] {
+        for prefix in [LISTENER_PREFIX, BACKEND_PREFIX, TELEMETRY_PREFIX] {
             for (key, value) in node.state.prefixed(prefix) {
                 if own.and_then(|own| own.value(key)) == Some(value) {
                     continue;

@@ -176,6 +176,61 @@ async fn cut(transport: &ChannelTransport, a: &Node, b: &Node) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_ratio_written_on_one_node_reaches_every_node_and_survives_a_restart() {
+    let transport = ChannelTransport::default();
+    let a = start("a", 11, &[12, 13], &transport, "").await;
+    let b = start("b", 12, &[11, 13], &transport, "").await;
+    let c = start("c", 13, &[11, 12], &transport, "").await;
+    for node in [&a, &b, &c] {
+        assert_eq!(node.proxy.sample_ratio().get(), 0.01, "the config default");
+        assert_eq!(node.cluster.sample_ratio_origin(), SettingOrigin::File);
+    }
+    assert!(b
+        .cluster
+        .set_sample_ratio(1.5, None)
+        .unwrap_err()
+        .contains("out of range"));
+    assert_eq!(b.cluster.set_sample_ratio(0.5, None), Ok((0.01, 0.5)));
+    until("sample ratio 0.5 on a, b and c", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|node| node.proxy.sample_ratio().get() == 0.5)
+    })
+    .await;
+    for node in [&a, &c] {
+        assert!(matches!(
+            node.cluster.sample_ratio_origin(),
+            SettingOrigin::Written { node, .. } if node == "b"
+        ));
+    }
+    // Persisted: c restarted alone (no peer to learn it from) starts with the written ratio,
+    // not its file's.
+    let data_dir = c.data_dir.clone();
+    c.cluster.leave().await;
+    let config = Config::parse(
+        "[node]\nid = \"c\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let proxy = Proxy::new(&config).unwrap();
+    let _alone = Cluster::start(
+        Arc::clone(&proxy),
+        ClusterOptions {
+            node_id: "c".to_owned(),
+            data_dir,
+            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            version: "test".to_owned(),
+            config: None,
+            file: FileValues::of(&config),
+            transport: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.sample_ratio().get(), 0.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_setting_written_on_one_node_reaches_every_node() {
     let transport = ChannelTransport::default();
     let a = start("a", 1, &[2, 3], &transport, "").await;
