@@ -24,7 +24,7 @@ use hearsay_proxy::{BackendState, PoolError, Proxy};
 use serde::{Deserialize, Serialize};
 
 use crate::hlc::{Hlc, Stamp};
-use crate::keys::{backend_key, listener_key, parse_key, Target, TELEMETRY_KEY};
+use crate::keys::{backend_key, listener_key, parse_key, Target, TraceNote, TELEMETRY_KEY};
 
 /// Longest value accepted from a peer. The longest entry a node writes (six fields with a
 /// 128-character node id and an IPv6 peer address each) is about 2 KB.
@@ -454,6 +454,59 @@ impl Entry {
         }
     }
 
+    /// The fields written with `stamp` (one operation), as `(name, value)` for an operator.
+    pub fn fields_stamped(&self, stamp: &Stamp) -> Vec<(&'static str, String)> {
+        let at = |field_stamp: &Stamp| field_stamp == stamp;
+        match self {
+            Entry::Listener(fields) => fields
+                .iter()
+                .filter(|(_, field)| at(&field.stamp))
+                .map(|(name, field)| (name.name(), name.display(field.value)))
+                .collect(),
+            Entry::Backend(backend) => {
+                let (pool, address) = (String::new(), String::new());
+                let mut found = Vec::new();
+                if let Some(member) = backend.member.as_ref().filter(|f| at(&f.stamp)) {
+                    found.push(
+                        Write::Member {
+                            pool: pool.clone(),
+                            address: address.clone(),
+                            member: member.value,
+                        }
+                        .describe(),
+                    );
+                }
+                if let Some(state) = backend.state.as_ref().filter(|f| at(&f.stamp)) {
+                    found.push(
+                        Write::State {
+                            pool: pool.clone(),
+                            address: address.clone(),
+                            state: state.value,
+                        }
+                        .describe(),
+                    );
+                }
+                if let Some(weight) = backend.weight.as_ref().filter(|f| at(&f.stamp)) {
+                    found.push(
+                        Write::Weight {
+                            pool,
+                            address,
+                            weight: weight.value,
+                        }
+                        .describe(),
+                    );
+                }
+                found
+            }
+            Entry::Telemetry(telemetry) => telemetry
+                .sample_ratio
+                .iter()
+                .filter(|field| at(&field.stamp))
+                .map(|field| Write::SampleRatio(field.value).describe())
+                .collect(),
+        }
+    }
+
     /// The version the admin API shows and `expected_version` compares with: the sum of the
     /// fields' stamp versions. It grows with every write to any field, and is the same on every
     /// node that has the same writes (a single "newest stamp" would not move when a partition
@@ -827,6 +880,9 @@ pub struct Store {
     /// write overrode it: a node whose file brings the same edit afterwards (one file rolled out
     /// node by node) then knows the cluster had that edit already and does not write it again.
     pub file_edits: BTreeMap<String, FileEdit>,
+    /// The trace note of each entry's latest traced write, gossiped beside it (`t:<key>`); kept
+    /// in memory only (a trace is about the moment of the write, not worth a restart).
+    pub traces: BTreeMap<String, TraceNote>,
     pub clock: Hlc,
     path: PathBuf,
 }
@@ -979,6 +1035,7 @@ impl Store {
                 baseline,
                 baseline_read_ms,
                 file_edits,
+                traces: BTreeMap::new(),
                 clock,
                 path,
             },
@@ -1081,6 +1138,17 @@ impl Store {
         node: &str,
         origin: &Origin,
     ) -> Vec<String> {
+        self.write_stamped(writes, now_ms, node, origin).1
+    }
+
+    /// [`Store::write`], with the stamp the writes got.
+    pub fn write_stamped(
+        &mut self,
+        writes: &[Write],
+        now_ms: u64,
+        node: &str,
+        origin: &Origin,
+    ) -> (Stamp, Vec<String>) {
         let stamp = self.clock.stamp(now_ms, node);
         let mut keys: Vec<String> = Vec::new();
         for write in writes {
@@ -1090,7 +1158,7 @@ impl Store {
                 keys.push(key);
             }
         }
-        keys
+        (stamp, keys)
     }
 }
 
