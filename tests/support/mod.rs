@@ -157,8 +157,13 @@ pub fn request(stream: &mut TcpStream, path: &str) -> String {
 /// Sends `GET path` and reads one whole response (Content-Length framed); `None` when the
 /// connection closes (or fails) before it is complete.
 pub fn try_request(stream: &mut TcpStream, path: &str) -> Option<String> {
+    try_request_with(stream, path, "")
+}
+
+/// [`try_request`] with more header lines (`extra`, each ending in CRLF).
+pub fn try_request_with(stream: &mut TcpStream, path: &str, extra: &str) -> Option<String> {
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: e2e\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: e2e\r\n{extra}\r\n").as_bytes())
         .ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -570,6 +570,33 @@ async fn end(context: Context, ending: Ending) {
     let connection = &registration.connection;
     listener.stats.on_close(reason);
     tracing::trace!(connection = connection.id, client = %connection.client, reason = reason.as_str(), "connection closed");
+    // A dashboard shows the timeouts that end connections, in the trace of the last request.
+    if matches!(
+        reason,
+        CloseReason::IdleTimeout | CloseReason::HeaderTimeout
+    ) {
+        if let Some(last) = connection.last_trace.swap(None) {
+            tracing::debug!(connection = connection.id, client = %connection.client, reason = reason.as_str(), trace_id = %format_args!("{:032x}", last.trace_id()), "connection closed at its timeout");
+            crate::trail::connection_event("hearsay.connection.closed", Some(&last), || {
+                vec![
+                    opentelemetry::KeyValue::new("hearsay.close.reason", reason.as_str()),
+                    opentelemetry::KeyValue::new("hearsay.connection.id", connection.id as i64),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.connection.requests",
+                        connection
+                            .requests
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            as i64,
+                    ),
+                    opentelemetry::KeyValue::new("hearsay.listener", listener.name.to_string()),
+                    opentelemetry::KeyValue::new(
+                        "client.address",
+                        connection.client.ip().to_string(),
+                    ),
+                ]
+            });
+        }
+    }
     // The connection no longer counts (for its client's cap, the open gauge, the drain)
     // while it lingers.
     drop(admission);

@@ -52,6 +52,22 @@ impl ForwardError {
         }
     }
 
+    /// A short, stable name of the failure (`error.type` on spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::NoBackend { .. } => "no_backend",
+            ForwardError::BackendUnreachable { .. } => "backend_unreachable",
+            ForwardError::ConnectTimeout { .. } => "connect_timeout",
+            ForwardError::ResponseTimeout { .. } => "response_timeout",
+            ForwardError::BackendFailed { .. } => "backend_failed",
+            ForwardError::MalformedBody { .. } => "malformed_body",
+            ForwardError::ClientAborted => "client_aborted",
+            ForwardError::BadRequest { .. } => "bad_request",
+            ForwardError::MethodNotAllowed { .. } => "method_not_allowed",
+            ForwardError::UnsupportedTransferCoding { .. } => "unsupported_transfer_coding",
+        }
+    }
+
     /// The client sent something wrong (the backend is not to blame): the connection closes
     /// after the answer (`Connection: close`), since the client's framing can no longer be
     /// trusted.

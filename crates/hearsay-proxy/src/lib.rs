@@ -4,6 +4,7 @@
 //! Entry point: [`Proxy`]. Build it from a [`hearsay_config::Config`], [`Proxy::bind`] its
 //! listeners, [`Proxy::serve`] each, and [`Proxy::shutdown`] at the end.
 
+pub mod access_log;
 pub mod admission;
 mod body;
 mod connection;
@@ -17,6 +18,7 @@ pub mod registry;
 mod server;
 pub mod tls;
 pub mod trace;
+mod trail;
 pub mod upstream;
 
 pub use admission::{ClientKey, ClientTable};

@@ -47,6 +47,8 @@ pub struct Listener {
     /// Rate limits of the "request failed" warnings (a dead backend under load fails every
     /// request).
     pub(crate) failure_log: LogLimiter,
+    /// The node's access log, when it keeps one.
+    pub(crate) access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 /// Other nodes' open connections per client key.
@@ -94,6 +96,7 @@ impl Listener {
             registry: Arc::clone(registry),
             remote_clients: ArcSwap::from_pointee(HashMap::new()),
             failure_log: LogLimiter::default(),
+            access_log: None,
         }
     }
 

@@ -297,6 +297,12 @@ pub struct Connection {
     /// When a requested close applies to the connection while it is idle (nanoseconds of
     /// `now_nanos`; 0 = at once): a drain spreads the closes of idle connections.
     close_at: AtomicU64,
+    /// Request body bytes read from the client for the current request (the access log's
+    /// `bytes_in`).
+    pub(crate) body_bytes: AtomicU64,
+    /// The trace of the connection's last request when it was recorded: the connection's own
+    /// events (its close at the idle or header timeout) join that trace.
+    pub(crate) last_trace: arc_swap::ArcSwapOption<opentelemetry::trace::SpanContext>,
 }
 
 /// Why a client's request body could not be read to its end: the client's fault, never the
@@ -362,6 +368,8 @@ impl Connection {
             parking: AtomicBool::new(false),
             body_failure: std::sync::atomic::AtomicU8::new(0),
             close_at: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
+            last_trace: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -422,6 +430,7 @@ impl Connection {
         self.body_reading.store(has_body, Ordering::Relaxed);
         self.body_unread.store(has_body, Ordering::Relaxed);
         self.body_failure.store(0, Ordering::Relaxed);
+        self.body_bytes.store(0, Ordering::Relaxed);
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             self.stats.active.fetch_add(1, Ordering::Relaxed);
         }

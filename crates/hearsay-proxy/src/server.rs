@@ -60,11 +60,18 @@ pub struct Proxy {
     drain_spread_nanos: std::sync::atomic::AtomicU64,
     /// The share of new traces recorded (`telemetry.sample_ratio`, replicated: the cluster sets it).
     sample_ratio: Arc<crate::trace::SampleRatio>,
+    /// The access log (`telemetry.access_log`), shared by every listener.
+    access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Proxy {
     /// Builds the listeners and pools of `config`; nothing is bound yet.
     pub fn new(config: &Config) -> Result<Arc<Proxy>, ProxyError> {
+        let access_log = config
+            .telemetry
+            .access_log
+            .as_ref()
+            .map(|target| Arc::new(crate::access_log::AccessLog::new(target.into())));
         let background = CancellationToken::new();
         let pools: HashMap<&str, Arc<Pool>> = config
             .pools
@@ -96,7 +103,7 @@ impl Proxy {
                         listener: listener.name.clone(),
                         source,
                     })?;
-                Ok(Arc::new(Listener::new(
+                let mut built = Listener::new(
                     &registry,
                     &listener.name,
                     listener.bind,
@@ -104,7 +111,9 @@ impl Proxy {
                     Arc::clone(pool),
                     listener.settings.clone(),
                     tls,
-                )))
+                );
+                built.access_log = access_log.clone();
+                Ok(Arc::new(built))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
         let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
@@ -127,6 +136,7 @@ impl Proxy {
             sample_ratio: Arc::new(crate::trace::SampleRatio::new(
                 config.telemetry.sample_ratio,
             )),
+            access_log,
         }))
     }
 
@@ -271,7 +281,32 @@ impl Proxy {
         };
         let Some(admission) = listener.clients.try_admit(key, limit) else {
             listener.stats.on_refuse();
-            tracing::debug!(listener = %listener.name, client = %peer, key = %key, "connection refused: over limit");
+            let local = listener.clients.count(&key);
+            let remote = listener.remote_count(&key);
+            tracing::debug!(listener = %listener.name, client = %peer, key = %key, local, cluster = local + remote, "connection refused: over limit");
+            crate::trail::connection_event("hearsay.connection.refused", None, || {
+                vec![
+                    opentelemetry::KeyValue::new("hearsay.listener", listener.name.to_string()),
+                    opentelemetry::KeyValue::new("client.address", peer.ip().to_string()),
+                    opentelemetry::KeyValue::new("hearsay.client.key", key.to_string()),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.client.connections.node",
+                        i64::from(local),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.client.connections.cluster",
+                        i64::from(local + remote),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.client.limit",
+                        settings.max_connections_per_client.map_or(0, i64::from),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "hearsay.over_limit",
+                        format!("{:?}", settings.over_limit),
+                    ),
+                ]
+            });
             if settings.over_limit == OverLimitAction::Http429 {
                 match &listener.tls {
                     None => self.refuse(stream),
@@ -315,6 +350,15 @@ impl Proxy {
     /// cluster when the replicated `sample_ratio` changes.
     pub fn sample_ratio(&self) -> &Arc<crate::trace::SampleRatio> {
         &self.sample_ratio
+    }
+
+    /// The access log, when `telemetry.access_log` is set: [`AccessLog::start`] its writer
+    /// (on the runtime), [`AccessLog::reopen`] on SIGHUP.
+    ///
+    /// [`AccessLog::start`]: crate::access_log::AccessLog::start
+    /// [`AccessLog::reopen`]: crate::access_log::AccessLog::reopen
+    pub fn access_log(&self) -> Option<&Arc<crate::access_log::AccessLog>> {
+        self.access_log.as_ref()
     }
 
     /// Client connections this node accepts at most at once (see [`connection_budget`]).

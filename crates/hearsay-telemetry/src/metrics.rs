@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hearsay_cluster::{Cluster, MemberState};
 use hearsay_proxy::{CloseReason, HistogramSnapshot, Proxy, STATUS_CLASSES};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -42,71 +42,255 @@ impl Format {
     }
 }
 
-/// A node's metrics: a registry holding one collector that reads the proxy and the cluster.
+/// A node's metrics: handles on the proxy and the cluster, read when a scrape or a push asks.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
-}
-
-impl Metrics {
-    pub fn new(proxy: Arc<Proxy>, cluster: Arc<Cluster>, version: &str) -> Metrics {
-        let mut registry = Registry::with_prefix("hearsay");
-        registry.register_collector(Box::new(NodeCollector {
-            proxy,
-            cluster,
-            version: version.to_owned(),
-        }));
-        Metrics { registry }
-    }
-
-    /// The exposition of every metric now.
-    pub fn render(&self, format: Format) -> String {
-        let mut text = String::with_capacity(16 * 1024);
-        // Writing to a String cannot fail; an encoder error would be a bug in a name.
-        let result = match format {
-            Format::Text => {
-                prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
-            }
-            Format::OpenMetrics => {
-                prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            }
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "cannot encode the metrics");
-        }
-        text
-    }
-}
-
-#[derive(Debug)]
-struct NodeCollector {
     proxy: Arc<Proxy>,
     cluster: Arc<Cluster>,
     version: String,
 }
 
-impl Collector for NodeCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        gauges(
-            &mut encoder,
+/// One reading of the node: every metric family, in a neutral form that both the Prometheus
+/// exposition (`render`) and the OTLP push (`otlp.rs`) encode. Reading once and encoding twice
+/// is what keeps the two from drifting apart.
+pub(crate) type Reading = Vec<Family>;
+
+/// One metric family: what the node counts, with its samples now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Family {
+    /// Without the `hearsay_` prefix, the unit or `_total` (each encoding adds what its format
+    /// wants).
+    pub name: &'static str,
+    pub help: &'static str,
+    pub unit: Option<MetricUnit>,
+    pub samples: Samples,
+}
+
+/// The base unit a family's values are in (part of its name in Prometheus, a field in OTLP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetricUnit {
+    Seconds,
+    Bytes,
+}
+
+/// A family's labelled values; the variant is the kind of metric.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Samples {
+    /// Monotonic totals since the node started.
+    Counter(Vec<(Labels, u64)>),
+    /// Values now.
+    Gauge(Vec<(Labels, u64)>),
+    /// Cumulative histograms since the node started (buckets as the proxy keeps them: not
+    /// cumulative, +Inf last).
+    Histogram(Vec<(Labels, HistogramSnapshot)>),
+}
+
+/// A sample's labels, in order.
+pub(crate) type Labels = Vec<(&'static str, String)>;
+
+impl Metrics {
+    pub fn new(proxy: Arc<Proxy>, cluster: Arc<Cluster>, version: &str) -> Metrics {
+        Metrics {
+            proxy,
+            cluster,
+            version: version.to_owned(),
+        }
+    }
+
+    /// The running hearsay's version (`build_info`'s label).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The exposition of every metric now.
+    pub fn render(&self, format: Format) -> String {
+        render(self.read(), format)
+    }
+
+    /// One reading of every family now.
+    pub(crate) fn read(&self) -> Reading {
+        let mut reading = Vec::with_capacity(48);
+        reading.gauges(
             "build_info",
             "The running hearsay's version (always 1).",
             [([("version", self.version.as_str())], 1)],
-        )?;
-        self.encode_listeners(&mut encoder)?;
-        self.encode_pools(&mut encoder)?;
-        self.encode_backends(&mut encoder)?;
-        self.encode_cluster(&mut encoder)
+        );
+        self.read_listeners(&mut reading);
+        self.read_pools(&mut reading);
+        self.read_backends(&mut reading);
+        self.read_cluster(&mut reading);
+        self.read_telemetry(&mut reading);
+        reading
     }
 }
 
-type Labels<'a, const N: usize> = [(&'static str, &'a str); N];
+/// The Prometheus exposition of one reading.
+pub(crate) fn render(reading: Reading, format: Format) -> String {
+    let mut registry = Registry::with_prefix("hearsay");
+    registry.register_collector(Box::new(ReadingCollector(reading)));
+    let mut text = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail; an encoder error would be a bug in a name.
+    let result = match format {
+        Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut text, &registry),
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &registry),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, "cannot encode the metrics");
+    }
+    text
+}
+
+/// A reading handed to `prometheus-client`'s encoders.
+#[derive(Debug)]
+struct ReadingCollector(Reading);
+
+impl Collector for ReadingCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for family in &self.0 {
+            let unit = family.unit.map(|unit| match unit {
+                MetricUnit::Seconds => Unit::Seconds,
+                MetricUnit::Bytes => Unit::Bytes,
+            });
+            let kind = match family.samples {
+                Samples::Counter(_) => MetricType::Counter,
+                Samples::Gauge(_) => MetricType::Gauge,
+                Samples::Histogram(_) => MetricType::Histogram,
+            };
+            let mut encoder =
+                encoder.encode_descriptor(family.name, family.help, unit.as_ref(), kind)?;
+            match &family.samples {
+                Samples::Counter(samples) => {
+                    for (labels, value) in samples {
+                        encoder
+                            .encode_family(labels)?
+                            .encode_counter::<NoLabelSet, u64, u64>(value, None)?;
+                    }
+                }
+                Samples::Gauge(samples) => {
+                    for (labels, value) in samples {
+                        encoder.encode_family(labels)?.encode_gauge(value)?;
+                    }
+                }
+                Samples::Histogram(samples) => {
+                    for (labels, histogram) in samples {
+                        encoder
+                            .encode_family(labels)?
+                            .encode_histogram::<NoLabelSet>(
+                                histogram.sum_seconds,
+                                histogram.count,
+                                &histogram.buckets,
+                                None,
+                            )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Label sets as the readers write them: fixed keys, borrowed values.
+type LabelArray<'a, const N: usize> = [(&'static str, &'a str); N];
 
 /// The label set of a metric without labels.
-const NO_LABELS: Labels<'static, 0> = [];
+const NO_LABELS: LabelArray<'static, 0> = [];
 
-impl NodeCollector {
-    fn encode_listeners(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+fn owned<const N: usize>(labels: LabelArray<'_, N>) -> Labels {
+    labels
+        .iter()
+        .map(|(key, value)| (*key, (*value).to_owned()))
+        .collect()
+}
+
+/// Adding families to a reading.
+trait Add {
+    fn counters<'a, const N: usize>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: impl IntoIterator<Item = (LabelArray<'a, N>, u64)>,
+    );
+    fn gauges<'a, const N: usize>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: impl IntoIterator<Item = (LabelArray<'a, N>, u64)>,
+    );
+    /// A family of duration histograms (in seconds).
+    fn histograms<'a, 'h, const N: usize>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: impl IntoIterator<Item = (LabelArray<'a, N>, &'h HistogramSnapshot)>,
+    );
+    /// One unlabelled counter of bytes.
+    fn bytes(&mut self, name: &'static str, help: &'static str, value: u64);
+}
+
+impl Add for Reading {
+    fn counters<'a, const N: usize>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: impl IntoIterator<Item = (LabelArray<'a, N>, u64)>,
+    ) {
+        let samples = samples
+            .into_iter()
+            .map(|(labels, value)| (owned(labels), value));
+        self.push(Family {
+            name,
+            help,
+            unit: None,
+            samples: Samples::Counter(samples.collect()),
+        });
+    }
+
+    fn gauges<'a, const N: usize>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: impl IntoIterator<Item = (LabelArray<'a, N>, u64)>,
+    ) {
+        let samples = samples
+            .into_iter()
+            .map(|(labels, value)| (owned(labels), value));
+        self.push(Family {
+            name,
+            help,
+            unit: None,
+            samples: Samples::Gauge(samples.collect()),
+        });
+    }
+
+    fn histograms<'a, 'h, const N: usize>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: impl IntoIterator<Item = (LabelArray<'a, N>, &'h HistogramSnapshot)>,
+    ) {
+        let samples = samples
+            .into_iter()
+            .map(|(labels, histogram)| (owned(labels), histogram.clone()));
+        self.push(Family {
+            name,
+            help,
+            unit: Some(MetricUnit::Seconds),
+            samples: Samples::Histogram(samples.collect()),
+        });
+    }
+
+    fn bytes(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.push(Family {
+            name,
+            help,
+            unit: Some(MetricUnit::Bytes),
+            samples: Samples::Counter(vec![(Labels::new(), value)]),
+        });
+    }
+}
+
+impl Metrics {
+    fn read_listeners(&self, reading: &mut Reading) {
         let listeners = self.proxy.listeners();
         let snapshots: Vec<_> = listeners
             .iter()
@@ -116,40 +300,34 @@ impl NodeCollector {
             snapshots
                 .iter()
                 .map(move |(listener, stats)| ([("listener", &*listener.name)], value(stats)))
-                .collect::<Vec<(Labels<'_, 1>, u64)>>()
+                .collect::<Vec<(LabelArray<'_, 1>, u64)>>()
         };
-        gauges(
-            encoder,
+        reading.gauges(
             "connections_open",
             "Client connections open now.",
             each(&|stats| stats.open),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "connections_idle",
             "Open client connections with no request in flight.",
             each(&|stats| stats.idle),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "connections_parked",
             "Idle client connections waiting on their bare socket (hyper's buffers let go).",
             each(&|stats| stats.parked_now),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "connection_parks",
             "Times an idle client connection let go of hyper's buffers.",
             each(&|stats| stats.parked),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "connections_accepted",
             "Client connections accepted (refused ones included).",
             each(&|stats| stats.accepted),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "connections_closed",
             "Client connections ended, by the first reason decided.",
             snapshots.iter().flat_map(|(listener, stats)| {
@@ -160,35 +338,31 @@ impl NodeCollector {
                     )
                 })
             }),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "connections_refused",
             "Client connections refused at accept over the per-client limit.",
             listeners
                 .iter()
                 .map(|listener| ([("listener", &*listener.name)], listener.stats.refused())),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "connections_trimmed",
             "Open client connections closed because their client was over its cluster-wide cap.",
             listeners
                 .iter()
                 .map(|listener| ([("listener", &*listener.name)], listener.stats.trimmed())),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "requests",
             "Requests received (counted when they begin).",
             each(&|stats| stats.requests),
-        )?;
+        );
         let responses: Vec<_> = listeners
             .iter()
             .map(|listener| (listener, listener.stats.responses()))
             .collect();
-        counters(
-            encoder,
+        reading.counters(
             "responses",
             "Responses sent, by status class (counted when they end).",
             responses.iter().flat_map(|(listener, classes)| {
@@ -199,9 +373,8 @@ impl NodeCollector {
                     )
                 })
             }),
-        )?;
-        histograms(
-            encoder,
+        );
+        reading.histograms(
             "request_duration",
             "From the first byte of a request's head to the end of its response, by status class.",
             responses.iter().flat_map(|(listener, classes)| {
@@ -209,18 +382,17 @@ impl NodeCollector {
                     ([("listener", &*listener.name), ("code", code)], histogram)
                 })
             }),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "listener_settings_version",
             "Version of the listener's replicated settings (the same on every node with the same writes).",
             listeners
                 .iter()
                 .map(|listener| ([("listener", &*listener.name)], listener.version())),
-        )
+        );
     }
 
-    fn encode_pools(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    fn read_pools(&self, reading: &mut Reading) {
         let pools = self.proxy.pools();
         let each = |counter: fn(&hearsay_proxy::PoolStats) -> &AtomicU64| {
             pools
@@ -233,20 +405,17 @@ impl NodeCollector {
                 })
                 .collect::<Vec<_>>()
         };
-        counters(
-            encoder,
+        reading.counters(
             "pool_retries",
             "Requests sent again to another backend after a failed connection.",
             each(|stats| &stats.retries),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "pool_fail_open_requests",
             "Requests forwarded while every enabled backend was unhealthy (fail-open).",
             each(|stats| &stats.fail_open_requests),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "pool_failing_open",
             "1 while the pool forwards to unhealthy backends because none is healthy.",
             pools.iter().map(|pool| {
@@ -255,25 +424,22 @@ impl NodeCollector {
                     u64::from(pool.is_failing_open()),
                 )
             }),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "pool_outlier_ejections",
             "Backends ejected by passive outlier detection on this node.",
             each(|stats| &stats.ejections),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "pool_health_transitions",
             "Healthy/unhealthy transitions of the pool's backends' active-check verdict.",
             each(|stats| &stats.health_transitions),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "pool_selection_rebuilds",
             "Times the pool's selection structures were built (at start and per backend-set change).",
             each(|stats| &stats.selection_rebuilds),
-        )?;
+        );
         let upstream: Vec<_> = pools
             .iter()
             .map(|pool| {
@@ -283,17 +449,16 @@ impl NodeCollector {
                 )
             })
             .collect();
-        histograms(
-            encoder,
+        reading.histograms(
             "upstream_response_duration",
             "From picking a backend to its response head (a new connection's connect included), per answered attempt.",
             upstream
                 .iter()
                 .map(|(labels, histogram)| (*labels, histogram)),
-        )
+        );
     }
 
-    fn encode_backends(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    fn read_backends(&self, reading: &mut Reading) {
         let backends: Vec<_> = self
             .proxy
             .pools()
@@ -319,45 +484,72 @@ impl NodeCollector {
                 })
                 .collect::<Vec<_>>()
         };
-        counters(
-            encoder,
+        reading.counters(
             "backend_requests",
             "Requests sent to the backend (every attempt).",
             each(&|backend| backend.requests()),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "backend_requests_in_flight",
             "Requests sent to the backend whose response has not been read to its end.",
             each(&|backend| backend.in_flight()),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "backend_healthy",
             "1 when the backend is healthy by the active checks and not ejected, else 0.",
             each(&|backend| u64::from(backend.health().healthy)),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "backend_ejected",
             "1 while this node's passive outlier detection ejects the backend, else 0.",
             each(&|backend| u64::from(backend.local_ejection_remaining().is_some())),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "backend_idle_connections",
             "Idle keep-alive connections to the backend.",
             each(&|backend| backend.idle_connections() as u64),
-        )?;
-        gauges(
-            encoder,
+        );
+        reading.gauges(
             "backend_weight",
             "The backend's balancing weight.",
             each(&|backend| u64::from(backend.weight())),
-        )
+        );
     }
 
-    fn encode_cluster(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    /// The node's own telemetry: span export and the access log.
+    fn read_telemetry(&self, reading: &mut Reading) {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let spans = &crate::traces::SPANS;
+        reading.counters(
+            "trace_spans_exported",
+            "Spans accepted by the OTLP collector.",
+            [(NO_LABELS, get(&spans.exported))],
+        );
+        reading.counters(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full.",
+            [(NO_LABELS, get(&spans.dropped))],
+        );
+        reading.counters(
+            "trace_spans_export_failed",
+            "Spans lost with an export call that failed (collector unreachable, refused, timed out).",
+            [(NO_LABELS, get(&spans.failed))],
+        );
+        if let Some(access_log) = self.proxy.access_log() {
+            reading.counters(
+                "access_log_lines_written",
+                "Access log lines written.",
+                [(NO_LABELS, get(&access_log.written))],
+            );
+            reading.counters(
+                "access_log_lines_dropped",
+                "Access log lines dropped because the writer was behind.",
+                [(NO_LABELS, get(&access_log.dropped))],
+            );
+        }
+    }
+
+    fn read_cluster(&self, reading: &mut Reading) {
         let members = self.cluster.members();
         let states = [
             (MemberState::Alive, "alive"),
@@ -365,54 +557,44 @@ impl NodeCollector {
             (MemberState::Dead, "dead"),
             (MemberState::Left, "left"),
         ];
-        gauges(
-            encoder,
+        reading.gauges(
             "cluster_members",
             "Cluster members this node knows (itself included), by state.",
             states.iter().map(|(state, name)| {
                 let count = members.iter().filter(|m| m.state == *state).count();
                 ([("state", *name)], count as u64)
             }),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "cluster_unpublished_client_counts",
             "Client counts left out of gossip over cluster.published_clients.",
             [(NO_LABELS, self.cluster.unpublished_clients())],
-        )?;
+        );
         let Some((stats, _authenticated)) = self.cluster.transport_stats() else {
-            return Ok(());
+            return;
         };
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let mut bytes = |name: &str, help: &str, value: u64| {
-            encoder
-                .encode_descriptor(name, help, Some(&Unit::Bytes), MetricType::Counter)?
-                .encode_counter::<NoLabelSet, u64, u64>(&value, None)
-        };
-        bytes(
+        reading.bytes(
             "gossip_sent",
             "Gossip bytes sent (sealed datagrams).",
             get(&stats.bytes_sent),
-        )?;
-        bytes(
+        );
+        reading.bytes(
             "gossip_received",
             "Gossip bytes received.",
             get(&stats.bytes_received),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "gossip_sent_datagrams",
             "Gossip datagrams sent.",
             [(NO_LABELS, get(&stats.datagrams_sent))],
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "gossip_received_datagrams",
             "Gossip datagrams received.",
             [(NO_LABELS, get(&stats.datagrams_received))],
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "gossip_dropped_datagrams",
             "Gossip datagrams received and dropped, by reason.",
             [
@@ -424,66 +606,13 @@ impl NodeCollector {
                 ("local", &stats.dropped_local),
             ]
             .map(|(reason, counter)| ([("reason", reason)], get(counter))),
-        )?;
-        counters(
-            encoder,
+        );
+        reading.counters(
             "gossip_send_errors",
             "Outgoing gossip messages that could not be sent.",
             [(NO_LABELS, get(&stats.send_errors))],
-        )
+        );
     }
-}
-
-/// One counter family (`name` gets `_total`).
-fn counters<L: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (L, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in samples {
-        family
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
-    }
-    Ok(())
-}
-
-/// One gauge family.
-fn gauges<L: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (L, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        family.encode_family(&labels)?.encode_gauge(&value)?;
-    }
-    Ok(())
-}
-
-/// One histogram family of durations (`name` gets `_seconds`).
-fn histograms<'h, L: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (L, &'h HistogramSnapshot)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family =
-        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
-    for (labels, histogram) in samples {
-        family
-            .encode_family(&labels)?
-            .encode_histogram::<NoLabelSet>(
-                histogram.sum_seconds,
-                histogram.count,
-                &histogram.buckets,
-                None,
-            )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

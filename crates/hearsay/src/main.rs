@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use hearsay_config::Config;
+use hearsay_config::{Config, LogFormat};
 use hearsay_proxy::Proxy;
 
 /// hearsay: a clustered layer-7 load balancer.
@@ -47,14 +47,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    let level = cli.log_level.as_deref();
     let result = match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file } => {
+            init_logging(level, LogFormat::Text);
+            check_config(&file)
+        }
+        // The config says how to log: it is read first (its errors go to stderr as they are).
         Command::Run { config } => Config::load(&config)
             .with_context(|| format!("invalid config {}", config.display()))
-            .and_then(run_node),
-        Command::Demo(args) => demo::run(args),
-        Command::Ctl(args) => run_ctl(args),
+            .and_then(|config| {
+                init_logging(level, config.telemetry.log_format);
+                run_node(config)
+            }),
+        Command::Demo(args) => {
+            init_logging(level, LogFormat::Text);
+            demo::run(args)
+        }
+        Command::Ctl(args) => {
+            init_logging(level, LogFormat::Text);
+            run_ctl(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +78,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(level) => EnvFilter::try_new(level).unwrap_or_else(|error| {
@@ -77,12 +90,21 @@ fn init_logging(level: Option<&str>) {
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(output::LogWriter)
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line: {"timestamp","level","fields":{"message",…},"target"}; the
+        // fields of a request's lines include its trace_id and span_id when it is traced.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
@@ -134,6 +156,24 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         // First, so that no signal that should not end the node (SIGHUP) ends it mid-start.
         let mut signals = Signals::new()?;
         let proxy: Arc<Proxy> = Proxy::new(&config)?;
+        // Before anything that may build a span (the cluster, the listeners, the admin API).
+        let traces = hearsay_telemetry::Traces::start(
+            &config.telemetry,
+            &hearsay_telemetry::TraceIdentity {
+                service_name: config.telemetry.service_name.clone(),
+                node_id: config.node.id.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                cluster_id: config.cluster.as_ref().map(|cluster| cluster.cluster_id.clone()),
+            },
+            Arc::clone(proxy.sample_ratio()),
+        )?;
+        if let Some(access_log) = proxy.access_log() {
+            access_log.start()?;
+            tracing::info!(target = ?access_log.target(), "writing the access log");
+        }
+        if let Some(traces) = &traces {
+            tracing::info!(endpoint = traces.endpoint(), sample_ratio = proxy.sample_ratio().get(), "exporting traces over OTLP/gRPC");
+        }
         let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("cannot bind the admin API on {}", config.admin.listen))?;
@@ -209,6 +249,15 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // `[telemetry] otlp_metrics`: the same metrics pushed over OTLP, in their own task.
+        let otlp_metrics = hearsay_telemetry::OtlpMetricsPush::start(
+            &config,
+            Arc::new(hearsay_telemetry::Metrics::new(
+                Arc::clone(&proxy),
+                Arc::clone(&cluster),
+                env!("CARGO_PKG_VERSION"),
+            )),
+        );
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), connection_budget = proxy.connection_budget(), "node started");
         tokio::select! {
             () = signals.stop(Some(&proxy)) => {}
@@ -242,11 +291,21 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
+        // The drained node's last counts, pushed within hearsay_telemetry::FINAL_PUSH_TIMEOUT.
+        if let Some(push) = otlp_metrics {
+            push.finish().await;
+        }
         cluster.leave().await;
+        if let Some(traces) = traces {
+            traces.shutdown(TRACE_FLUSH_GRACE).await;
+        }
         tracing::info!(node = %config.node.id, "node stopped");
         Ok(())
     })
 }
+
+/// How long the spans still queued at shutdown may take to reach the collector.
+const TRACE_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long the admin API waits for its clients to hang up at shutdown.
 const ADMIN_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -271,9 +330,9 @@ impl Signals {
 
     /// Waits for SIGTERM or SIGINT. SIGHUP (what `systemctl reload` and log rotators send) does
     /// not stop the process: it reloads the certificates of every HTTPS listener of `proxy` (each outcome
-    /// logged; a bad file leaves the listener's certificates in service). Settings change through
-    /// the admin API, the config file with a restart, and the log goes to stderr, which needs no
-    /// reopening.
+    /// logged; a bad file leaves the listener's certificates in service) and reopens the access
+    /// log file (after logrotate moved it). Settings change through the admin API, the config
+    /// file with a restart; the log goes to stderr, which needs no reopening.
     pub(crate) async fn stop(&mut self, proxy: Option<&Proxy>) {
         loop {
             tokio::select! {
@@ -290,9 +349,12 @@ impl Signals {
                         tracing::info!(signal = "SIGHUP", "signal received: nothing to reload; still running");
                         continue;
                     };
+                    if let Some(access_log) = proxy.access_log() {
+                        access_log.reopen().await;
+                    }
                     let reloaded = proxy.reload_certificates();
                     let refused = reloaded.iter().filter(|(_, result)| result.is_err()).count();
-                    tracing::info!(signal = "SIGHUP", tls_listeners = reloaded.len(), refused, "signal received: certificates reloaded (settings change with the admin API, the config file with a restart); still running");
+                    tracing::info!(signal = "SIGHUP", tls_listeners = reloaded.len(), refused, "signal received: certificates reloaded, access log reopened (settings change with the admin API, the config file with a restart); still running");
                 }
             }
         }

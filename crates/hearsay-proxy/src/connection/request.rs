@@ -14,10 +14,13 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::rules::{persistence, Persistence, RequestFacts};
-use crate::body::{InFlight, RequestBody, ResponseBody};
+use crate::body::{AccessFacts, Finish, InFlight, RequestBody, ResponseBody};
+use crate::error::ForwardError;
 use crate::headers;
 use crate::listener::Listener;
 use crate::registry::{nanos, now_nanos, Connection};
+use crate::trace;
+use crate::trail::{SpanFacts, Trail};
 
 /// Handles one request: forwards it and decides whether the connection stays open after it.
 pub(super) async fn handle(
@@ -44,20 +47,54 @@ pub(super) async fn handle(
 
     let (mut head, body) = request.into_parts();
     let checked = headers::check_request(&head.method, head.version, &head.uri, &mut head.headers);
+    // The client's trace context never goes on as it came: ours (or, traces off, a valid copy).
+    let parent = trace::extract(&mut head.headers);
+    let mut trail = Trail::start(
+        parent,
+        &SpanFacts {
+            method: &head.method,
+            path: head.uri.path(),
+            version,
+            headers: &head.headers,
+            scheme: listener.forwarded_proto,
+            listener: &listener.name,
+            connection: &connection,
+            index: served,
+        },
+    );
+    if trail.recorded() {
+        connection.last_trace.store(trail.context().map(Arc::new));
+    } else if connection.last_trace.load().is_some() {
+        connection.last_trace.store(None);
+    }
+    let access = listener.access_log.as_ref().map(|log| AccessFacts {
+        log: Arc::clone(log),
+        time: std::time::SystemTime::now(),
+        listener: Arc::clone(&listener.name),
+        method: head.method.clone(),
+        path: head
+            .uri
+            .path_and_query()
+            .map_or("/", |path| path.as_str())
+            .to_owned(),
+        index: served,
+    });
     let request = Request::from_parts(head, RequestBody::new(body, Arc::clone(&connection)));
     let forwarded = match checked {
         // Boxed: hyper keeps room for one request future per connection for the connection's
         // whole life, so a large future inline would cost every idle connection its size.
         Ok(()) => {
-            Box::pin(
-                listener
-                    .pool
-                    .forward(request, &connection, listener.forwarded_proto),
-            )
+            Box::pin(listener.pool.forward(
+                request,
+                &connection,
+                listener.forwarded_proto,
+                &mut trail,
+            ))
             .await
         }
         Err(error) => Err(error),
     };
+    let error_kind = forwarded.as_ref().err().map(ForwardError::kind);
     let response = match forwarded {
         Ok(response) => response.map(Either::Left),
         Err(error) if error.closes_connection() => {
@@ -73,23 +110,30 @@ pub(super) async fn handle(
         }
         Err(error) => {
             // A dead backend under load fails every request: one line per kind per second.
-            match listener.failure_log.allow(&error, now_nanos()) {
-                Some(0) => tracing::warn!(
-                    listener = %listener.name,
-                    pool = %listener.pool.name,
-                    client = %connection.client,
-                    %error,
-                    "request failed"
-                ),
-                Some(suppressed) => tracing::warn!(
-                    listener = %listener.name,
-                    pool = %listener.pool.name,
-                    client = %connection.client,
-                    %error,
-                    suppressed,
-                    "request failed (and {suppressed} more like it since the last line)"
-                ),
-                None => {}
+            if let Some(suppressed) = listener.failure_log.allow(&error, now_nanos()) {
+                let (trace_id, span_id) = log_ids(&trail);
+                if suppressed == 0 {
+                    tracing::warn!(
+                        listener = %listener.name,
+                        pool = %listener.pool.name,
+                        client = %connection.client,
+                        %error,
+                        trace_id,
+                        span_id,
+                        "request failed"
+                    );
+                } else {
+                    tracing::warn!(
+                        listener = %listener.name,
+                        pool = %listener.pool.name,
+                        client = %connection.client,
+                        %error,
+                        suppressed,
+                        trace_id,
+                        span_id,
+                        "request failed (and {suppressed} more like it since the last line)"
+                    );
+                }
             }
             error.to_response().map(Either::Right)
         }
@@ -121,11 +165,30 @@ pub(super) async fn handle(
         None
     };
     frame_response(&mut parts, version, persistence, keep_alive);
-    in_flight.answered(parts.status);
+    // Kept to the response's end only when there is something to write then.
+    let finish = (trail.recorded() || access.is_some()).then(|| {
+        Box::new(Finish {
+            trail,
+            error: error_kind,
+            access,
+        })
+    });
+    in_flight.answered(parts.status, finish);
     Ok(Response::from_parts(
         parts,
         ResponseBody::new(body, in_flight),
     ))
+}
+
+/// The trace and span ids a request's log lines carry (empty when it has no trace).
+fn log_ids(trail: &Trail) -> (String, String) {
+    match trail.context().filter(|context| context.is_valid()) {
+        Some(context) => (
+            format!("{:032x}", context.trace_id()),
+            format!("{:016x}", context.span_id()),
+        ),
+        None => (String::new(), String::new()),
+    }
 }
 
 /// The connection headers of a response to a request in `version`: `Connection: close` when the

@@ -17,6 +17,7 @@ use super::request_body::RequestBody;
 use crate::error::ForwardError;
 use crate::headers;
 use crate::registry::{BodyFailure, Connection};
+use crate::trail::Trail;
 
 /// A backend's response on its way back; its body gives the connection back itself once read
 /// (and the request body sent) whole.
@@ -38,6 +39,7 @@ impl Pool {
         request: Request<RequestBody>,
         connection: &Connection,
         proto: &'static str,
+        trail: &mut Trail,
     ) -> Result<Forwarded, ForwardError> {
         let client = connection.client.ip();
         let (mut parts, body) = request.into_parts();
@@ -93,15 +95,18 @@ impl Pool {
                     request.headers_mut().insert(http::header::HOST, host);
                 }
             }
+            trail.attempt(&mut request, &backend, &self.name);
             backend.requests.fetch_add(1, Ordering::Relaxed);
             backend.in_flight.fetch_add(1, Ordering::Relaxed);
             let load = BackendLoad(Arc::clone(&backend));
             // `timeout` would read the clock for its deadline anyway: read it here once, so the
             // response time costs one more read (at the answer) and two relaxed adds.
             let sent_at = tokio::time::Instant::now();
-            let attempt =
-                tokio::time::timeout_at(sent_at + self.response_timeout, self.send(load, request))
-                    .await;
+            let attempt = tokio::time::timeout_at(
+                sent_at + self.response_timeout,
+                self.send(load, request, trail),
+            )
+            .await;
             let result = match attempt {
                 Ok(result) => result,
                 Err(_) => Err(Attempt::Failed(ForwardError::ResponseTimeout {
@@ -111,14 +116,14 @@ impl Pool {
             };
             match result {
                 Ok(forwarded) => {
-                    let waited = sent_at.elapsed().as_nanos();
-                    self.stats
-                        .upstream_response
-                        .observe(u64::try_from(waited).unwrap_or(u64::MAX));
+                    let waited = u64::try_from(sent_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.stats.upstream_response.observe(waited);
+                    trail.answered(forwarded.status(), waited);
                     self.record_outcome(&backend, forwarded.status().is_server_error());
                     return Ok(forwarded);
                 }
                 Err(Attempt::NotConnected(error, unsent)) => {
+                    trail.attempt_failed(&error);
                     self.record_outcome(&backend, true);
                     if attempts > retries as usize || attempts == MAX_ATTEMPTS {
                         return Err(error);
@@ -128,6 +133,7 @@ impl Pool {
                     last_error = Some(error);
                 }
                 Err(Attempt::Failed(error)) => {
+                    trail.attempt_failed(&error);
                     if let Some(error) = self.clients_fault(connection, &backend, &error) {
                         return Err(error);
                     }
@@ -186,6 +192,7 @@ impl Pool {
         &self,
         load: BackendLoad,
         request: Request<RequestBody>,
+        trail: &mut Trail,
     ) -> Result<Response<DirectBody>, Attempt> {
         let (parts, body) = request.into_parts();
         let with_body = !body.is_end_stream();
@@ -216,6 +223,7 @@ impl Pool {
                     }
                 },
             };
+            trail.connection_reused(reused);
             let upload = if with_body {
                 body.take().map(|body| Upload::new(body, chunked))
             } else {

@@ -90,7 +90,15 @@ impl Body for RequestBody {
                 true
             }
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(reading)) = (frame.data_ref(), this.reading.as_ref()) {
+                    reading
+                        .0
+                        .body_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                this.inner.is_end_stream()
+            }
             Poll::Pending => false,
         };
         if finished {

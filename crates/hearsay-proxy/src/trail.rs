@@ -1,0 +1,336 @@
+//! What one request leaves behind: its spans (a server span for the request, a client span per
+//! upstream attempt), the trace context each attempt carries to the backend, and the facts its
+//! access log line holds (backend, attempts, upstream time).
+//!
+//! Cheap when unrecorded: with traces off the incoming context passes through untouched; with
+//! traces on and the request not sampled, one non-recording span gives the context the backend
+//! sees (its flags say "not sampled"), and no attribute is built.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Version};
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+
+use crate::error::ForwardError;
+use crate::registry::Connection;
+use crate::trace;
+use crate::upstream::Backend;
+
+/// One request's spans and upstream facts.
+pub(crate) struct Trail {
+    /// The context sent to the backend when no client span is recorded: the incoming one (traces
+    /// off) or the unrecorded server span's.
+    propagate: Option<SpanContext>,
+    /// The recorded server span, in a context its client spans are children of.
+    server: Option<Context>,
+    /// The current (or last) attempt's client span, when recorded.
+    client: Option<BoxedSpan>,
+    /// The backend of the last attempt.
+    pub(crate) backend: Option<Arc<Backend>>,
+    /// Upstream attempts made (0: none; 2 and more: retried).
+    pub(crate) attempts: u32,
+    /// From sending the request to the backend's response head, in nanoseconds.
+    pub(crate) upstream_nanos: Option<u64>,
+}
+
+/// The facts of a request its server span is named and described by.
+pub(crate) struct SpanFacts<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) version: Version,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) scheme: &'static str,
+    pub(crate) listener: &'a str,
+    pub(crate) connection: &'a Connection,
+    pub(crate) index: u64,
+}
+
+/// A span name from a method (semantic conventions: the method, or `HTTP` for one not known).
+fn method_name(method: &Method) -> Cow<'static, str> {
+    Cow::Borrowed(match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "HTTP",
+    })
+}
+
+fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_09 => "0.9",
+        _ => "1.1",
+    }
+}
+
+impl Trail {
+    fn new(propagate: Option<SpanContext>, server: Option<Context>) -> Trail {
+        Trail {
+            propagate,
+            server,
+            client: None,
+            backend: None,
+            attempts: 0,
+            upstream_nanos: None,
+        }
+    }
+
+    /// Starts a request's trail from the context its client sent (`parent`, taken out of its
+    /// headers).
+    pub(crate) fn start(parent: Option<SpanContext>, facts: &SpanFacts<'_>) -> Trail {
+        let Some(tracer) = trace::tracer() else {
+            return Trail::new(parent, None);
+        };
+        let parent = match parent {
+            Some(context) => Context::new().with_remote_span_context(context),
+            None => Context::new(),
+        };
+        let mut span = tracer
+            .span_builder(method_name(facts.method))
+            .with_kind(SpanKind::Server)
+            .start_with_context(tracer, &parent);
+        if !span.is_recording() {
+            return Trail::new(Some(span.span_context().clone()), None);
+        }
+        let connection = facts.connection;
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", facts.method.as_str().to_owned()),
+            KeyValue::new("url.path", facts.path.to_owned()),
+            KeyValue::new("url.scheme", facts.scheme),
+            KeyValue::new("client.address", connection.client.ip().to_string()),
+            KeyValue::new("network.peer.address", connection.client.ip().to_string()),
+            KeyValue::new("network.peer.port", i64::from(connection.client.port())),
+            KeyValue::new("network.protocol.version", protocol_version(facts.version)),
+            KeyValue::new("hearsay.listener", facts.listener.to_owned()),
+            KeyValue::new("hearsay.connection.id", connection.id as i64),
+            KeyValue::new(
+                "hearsay.connection.request_index",
+                i64::try_from(facts.index).unwrap_or(i64::MAX),
+            ),
+        ];
+        if let Some(host) = facts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+        {
+            let (name, port) = split_host(host);
+            attributes.push(KeyValue::new("server.address", name.to_owned()));
+            if let Some(port) = port {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
+        if let Some(agent) = facts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|agent| agent.to_str().ok())
+        {
+            attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+        }
+        span.set_attributes(attributes);
+        Trail::new(None, Some(parent.with_span(span)))
+    }
+
+    /// The trace this request is part of, when it has one.
+    pub(crate) fn context(&self) -> Option<SpanContext> {
+        match &self.server {
+            Some(server) => Some(server.span().span_context().clone()),
+            None => self.propagate.clone(),
+        }
+    }
+
+    /// The id of the trace this request is part of (recorded or not), when it has one.
+    pub(crate) fn trace_id(&self) -> Option<opentelemetry::trace::TraceId> {
+        self.context()
+            .filter(SpanContext::is_valid)
+            .map(|context| context.trace_id())
+    }
+
+    /// Whether the request's spans are recorded.
+    pub(crate) fn recorded(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// An attempt on `backend` begins: a client span when recorded, and the context the backend
+    /// is sent written into the request's headers.
+    pub(crate) fn attempt<B>(
+        &mut self,
+        request: &mut http::Request<B>,
+        backend: &Arc<Backend>,
+        pool: &str,
+    ) {
+        self.attempts += 1;
+        self.backend = Some(Arc::clone(backend));
+        let (Some(server), Some(tracer)) = (&self.server, trace::tracer()) else {
+            if let Some(context) = &self.propagate {
+                trace::inject(request.headers_mut(), context);
+            }
+            return;
+        };
+        let method = request.method();
+        let mut span = tracer
+            .span_builder(method_name(method))
+            .with_kind(SpanKind::Client)
+            .start_with_context(tracer, server);
+        let (host, port) = split_host(&backend.address);
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new(
+                "url.full",
+                format!("http://{}{}", backend.address, request.uri().path()),
+            ),
+            KeyValue::new("server.address", host.to_owned()),
+            KeyValue::new("network.peer.address", host.to_owned()),
+            KeyValue::new("network.protocol.version", "1.1"),
+            KeyValue::new("hearsay.pool", pool.to_owned()),
+            KeyValue::new("hearsay.backend", backend.address.clone()),
+        ];
+        if let Some(port) = port {
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
+        }
+        if self.attempts > 1 {
+            attributes.push(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(self.attempts - 1),
+            ));
+        }
+        span.set_attributes(attributes);
+        trace::inject(request.headers_mut(), span.span_context());
+        self.client = Some(span);
+    }
+
+    /// The attempt's upstream connection: a pooled one (`true`) or a new one.
+    pub(crate) fn connection_reused(&mut self, reused: bool) {
+        if let Some(client) = &mut self.client {
+            client.set_attribute(KeyValue::new("hearsay.upstream.connection_reused", reused));
+        }
+    }
+
+    /// The attempt failed with `error` (before a response head): its client span ends.
+    pub(crate) fn attempt_failed(&mut self, error: &ForwardError) {
+        if let Some(mut client) = self.client.take() {
+            client.set_attribute(KeyValue::new("error.type", error.kind()));
+            client.set_status(Status::error(error.to_string()));
+            client.end();
+        }
+    }
+
+    /// The backend's response head arrived after `waited` nanoseconds.
+    pub(crate) fn answered(&mut self, status: http::StatusCode, waited: u64) {
+        self.upstream_nanos = Some(waited);
+        if let Some(client) = &mut self.client {
+            client.add_event("hearsay.upstream.first_byte", Vec::new());
+            client.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            ));
+            if status.is_server_error() {
+                client.set_attribute(KeyValue::new("error.type", status.as_str().to_owned()));
+                client.set_status(Status::error(""));
+            }
+        }
+    }
+
+    /// The response to the client is written (or abandoned): the spans end. `error` names what
+    /// went wrong when the proxy answered itself.
+    pub(crate) fn finish(&mut self, status: Option<http::StatusCode>, error: Option<&'static str>) {
+        if let Some(mut client) = self.client.take() {
+            client.end();
+        }
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        let span = server.span();
+        match status {
+            Some(status) => {
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                ));
+                if status.is_server_error() {
+                    span.set_attribute(KeyValue::new(
+                        "error.type",
+                        error.map_or_else(|| status.as_str().to_owned(), str::to_owned),
+                    ));
+                    span.set_status(Status::error(""));
+                }
+            }
+            None => {
+                span.set_attribute(KeyValue::new("error.type", "response_abandoned"));
+                span.set_status(Status::error("the response was not written whole"));
+            }
+        }
+        span.end();
+    }
+}
+
+impl Drop for Trail {
+    fn drop(&mut self) {
+        // A trail dropped before `finish` (the request's future was dropped) still ends its spans.
+        if self.server.is_some() || self.client.is_some() {
+            self.finish(None, None);
+        }
+    }
+}
+
+/// A connection's event as a span of its own, ended at once: a child of `parent` (the trace of
+/// the connection's last request) when there is one, else the root of a new trace, recorded as
+/// the sampler decides. Nothing is built when traces are not exported.
+pub(crate) fn connection_event(
+    name: &'static str,
+    parent: Option<&SpanContext>,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+) {
+    let Some(tracer) = trace::tracer() else {
+        return;
+    };
+    let parent = match parent {
+        Some(context) => Context::new().with_remote_span_context(context.clone()),
+        None => Context::new(),
+    };
+    let mut span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .start_with_context(tracer, &parent);
+    if span.is_recording() {
+        span.set_attributes(attributes());
+    }
+    span.end();
+}
+
+/// `host:port` into the host and the port (IPv6 brackets removed).
+fn split_host(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (authority, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_ports_are_split() {
+        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host("example.com"), ("example.com", None));
+        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_host("::1"), ("::1", None));
+        assert_eq!(split_host("10.0.0.1:80"), ("10.0.0.1", Some(80)));
+    }
+}
