@@ -2536,3 +2536,112 @@ fn the_sample_ratio_set_on_one_node_reaches_every_node_and_survives_a_restart() 
     let json = telemetry(nodes[2].node().admin);
     assert!(json.contains("\"sampleRatio\": 0.5"), "{json}");
 }
+
+#[test]
+fn an_admin_change_on_one_node_is_one_trace_with_an_apply_span_from_every_node() {
+    let receiver = hearsay_testkit::otlp::OtlpReceiver::start();
+    let mut nodes = cluster_configs(3, "", "backends = [\"127.0.0.1:9\"]", "");
+    for node in &mut nodes {
+        // Ratio 0: only the caller's sampled traceparent gets this change recorded.
+        node.config += &format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n",
+            receiver.endpoint()
+        );
+    }
+    start_cluster(&mut nodes);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let trace = format!("{:032x}", nanos << 16 | 0x5eed);
+    let caller_span = "00f067aa0ba902b7";
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10"])
+        .args(["-H", &format!("traceparent: 00-{trace}-{caller_span}-01")])
+        .args([
+            "-d",
+            r#"{"name": "web", "settings": {"keepaliveTimeout": "7s"}}"#,
+        ])
+        .arg(nodes[0].node().admin.to_string())
+        .arg("hearsay.admin.v1.Admin/UpdateListener")
+        .output()
+        .expect("grpcurl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let apply_nodes = |spans: &[hearsay_testkit::otlp::ReceivedSpan]| {
+        let mut nodes: Vec<String> = spans
+            .iter()
+            .filter(|span| span.trace_id() == trace && span.name() == "hearsay.cluster.apply")
+            .filter_map(|span| span.resource.get("service.instance.id").cloned())
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    let spans = receiver.wait_for(Duration::from_secs(30), |spans| {
+        apply_nodes(spans) == ["n1", "n2", "n3"]
+    });
+    let in_trace: Vec<_> = spans.iter().filter(|s| s.trace_id() == trace).collect();
+    let admin: Vec<_> = in_trace
+        .iter()
+        .filter(|s| s.name() == "hearsay.admin.v1.Admin/UpdateListener")
+        .collect();
+    assert_eq!(admin.len(), 1, "one admin span: {in_trace:#?}");
+    let admin = admin[0];
+    assert_eq!(admin.kind(), "SERVER");
+    assert_eq!(
+        admin.parent_span_id(),
+        caller_span,
+        "continues the caller's"
+    );
+    assert_eq!(admin.resource["service.instance.id"], "n1");
+    assert_eq!(admin.attribute("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        admin.attribute("rpc.service").as_deref(),
+        Some("hearsay.admin.v1.Admin")
+    );
+    assert_eq!(
+        admin.attribute("rpc.method").as_deref(),
+        Some("UpdateListener")
+    );
+    assert_eq!(
+        admin.attribute("rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        admin.attribute("client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+
+    assert_eq!(apply_nodes(&spans), ["n1", "n2", "n3"], "{in_trace:#?}");
+    let applies: Vec<_> = in_trace
+        .iter()
+        .filter(|s| s.name() == "hearsay.cluster.apply")
+        .collect();
+    let stamp = applies[0].attribute("hearsay.cluster.stamp").unwrap();
+    assert!(stamp.ends_with("@n1"), "written by n1: {stamp}");
+    for apply in &applies {
+        let node = &apply.resource["service.instance.id"];
+        assert_eq!(apply.kind(), "INTERNAL");
+        assert_eq!(apply.parent_span_id(), admin.span_id(), "{node}");
+        assert_eq!(apply.attribute("hearsay.node").as_ref(), Some(node));
+        assert_eq!(
+            apply.attribute("hearsay.cluster.stamp").as_ref(),
+            Some(&stamp)
+        );
+        assert_eq!(apply.attribute("hearsay.listener").as_deref(), Some("web"));
+        assert_eq!(
+            apply.attribute("hearsay.cluster.settings").as_deref(),
+            Some("keepalive_timeout=7s")
+        );
+        let delay: u64 = apply
+            .attribute("hearsay.cluster.delay_ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(delay < 30_000, "{node}: {delay} ms");
+    }
+}
