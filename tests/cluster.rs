@@ -2645,3 +2645,106 @@ fn an_admin_change_on_one_node_is_one_trace_with_an_apply_span_from_every_node()
         assert!(delay < 30_000, "{node}: {delay} ms");
     }
 }
+
+/// Wire compatibility with a hearsay built before the telemetry entry (`set:t:`) and the trace
+/// notes (`t:`): run by hand with the older binary,
+/// `HEARSAY_OLD_BINARY=/path/to/old/hearsay cargo test -p hearsay --test cluster -- --ignored
+/// an_older_node`. The older node n1 must keep applying the listener settings the new nodes
+/// write (under a trace, beside a sample ratio write), its own writes must reach them, and it
+/// must log nothing about the keys it does not know.
+#[test]
+#[ignore = "needs HEARSAY_OLD_BINARY: a hearsay built before set:t: and t: keys"]
+fn an_older_node_keeps_replicating_beside_the_new_keys() {
+    let old = std::env::var("HEARSAY_OLD_BINARY").expect("HEARSAY_OLD_BINARY");
+    let receiver = hearsay_testkit::otlp::OtlpReceiver::start();
+    let mut nodes = cluster_configs(3, "", "backends = [\"127.0.0.1:9\"]", "");
+    for node in &mut nodes[1..] {
+        node.config += &format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n",
+            receiver.endpoint()
+        );
+    }
+    let path = support::write_temp("old-node.toml", &nodes[0].config);
+    let child = std::process::Command::new(&old)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "debug,chitchat=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    nodes[0].node = Some(support::Node::from_child(child));
+    nodes[1].start();
+    nodes[2].start();
+    for node in &nodes {
+        let mut admin = node.admin();
+        wait_for(
+            &format!("{} to see every node alive", node.id),
+            Duration::from_secs(10),
+            || (admin.alive() == ["n1", "n2", "n3"]).then_some(()),
+        );
+    }
+    // New writes on n2: the sample ratio, and a traced listener change.
+    grpcurl_json(
+        nodes[1].node().admin,
+        "UpdateTelemetry",
+        r#"{"sample_ratio": 0.5}"#,
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10"])
+        .args([
+            "-H",
+            &format!("traceparent: 00-{trace}-00f067aa0ba902b7-01"),
+        ])
+        .args([
+            "-d",
+            r#"{"name": "web", "settings": {"keepaliveTimeout": "7s"}}"#,
+        ])
+        .arg(nodes[1].node().admin.to_string())
+        .arg("hearsay.admin.v1.Admin/UpdateListener")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let mut old_admin = nodes[0].admin();
+    wait_for("the old node applies 7s", Duration::from_secs(10), || {
+        (old_admin.keepalive().0 == Duration::from_secs(7)).then_some(())
+    });
+    assert!(grpcurl_json(nodes[2].node().admin, "GetTelemetry", "{}").contains("0.5"));
+    let spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        spans
+            .iter()
+            .filter(|s| s.trace_id() == trace && s.name() == "hearsay.cluster.apply")
+            .count()
+            == 2
+    });
+    let mut applied: Vec<String> = spans
+        .iter()
+        .filter(|s| s.trace_id() == trace && s.name() == "hearsay.cluster.apply")
+        .map(|s| s.resource["service.instance.id"].clone())
+        .collect();
+    applied.sort();
+    assert_eq!(
+        applied,
+        ["n2", "n3"],
+        "the new nodes record, the old one cannot"
+    );
+    // The old node's own write reaches the new ones.
+    old_admin.set_keepalive(Duration::from_secs(9), 0).unwrap();
+    for node in &nodes[1..] {
+        let mut admin = node.admin();
+        wait_for("9s on a new node", Duration::from_secs(10), || {
+            (admin.keepalive().0 == Duration::from_secs(9)).then_some(())
+        });
+    }
+    let log: Vec<String> = nodes[0].node().log.try_iter().collect();
+    let about_new_keys: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("set:t:") || line.contains("t:set:"))
+        .collect();
+    assert!(about_new_keys.is_empty(), "{about_new_keys:#?}");
+    assert!(
+        !log.iter()
+            .any(|line| line.contains("WARN") || line.contains("ERROR")),
+        "{log:#?}"
+    );
+}
