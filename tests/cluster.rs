@@ -2616,6 +2616,39 @@ fn an_admin_change_on_one_node_is_one_trace_with_an_apply_span_from_every_node()
         Some("127.0.0.1")
     );
 
+    // A refused call is a span too, with its status.
+    let refused_trace = format!("{:032x}", nanos << 16 | 0x0bad);
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10"])
+        .args([
+            "-H",
+            &format!("traceparent: 00-{refused_trace}-{caller_span}-01"),
+        ])
+        .args(["-d", r#"{"sample_ratio": 1.5}"#])
+        .arg(nodes[1].node().admin.to_string())
+        .arg("hearsay.admin.v1.Admin/UpdateTelemetry")
+        .output()
+        .expect("grpcurl runs");
+    assert!(!output.status.success());
+    let refused_spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        spans.iter().any(|s| {
+            s.trace_id() == refused_trace && s.name() == "hearsay.admin.v1.Admin/UpdateTelemetry"
+        })
+    });
+    // grpcurl sends the header with its reflection calls too: those are spans of the trace.
+    let refused: Vec<_> = refused_spans
+        .iter()
+        .filter(|s| s.trace_id() == refused_trace && !s.name().starts_with("grpc.reflection."))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].name(), "hearsay.admin.v1.Admin/UpdateTelemetry");
+    assert_eq!(refused[0].resource["service.instance.id"], "n2");
+    assert_eq!(
+        refused[0].attribute("rpc.grpc.status_code").as_deref(),
+        Some("3"),
+        "INVALID_ARGUMENT"
+    );
+
     assert_eq!(apply_nodes(&spans), ["n1", "n2", "n3"], "{in_trace:#?}");
     let applies: Vec<_> = in_trace
         .iter()

@@ -596,4 +596,42 @@ async fn a_traced_write_is_recorded_once_by_every_node_that_applies_it() {
         assert!(delay < DEADLINE.as_millis() as u64, "{node}: {delay} ms");
     }
     assert!(apply_spans(spans, unsampled.into()).is_empty());
+
+    // A backend's state change and the sample ratio are traced the same way.
+    let backend_trace = 0x5eed_0000_0000_0000_0000_0000_0000_0003_u128;
+    b.cluster
+        .set_backend_state(
+            "app",
+            "127.0.0.1:9",
+            hearsay_proxy::BackendState::Draining,
+            traced_caller(backend_trace, admin_span, true),
+        )
+        .expect("pool app")
+        .expect("backend 127.0.0.1:9");
+    let ratio_trace = 0x5eed_0000_0000_0000_0000_0000_0000_0004_u128;
+    c.cluster
+        .set_sample_ratio(0.5, traced_caller(ratio_trace, admin_span, true))
+        .unwrap();
+    until(
+        "the backend and ratio writes recorded by a, b and c",
+        || {
+            apply_spans(spans, backend_trace.into()).len() == 3
+                && apply_spans(spans, ratio_trace.into()).len() == 3
+        },
+    )
+    .await;
+    for (_, span) in apply_spans(spans, backend_trace.into()) {
+        assert_eq!(attribute(&span, "hearsay.pool"), "app");
+        assert_eq!(attribute(&span, "hearsay.backend"), "127.0.0.1:9");
+        assert_eq!(
+            attribute(&span, "hearsay.cluster.settings"),
+            "state=draining"
+        );
+    }
+    for (_, span) in apply_spans(spans, ratio_trace.into()) {
+        assert_eq!(
+            attribute(&span, "hearsay.cluster.settings"),
+            "sample_ratio=0.5"
+        );
+    }
 }
