@@ -635,3 +635,55 @@ async fn a_traced_write_is_recorded_once_by_every_node_that_applies_it() {
         );
     }
 }
+
+/// A node alone (no gossip) on `data_dir`, its file's `telemetry.sample_ratio` being `ratio`.
+async fn start_alone(data_dir: &std::path::Path, ratio: f64) -> (Arc<Proxy>, Arc<Cluster>) {
+    let config = Config::parse(&format!(
+        "[node]\nid = \"a\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n\
+         [telemetry]\nsample_ratio = {ratio:?}\n"
+    ))
+    .unwrap();
+    let proxy = Proxy::new(&config).unwrap();
+    let cluster = Cluster::start(
+        Arc::clone(&proxy),
+        ClusterOptions {
+            node_id: "a".to_owned(),
+            data_dir: data_dir.to_owned(),
+            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            version: "test".to_owned(),
+            config: None,
+            file: FileValues::of(&config),
+            transport: None,
+        },
+    )
+    .await
+    .unwrap();
+    (proxy, cluster)
+}
+
+#[tokio::test]
+async fn the_files_sample_ratio_is_the_start_value_and_an_edit_of_it_a_write() {
+    let dir = data_dir("ratio-file");
+    let (proxy, cluster) = start_alone(&dir, 0.25).await;
+    assert_eq!(proxy.sample_ratio().get(), 0.25);
+    assert_eq!(cluster.sample_ratio_origin(), SettingOrigin::File);
+    cluster.set_sample_ratio(0.5, Caller::default()).unwrap();
+    cluster.leave().await;
+    // The file unchanged: the written value stands.
+    let (proxy, cluster) = start_alone(&dir, 0.25).await;
+    assert_eq!(proxy.sample_ratio().get(), 0.5);
+    cluster.leave().await;
+    // The file edited: the edit is a write, stamped at start, that outranks the earlier one.
+    let (proxy, cluster) = start_alone(&dir, 0.75).await;
+    assert_eq!(proxy.sample_ratio().get(), 0.75);
+    assert!(matches!(
+        cluster.sample_ratio_origin(),
+        SettingOrigin::Written {
+            source: hearsay_cluster::Source::File,
+            ..
+        }
+    ));
+    cluster.leave().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
