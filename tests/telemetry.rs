@@ -523,3 +523,150 @@ fn connection_events_join_the_trace_of_the_last_request() {
         Some("127.0.0.1")
     );
 }
+
+#[test]
+fn a_retried_request_has_a_client_span_per_attempt() {
+    let receiver = OtlpReceiver::start();
+    let (backend, _heads) = recording_backend();
+    // Nothing listens here: connecting is refused at once, and the request goes to the other.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let node = Node::start(&format!(
+        "[node]\nid = \"retry-e2e\"\ndata_dir = \"{}\"\n[runtime]\nworker_threads = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 1.0\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"{dead}\", \"{backend}\"]\nretries = 1\n",
+        temp_data_dir(),
+        receiver.endpoint()
+    ));
+    let mut client = TcpStream::connect(node.address).unwrap();
+    // Round robin: of two requests, one goes to the dead backend first.
+    get(&mut client, "/one", "");
+    get(&mut client, "/two", "");
+    let retried = |spans: &[ReceivedSpan]| {
+        spans
+            .iter()
+            .find(|s| s.kind() == "CLIENT" && s.attribute("http.request.resend_count").is_some())
+            .map(|s| s.trace_id())
+    };
+    let spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        retried(spans).is_some_and(|trace| of_trace(spans, &trace).len() == 3)
+    });
+    let trace = retried(&spans).unwrap_or_else(|| panic!("{spans:#?}"));
+    let trace = of_trace(&spans, &trace);
+    assert_eq!(trace.len(), 3, "{trace:#?}");
+    let server = trace.iter().find(|s| s.kind() == "SERVER").unwrap();
+    assert_eq!(
+        server.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let failed = trace
+        .iter()
+        .find(|s| s.attribute("hearsay.backend") == Some(dead.to_string()))
+        .unwrap_or_else(|| panic!("{trace:#?}"));
+    assert_eq!(failed.parent_span_id(), server.span_id());
+    assert_eq!(
+        failed.attribute("error.type").as_deref(),
+        Some("backend_unreachable")
+    );
+    assert_eq!(failed.attribute("http.response.status_code"), None);
+    let answered = trace
+        .iter()
+        .find(|s| s.attribute("hearsay.backend") == Some(backend.to_string()))
+        .unwrap();
+    assert_eq!(answered.parent_span_id(), server.span_id());
+    assert_eq!(
+        answered.attribute("http.request.resend_count").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        answered.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
+}
+
+#[test]
+fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
+    // A batch would wait a minute: only the flush at shutdown can send it.
+    let receiver = OtlpReceiver::start();
+    let (backend, _heads) = recording_backend();
+    let path = write_temp(
+        &format!("flush-{}.toml", support::rand_suffix()),
+        &config(
+            "flush-e2e",
+            backend,
+            &format!(
+                "otlp_endpoint = \"{}\"\nsample_ratio = 1.0",
+                receiver.endpoint()
+            ),
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_hearsay"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "60000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut node = Node::from_child(child);
+    let mut client = TcpStream::connect(node.address).unwrap();
+    get(&mut client, "/", "");
+    drop(client);
+    node.signal("-TERM");
+    assert!(node.wait_exit(Duration::from_secs(20)).success());
+    let spans = receiver.spans();
+    assert_eq!(
+        spans.len(),
+        2,
+        "server and client span, sent at shutdown: {spans:#?}"
+    );
+
+    // A collector that is not there: requests go on, the node says so once.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = write_temp(
+        &format!("dead-collector-{}.toml", support::rand_suffix()),
+        &config(
+            "dead-collector-e2e",
+            backend,
+            &format!("otlp_endpoint = \"http://{gone}\"\nsample_ratio = 1.0"),
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_hearsay"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "10")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let node = Node::from_child(child);
+    let mut client = TcpStream::connect(node.address).unwrap();
+    for _ in 0..20 {
+        get(&mut client, "/", "");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let warning = wait_for("the export warning", Duration::from_secs(20), || {
+        let line = node.log.recv_timeout(Duration::from_millis(100)).ok()?;
+        line.contains("cannot export spans").then_some(line)
+    });
+    assert!(warning.contains("spans_lost="), "{warning}");
+    // More failing batches within the next second: no second line.
+    for _ in 0..20 {
+        get(&mut client, "/", "");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        if let Ok(line) = node.log.recv_timeout(left) {
+            assert!(
+                !line.contains("cannot export spans"),
+                "a second warning: {line}"
+            );
+        }
+    }
+}

@@ -14,9 +14,9 @@ use std::sync::atomic::Ordering;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::registry::Connection;
-use crate::trail::Trail;
 use crate::upstream::DirectBody;
 pub(crate) use crate::upstream::RequestBody;
+use crate::upstream::Trail;
 
 /// A backend's response body.
 pub(crate) type Upstream = DirectBody;

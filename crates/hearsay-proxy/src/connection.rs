@@ -577,7 +577,7 @@ async fn end(context: Context, ending: Ending) {
     ) {
         if let Some(last) = connection.last_trace.swap(None) {
             tracing::debug!(connection = connection.id, client = %connection.client, reason = reason.as_str(), trace_id = %format_args!("{:032x}", last.trace_id()), "connection closed at its timeout");
-            crate::trail::connection_event("hearsay.connection.closed", Some(&last), || {
+            crate::upstream::connection_event("hearsay.connection.closed", Some(&last), || {
                 vec![
                     opentelemetry::KeyValue::new("hearsay.close.reason", reason.as_str()),
                     opentelemetry::KeyValue::new("hearsay.connection.id", connection.id as i64),

@@ -18,7 +18,6 @@ pub mod registry;
 mod server;
 pub mod tls;
 pub mod trace;
-mod trail;
 pub mod upstream;
 
 pub use admission::{ClientKey, ClientTable};

@@ -284,7 +284,7 @@ impl Proxy {
             let local = listener.clients.count(&key);
             let remote = listener.remote_count(&key);
             tracing::debug!(listener = %listener.name, client = %peer, key = %key, local, cluster = local + remote, "connection refused: over limit");
-            crate::trail::connection_event("hearsay.connection.refused", None, || {
+            crate::upstream::connection_event("hearsay.connection.refused", None, || {
                 vec![
                     opentelemetry::KeyValue::new("hearsay.listener", listener.name.to_string()),
                     opentelemetry::KeyValue::new("client.address", peer.ip().to_string()),

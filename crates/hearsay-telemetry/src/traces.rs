@@ -256,21 +256,28 @@ async fn export<E: SpanExporter>(
 ) {
     let mut failures = Failures::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // When the batch being gathered goes out at the latest (set by its first span).
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
+        let room = MAX_BATCH - batch.len();
         tokio::select! {
-            received = queue.recv_many(&mut batch, MAX_BATCH) => {
+            received = queue.recv_many(&mut batch, room), if room > 0 => {
                 if received == 0 {
+                    // Every sender is gone: the provider was dropped.
+                    if !batch.is_empty() {
+                        send(&exporter, std::mem::take(&mut batch), &mut failures).await;
+                    }
                     return;
                 }
-                let deadline = tokio::time::Instant::now() + delay;
-                while batch.len() < MAX_BATCH {
-                    let room = MAX_BATCH - batch.len();
-                    match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + delay);
+                if batch.len() >= MAX_BATCH {
+                    send(&exporter, std::mem::take(&mut batch), &mut failures).await;
+                    deadline = None;
                 }
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 send(&exporter, std::mem::take(&mut batch), &mut failures).await;
+                deadline = None;
             }
             Some(done) = flushes.recv() => {
                 while let Ok(span) = queue.try_recv() {
@@ -282,6 +289,7 @@ async fn export<E: SpanExporter>(
                 if !batch.is_empty() {
                     send(&exporter, std::mem::take(&mut batch), &mut failures).await;
                 }
+                deadline = None;
                 let _ = done.send(());
             }
         }

@@ -88,7 +88,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Collected(Arc<Mutex<Vec<ReceivedSpan>>>);
+struct Collected {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Count spans without keeping them (a benchmark's sink).
+    discard: bool,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
 
 #[tonic::async_trait]
 impl TraceService for Collected {
@@ -96,8 +101,22 @@ impl TraceService for Collected {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = self.0.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
+        let request = request.into_inner();
+        if self.discard {
+            let spans: usize = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.count
+                .fetch_add(spans as u64, std::sync::atomic::Ordering::Relaxed);
+            return Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }));
+        }
+        let mut received = self.spans.lock().unwrap();
+        for resource_spans in request.resource_spans {
             let resource: HashMap<String, String> = resource_spans
                 .resource
                 .map(|r| r.attributes)
@@ -131,10 +150,19 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts a receiver on a free loopback port.
     pub fn start() -> OtlpReceiver {
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0", false)
+    }
+
+    /// Starts a receiver on `address`; with `discard` it only counts the spans
+    /// ([`OtlpReceiver::count`]), for a benchmark's sink.
+    pub fn start_on(address: &str, discard: bool) -> OtlpReceiver {
+        let socket = std::net::TcpListener::bind(address).unwrap();
         socket.set_nonblocking(true).unwrap();
         let address = socket.local_addr().unwrap();
-        let spans = Collected::default();
+        let spans = Collected {
+            discard,
+            ..Collected::default()
+        };
         let service = TraceServiceServer::new(spans.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -167,7 +195,12 @@ impl OtlpReceiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.0.lock().unwrap().clone()
+        self.spans.spans.lock().unwrap().clone()
+    }
+
+    /// Spans counted by a discarding receiver.
+    pub fn count(&self) -> u64 {
+        self.spans.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits (at most `limit`) until the spans received satisfy `done`; returns them either way.

@@ -157,23 +157,7 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         let mut signals = Signals::new()?;
         let proxy: Arc<Proxy> = Proxy::new(&config)?;
         // Before anything that may build a span (the cluster, the listeners, the admin API).
-        let traces = hearsay_telemetry::Traces::start(
-            &config.telemetry,
-            &hearsay_telemetry::TraceIdentity {
-                service_name: config.telemetry.service_name.clone(),
-                node_id: config.node.id.clone(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                cluster_id: config.cluster.as_ref().map(|cluster| cluster.cluster_id.clone()),
-            },
-            Arc::clone(proxy.sample_ratio()),
-        )?;
-        if let Some(access_log) = proxy.access_log() {
-            access_log.start()?;
-            tracing::info!(target = ?access_log.target(), "writing the access log");
-        }
-        if let Some(traces) = &traces {
-            tracing::info!(endpoint = traces.endpoint(), sample_ratio = proxy.sample_ratio().get(), "exporting traces over OTLP/gRPC");
-        }
+        let traces = start_traces_and_access_log(&config, &proxy)?;
         let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("cannot bind the admin API on {}", config.admin.listen))?;
@@ -302,6 +286,39 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         tracing::info!(node = %config.node.id, "node stopped");
         Ok(())
     })
+}
+
+/// Starts trace export (when an endpoint is configured) and the access log writer (when one is
+/// configured): a file that cannot be opened stops the start with its name.
+fn start_traces_and_access_log(
+    config: &Config,
+    proxy: &Arc<Proxy>,
+) -> anyhow::Result<Option<hearsay_telemetry::Traces>> {
+    let traces = hearsay_telemetry::Traces::start(
+        &config.telemetry,
+        &hearsay_telemetry::TraceIdentity {
+            service_name: config.telemetry.service_name.clone(),
+            node_id: config.node.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            cluster_id: config
+                .cluster
+                .as_ref()
+                .map(|cluster| cluster.cluster_id.clone()),
+        },
+        Arc::clone(proxy.sample_ratio()),
+    )?;
+    if let Some(traces) = &traces {
+        tracing::info!(
+            endpoint = traces.endpoint(),
+            sample_ratio = proxy.sample_ratio().get(),
+            "exporting traces over OTLP/gRPC"
+        );
+    }
+    if let Some(access_log) = proxy.access_log() {
+        access_log.start()?;
+        tracing::info!(target = ?access_log.target(), "writing the access log");
+    }
+    Ok(traces)
 }
 
 /// How long the spans still queued at shutdown may take to reach the collector.

@@ -20,7 +20,7 @@ use crate::headers;
 use crate::listener::Listener;
 use crate::registry::{nanos, now_nanos, Connection};
 use crate::trace;
-use crate::trail::{SpanFacts, Trail};
+use crate::upstream::{SpanFacts, Trail};
 
 /// Handles one request: forwards it and decides whether the connection stays open after it.
 pub(super) async fn handle(
@@ -47,38 +47,7 @@ pub(super) async fn handle(
 
     let (mut head, body) = request.into_parts();
     let checked = headers::check_request(&head.method, head.version, &head.uri, &mut head.headers);
-    // The client's trace context never goes on as it came: ours (or, traces off, a valid copy).
-    let parent = trace::extract(&mut head.headers);
-    let mut trail = Trail::start(
-        parent,
-        &SpanFacts {
-            method: &head.method,
-            path: head.uri.path(),
-            version,
-            headers: &head.headers,
-            scheme: listener.forwarded_proto,
-            listener: &listener.name,
-            connection: &connection,
-            index: served,
-        },
-    );
-    if trail.recorded() {
-        connection.last_trace.store(trail.context().map(Arc::new));
-    } else if connection.last_trace.load().is_some() {
-        connection.last_trace.store(None);
-    }
-    let access = listener.access_log.as_ref().map(|log| AccessFacts {
-        log: Arc::clone(log),
-        time: std::time::SystemTime::now(),
-        listener: Arc::clone(&listener.name),
-        method: head.method.clone(),
-        path: head
-            .uri
-            .path_and_query()
-            .map_or("/", |path| path.as_str())
-            .to_owned(),
-        index: served,
-    });
+    let (mut trail, access) = begin_trail(&mut head, &connection, &listener, served);
     let request = Request::from_parts(head, RequestBody::new(body, Arc::clone(&connection)));
     let forwarded = match checked {
         // Boxed: hyper keeps room for one request future per connection for the connection's
@@ -110,31 +79,7 @@ pub(super) async fn handle(
         }
         Err(error) => {
             // A dead backend under load fails every request: one line per kind per second.
-            if let Some(suppressed) = listener.failure_log.allow(&error, now_nanos()) {
-                let (trace_id, span_id) = log_ids(&trail);
-                if suppressed == 0 {
-                    tracing::warn!(
-                        listener = %listener.name,
-                        pool = %listener.pool.name,
-                        client = %connection.client,
-                        %error,
-                        trace_id,
-                        span_id,
-                        "request failed"
-                    );
-                } else {
-                    tracing::warn!(
-                        listener = %listener.name,
-                        pool = %listener.pool.name,
-                        client = %connection.client,
-                        %error,
-                        suppressed,
-                        trace_id,
-                        span_id,
-                        "request failed (and {suppressed} more like it since the last line)"
-                    );
-                }
-            }
+            log_failure(&error, &listener, &connection, &trail);
             error.to_response().map(Either::Right)
         }
     };
@@ -178,6 +123,80 @@ pub(super) async fn handle(
         parts,
         ResponseBody::new(body, in_flight),
     ))
+}
+
+/// Starts the request's trail (its spans, from the client's trace context, which never goes on as
+/// it came: ours, or with traces off a valid copy) and its access log facts.
+fn begin_trail(
+    head: &mut http::request::Parts,
+    connection: &Arc<Connection>,
+    listener: &Listener,
+    served: u64,
+) -> (Trail, Option<AccessFacts>) {
+    let parent = trace::extract(&mut head.headers);
+    let trail = Trail::start(
+        parent,
+        &SpanFacts {
+            method: &head.method,
+            path: head.uri.path(),
+            version: head.version,
+            headers: &head.headers,
+            scheme: listener.forwarded_proto,
+            listener: &listener.name,
+            connection,
+            index: served,
+        },
+    );
+    // The connection's own events (its timeouts) join its last recorded request's trace.
+    if trail.recorded() {
+        connection.last_trace.store(trail.context().map(Arc::new));
+    } else if connection.last_trace.load().is_some() {
+        connection.last_trace.store(None);
+    }
+    let access = listener.access_log.as_ref().map(|log| AccessFacts {
+        log: Arc::clone(log),
+        time: std::time::SystemTime::now(),
+        listener: Arc::clone(&listener.name),
+        method: head.method.clone(),
+        path: head
+            .uri
+            .path_and_query()
+            .map_or("/", |path| path.as_str())
+            .to_owned(),
+        index: served,
+    });
+    (trail, access)
+}
+
+/// A request the proxy answered itself because forwarding failed: one warning per kind per
+/// listener per second (a dead backend under load fails every request), with its trace.
+fn log_failure(error: &ForwardError, listener: &Listener, connection: &Connection, trail: &Trail) {
+    let Some(suppressed) = listener.failure_log.allow(error, now_nanos()) else {
+        return;
+    };
+    let (trace_id, span_id) = log_ids(trail);
+    if suppressed == 0 {
+        tracing::warn!(
+            listener = %listener.name,
+            pool = %listener.pool.name,
+            client = %connection.client,
+            %error,
+            trace_id,
+            span_id,
+            "request failed"
+        );
+    } else {
+        tracing::warn!(
+            listener = %listener.name,
+            pool = %listener.pool.name,
+            client = %connection.client,
+            %error,
+            suppressed,
+            trace_id,
+            span_id,
+            "request failed (and {suppressed} more like it since the last line)"
+        );
+    }
 }
 
 /// The trace and span ids a request's log lines carry (empty when it has no trace).

@@ -14,10 +14,10 @@ use super::http1::{ExchangeError, Upload, UpstreamConn};
 use super::idle::{DirectBody, DirectHome};
 use super::pool::Pool;
 use super::request_body::RequestBody;
+use super::trail::Trail;
 use crate::error::ForwardError;
 use crate::headers;
 use crate::registry::{BodyFailure, Connection};
-use crate::trail::Trail;
 
 /// A backend's response on its way back; its body gives the connection back itself once read
 /// (and the request body sent) whole.

@@ -16,6 +16,9 @@
 //!   health checks' answers.
 //! - `request_body.rs`: the client's request body on its way to a backend.
 //! - `random.rs`: the per-thread random numbers of p2c and probe jitter.
+//! - `trail.rs`: what a request leaves behind on its way: its server span, a client span per
+//!   attempt, the trace context each attempt carries to the backend, and the upstream facts its
+//!   access log line writes (backend, attempts, upstream time); a connection's events as spans.
 //!
 //! Connections to a backend are kept in one LIFO stack of idle connections per backend, whatever
 //! request they carried. A connection goes back on its stack when the response body it carried
@@ -40,9 +43,11 @@ mod request_body;
 mod select;
 mod stream;
 mod tls;
+mod trail;
 
 pub use backend::{Backend, BackendState};
 pub use health::{BackendHealth, HealthSnapshot};
 pub(crate) use idle::DirectBody;
 pub use pool::{Pool, PoolError, PoolStats};
 pub(crate) use request_body::RequestBody;
+pub(crate) use trail::{connection_event, SpanFacts, Trail};

@@ -16,10 +16,10 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 
+use super::Backend;
 use crate::error::ForwardError;
 use crate::registry::Connection;
 use crate::trace;
-use crate::upstream::Backend;
 
 /// One request's spans and upstream facts.
 pub(crate) struct Trail {
