@@ -158,6 +158,8 @@ fn reflection_health_and_auth() {
         "CloseClientConnections",
         "GetClient",
         "ListClients",
+        "GetTelemetry",
+        "UpdateTelemetry",
         "ListMembers",
         "ResetListener",
         "ResetBackends",

@@ -2460,3 +2460,324 @@ fn measure_rolling_restart_under_load() {
         total.truncated
     );
 }
+
+/// grpcurl's answer of `method` on a node: (succeeded, stdout and stderr).
+fn grpcurl_call(admin: SocketAddr, method: &str, body: &str) -> (bool, String) {
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10", "-d", body])
+        .arg(admin.to_string())
+        .arg(format!("hearsay.admin.v1.Admin/{method}"))
+        .output()
+        .expect("grpcurl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[test]
+fn the_sample_ratio_set_on_one_node_reaches_every_node_and_survives_a_restart() {
+    let mut nodes = cluster_configs(3, "", "backends = [\"127.0.0.1:9\"]", "");
+    for node in &mut nodes {
+        node.config += "[telemetry]\nsample_ratio = 0.25\n";
+    }
+    start_cluster(&mut nodes);
+    let admins: Vec<SocketAddr> = nodes.iter().map(|n| n.node().admin).collect();
+    let telemetry = |admin| grpcurl_json(admin, "GetTelemetry", "{}");
+    for admin in &admins {
+        let json = telemetry(*admin);
+        assert!(json.contains("\"sampleRatio\": 0.25"), "{json}");
+        assert!(json.contains("\"source\": \"FILE\""), "{json}");
+    }
+
+    // Out of range, or missing: refused with a message naming the setting and its range.
+    for body in [
+        r#"{"sample_ratio": 1.5}"#,
+        r#"{"sample_ratio": -0.1}"#,
+        "{}",
+    ] {
+        let (ok, printed) = grpcurl_call(admins[0], "UpdateTelemetry", body);
+        assert!(!ok, "{body}: {printed}");
+        assert!(printed.contains("InvalidArgument"), "{body}: {printed}");
+        assert!(printed.contains("sample_ratio"), "{body}: {printed}");
+    }
+    assert!(telemetry(admins[0]).contains("\"sampleRatio\": 0.25"));
+
+    // `hearsay ctl set-sample-ratio` on n2 reaches n1 and n3 by gossip.
+    let ctl = std::process::Command::new(support::HEARSAY)
+        .args(["ctl", "--admin", &admins[1].to_string()])
+        .args(["set-sample-ratio", "0.5"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&ctl.stdout);
+    assert!(
+        ctl.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert!(
+        printed.contains("sample_ratio   0.5      admin n2"),
+        "{printed}"
+    );
+    for admin in &admins {
+        let json = wait_for(
+            &format!("sample ratio 0.5 on {admin}"),
+            Duration::from_secs(10),
+            || Some(telemetry(*admin)).filter(|json| json.contains("\"sampleRatio\": 0.5")),
+        );
+        assert!(json.contains("\"source\": \"ADMIN\""), "{json}");
+        assert!(json.contains("\"nodeId\": \"n2\""), "{json}");
+    }
+
+    // Persisted: n3 restarted with its file unchanged keeps the written value.
+    stop(&mut nodes[2]);
+    nodes[2].start();
+    let json = telemetry(nodes[2].node().admin);
+    assert!(json.contains("\"sampleRatio\": 0.5"), "{json}");
+}
+
+#[test]
+fn an_admin_change_on_one_node_is_one_trace_with_an_apply_span_from_every_node() {
+    let receiver = hearsay_testkit::otlp::OtlpReceiver::start();
+    let mut nodes = cluster_configs(3, "", "backends = [\"127.0.0.1:9\"]", "");
+    for node in &mut nodes {
+        // Ratio 0: only the caller's sampled traceparent gets this change recorded.
+        node.config += &format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n",
+            receiver.endpoint()
+        );
+    }
+    start_cluster(&mut nodes);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let trace = format!("{:032x}", nanos << 16 | 0x5eed);
+    let caller_span = "00f067aa0ba902b7";
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10"])
+        .args(["-H", &format!("traceparent: 00-{trace}-{caller_span}-01")])
+        .args([
+            "-d",
+            r#"{"name": "web", "settings": {"keepaliveTimeout": "7s"}}"#,
+        ])
+        .arg(nodes[0].node().admin.to_string())
+        .arg("hearsay.admin.v1.Admin/UpdateListener")
+        .output()
+        .expect("grpcurl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let apply_nodes = |spans: &[hearsay_testkit::otlp::ReceivedSpan]| {
+        let mut nodes: Vec<String> = spans
+            .iter()
+            .filter(|span| span.trace_id() == trace && span.name() == "hearsay.cluster.apply")
+            .filter_map(|span| span.resource.get("service.instance.id").cloned())
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    let spans = receiver.wait_for(Duration::from_secs(30), |spans| {
+        apply_nodes(spans) == ["n1", "n2", "n3"]
+    });
+    let in_trace: Vec<_> = spans.iter().filter(|s| s.trace_id() == trace).collect();
+    let admin: Vec<_> = in_trace
+        .iter()
+        .filter(|s| s.name() == "hearsay.admin.v1.Admin/UpdateListener")
+        .collect();
+    assert_eq!(admin.len(), 1, "one admin span: {in_trace:#?}");
+    let admin = admin[0];
+    assert_eq!(admin.kind(), "SERVER");
+    assert_eq!(
+        admin.parent_span_id(),
+        caller_span,
+        "continues the caller's"
+    );
+    assert_eq!(admin.resource["service.instance.id"], "n1");
+    assert_eq!(admin.attribute("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        admin.attribute("rpc.service").as_deref(),
+        Some("hearsay.admin.v1.Admin")
+    );
+    assert_eq!(
+        admin.attribute("rpc.method").as_deref(),
+        Some("UpdateListener")
+    );
+    assert_eq!(
+        admin.attribute("rpc.grpc.status_code").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        admin.attribute("client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+
+    // A refused call is a span too, with its status.
+    let refused_trace = format!("{:032x}", nanos << 16 | 0x0bad);
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10"])
+        .args([
+            "-H",
+            &format!("traceparent: 00-{refused_trace}-{caller_span}-01"),
+        ])
+        .args(["-d", r#"{"sample_ratio": 1.5}"#])
+        .arg(nodes[1].node().admin.to_string())
+        .arg("hearsay.admin.v1.Admin/UpdateTelemetry")
+        .output()
+        .expect("grpcurl runs");
+    assert!(!output.status.success());
+    let refused_spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        spans.iter().any(|s| {
+            s.trace_id() == refused_trace && s.name() == "hearsay.admin.v1.Admin/UpdateTelemetry"
+        })
+    });
+    // grpcurl sends the header with its reflection calls too: those are spans of the trace.
+    let refused: Vec<_> = refused_spans
+        .iter()
+        .filter(|s| s.trace_id() == refused_trace && !s.name().starts_with("grpc.reflection."))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].name(), "hearsay.admin.v1.Admin/UpdateTelemetry");
+    assert_eq!(refused[0].resource["service.instance.id"], "n2");
+    assert_eq!(
+        refused[0].attribute("rpc.grpc.status_code").as_deref(),
+        Some("3"),
+        "INVALID_ARGUMENT"
+    );
+
+    assert_eq!(apply_nodes(&spans), ["n1", "n2", "n3"], "{in_trace:#?}");
+    let applies: Vec<_> = in_trace
+        .iter()
+        .filter(|s| s.name() == "hearsay.cluster.apply")
+        .collect();
+    let stamp = applies[0].attribute("hearsay.cluster.stamp").unwrap();
+    assert!(stamp.ends_with("@n1"), "written by n1: {stamp}");
+    for apply in &applies {
+        let node = &apply.resource["service.instance.id"];
+        assert_eq!(apply.kind(), "INTERNAL");
+        assert_eq!(apply.parent_span_id(), admin.span_id(), "{node}");
+        assert_eq!(apply.attribute("hearsay.node").as_ref(), Some(node));
+        assert_eq!(
+            apply.attribute("hearsay.cluster.stamp").as_ref(),
+            Some(&stamp)
+        );
+        assert_eq!(apply.attribute("hearsay.listener").as_deref(), Some("web"));
+        assert_eq!(
+            apply.attribute("hearsay.cluster.settings").as_deref(),
+            Some("keepalive_timeout=7s")
+        );
+        let delay: u64 = apply
+            .attribute("hearsay.cluster.delay_ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(delay < 30_000, "{node}: {delay} ms");
+    }
+}
+
+/// Wire compatibility with a hearsay built before the telemetry entry (`set:t:`) and the trace
+/// notes (`t:`): run by hand with the older binary,
+/// `HEARSAY_OLD_BINARY=/path/to/old/hearsay cargo test -p hearsay --test cluster -- --ignored
+/// an_older_node`. The older node n1 must keep applying the listener settings the new nodes
+/// write (under a trace, beside a sample ratio write), its own writes must reach them, and it
+/// must log nothing about the keys it does not know.
+#[test]
+#[ignore = "needs HEARSAY_OLD_BINARY: a hearsay built before set:t: and t: keys"]
+fn an_older_node_keeps_replicating_beside_the_new_keys() {
+    let old = std::env::var("HEARSAY_OLD_BINARY").expect("HEARSAY_OLD_BINARY");
+    let receiver = hearsay_testkit::otlp::OtlpReceiver::start();
+    let mut nodes = cluster_configs(3, "", "backends = [\"127.0.0.1:9\"]", "");
+    for node in &mut nodes[1..] {
+        node.config += &format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 0.0\n",
+            receiver.endpoint()
+        );
+    }
+    let path = support::write_temp("old-node.toml", &nodes[0].config);
+    let child = std::process::Command::new(&old)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "debug,chitchat=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    nodes[0].node = Some(support::Node::from_child(child));
+    nodes[1].start();
+    nodes[2].start();
+    for node in &nodes {
+        let mut admin = node.admin();
+        wait_for(
+            &format!("{} to see every node alive", node.id),
+            Duration::from_secs(10),
+            || (admin.alive() == ["n1", "n2", "n3"]).then_some(()),
+        );
+    }
+    // New writes on n2: the sample ratio, and a traced listener change.
+    grpcurl_json(
+        nodes[1].node().admin,
+        "UpdateTelemetry",
+        r#"{"sample_ratio": 0.5}"#,
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let output = std::process::Command::new(grpcurl_binary())
+        .args(["-plaintext", "-max-time", "10"])
+        .args([
+            "-H",
+            &format!("traceparent: 00-{trace}-00f067aa0ba902b7-01"),
+        ])
+        .args([
+            "-d",
+            r#"{"name": "web", "settings": {"keepaliveTimeout": "7s"}}"#,
+        ])
+        .arg(nodes[1].node().admin.to_string())
+        .arg("hearsay.admin.v1.Admin/UpdateListener")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let mut old_admin = nodes[0].admin();
+    wait_for("the old node applies 7s", Duration::from_secs(10), || {
+        (old_admin.keepalive().0 == Duration::from_secs(7)).then_some(())
+    });
+    assert!(grpcurl_json(nodes[2].node().admin, "GetTelemetry", "{}").contains("0.5"));
+    let spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        spans
+            .iter()
+            .filter(|s| s.trace_id() == trace && s.name() == "hearsay.cluster.apply")
+            .count()
+            == 2
+    });
+    let mut applied: Vec<String> = spans
+        .iter()
+        .filter(|s| s.trace_id() == trace && s.name() == "hearsay.cluster.apply")
+        .map(|s| s.resource["service.instance.id"].clone())
+        .collect();
+    applied.sort();
+    assert_eq!(
+        applied,
+        ["n2", "n3"],
+        "the new nodes record, the old one cannot"
+    );
+    // The old node's own write reaches the new ones.
+    old_admin.set_keepalive(Duration::from_secs(9), 0).unwrap();
+    for node in &nodes[1..] {
+        let mut admin = node.admin();
+        wait_for("9s on a new node", Duration::from_secs(10), || {
+            (admin.keepalive().0 == Duration::from_secs(9)).then_some(())
+        });
+    }
+    let log: Vec<String> = nodes[0].node().log.try_iter().collect();
+    let about_new_keys: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("set:t:") || line.contains("t:set:"))
+        .collect();
+    assert!(about_new_keys.is_empty(), "{about_new_keys:#?}");
+    assert!(
+        !log.iter()
+            .any(|line| line.contains("WARN") || line.contains("ERROR")),
+        "{log:#?}"
+    );
+}

@@ -86,6 +86,13 @@ enum CtlCommand {
     },
     /// The nodes of the cluster and their state.
     Members,
+    /// The replicated telemetry settings and where each came from.
+    Telemetry,
+    /// Sets the share of new traces recorded (0.0 to 1.0), on every node.
+    SetSampleRatio {
+        /// e.g. 0.5; a request with a sampled `traceparent` is always recorded.
+        ratio: f64,
+    },
     /// The clients holding the most connections (OPEN on this node, CLUSTER across all).
     TopClients {
         #[arg(long)]
@@ -296,6 +303,8 @@ pub async fn run(args: CtlArgs) -> Result<String, CtlError> {
             set_keepalive(client, listener, timeout).await
         }
         CtlCommand::Backends { pool } => backends(client, pool).await,
+        CtlCommand::Telemetry => telemetry(client).await,
+        CtlCommand::SetSampleRatio { ratio } => set_sample_ratio(client, ratio).await,
         CtlCommand::Drain { pool, address } => {
             set_state(client, pool, address, pb::BackendState::Draining).await
         }
@@ -515,6 +524,42 @@ async fn set_keepalive(
         show(settings.keepalive_timeout.as_ref()),
         updated.version
     ))
+}
+
+/// `telemetry`.
+async fn telemetry(client: &mut Client) -> Result<String, CtlError> {
+    let telemetry = client
+        .get_telemetry(pb::GetTelemetryRequest {})
+        .await?
+        .into_inner();
+    Ok(telemetry_table(&telemetry))
+}
+
+/// `set-sample-ratio RATIO`.
+async fn set_sample_ratio(client: &mut Client, ratio: f64) -> Result<String, CtlError> {
+    let telemetry = client
+        .update_telemetry(pb::UpdateTelemetryRequest {
+            sample_ratio: Some(ratio),
+        })
+        .await?
+        .into_inner();
+    Ok("set on every node\n".to_owned() + &telemetry_table(&telemetry))
+}
+
+/// The telemetry settings, one per row, with where each came from.
+fn telemetry_table(telemetry: &pb::Telemetry) -> String {
+    let origin = telemetry.sample_ratio_origin.as_ref();
+    format!(
+        "{:<14} {:<8} {:<16} {}\n{:<14} {:<8} {:<16} {}\n",
+        "SETTING",
+        "VALUE",
+        "SET BY",
+        "AT",
+        "sample_ratio",
+        telemetry.sample_ratio,
+        set_by(origin),
+        origin.map_or_else(|| "-".to_owned(), written_at)
+    )
 }
 
 /// `backends POOL`.

@@ -6,6 +6,7 @@ mod auth;
 mod convert;
 pub mod ctl;
 mod error;
+mod rpc_span;
 mod service;
 
 use std::net::SocketAddr;
@@ -90,6 +91,8 @@ pub async fn serve(
     if let Some(tls) = &tls {
         server = server.tls_config(server_tls(tls)?)?;
     }
+    // Outermost: a span per call, refused ones (a missing token) included.
+    let mut server = server.layer(rpc_span::RpcSpanLayer);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()

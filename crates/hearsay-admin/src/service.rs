@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hearsay_cluster::{Cluster, MemberState, SettingOrigin};
+use hearsay_cluster::{Caller, Cluster, MemberState, SettingOrigin};
 use hearsay_cluster::{ListenerField, Source};
 use hearsay_config::{settings_problems, ListenerSettings};
 use hearsay_proxy::{
@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{from_proto_duration, to_proto_duration, to_timestamp};
 use crate::error::AdminError;
 use crate::pb;
+use crate::rpc_span::RpcSpan;
 use crate::NodeInfo;
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -120,6 +121,16 @@ impl AdminService {
             .map(|(field, origin)| origin_to_proto(field.name(), origin))
             .collect();
         proto
+    }
+
+    fn telemetry(&self) -> pb::Telemetry {
+        pb::Telemetry {
+            sample_ratio: self.proxy.sample_ratio().get(),
+            sample_ratio_origin: Some(origin_to_proto(
+                "sample_ratio",
+                self.cluster.sample_ratio_origin(),
+            )),
+        }
     }
 
     fn listener(&self, name: &str) -> Result<&Arc<Listener>, AdminError> {
@@ -473,6 +484,18 @@ fn peer<T>(request: &Request<T>) -> Option<String> {
     request.remote_addr().map(|address| address.to_string())
 }
 
+/// The caller of a write: its address and the call's span (set by [`crate::rpc_span`] when the
+/// node exports traces), which the write carries to every node.
+fn writer<T>(request: &Request<T>) -> Caller {
+    Caller {
+        peer: peer(request),
+        trace: request
+            .extensions()
+            .get::<RpcSpan>()
+            .map(|span| span.0.clone()),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn get_node(&self, _request: Request<pb::GetNodeRequest>) -> Reply<pb::Node> {
@@ -554,7 +577,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::UpdateListenerRequest>,
     ) -> Reply<pb::Listener> {
         let who = caller(&request);
-        let peer = peer(&request);
+        let writer = writer(&request);
         let request = request.into_inner();
         let listener = self.listener(&request.name)?;
         let fields = fields_to_update(&request)?;
@@ -566,7 +589,7 @@ impl pb::admin_server::Admin for AdminService {
         let expected = (request.expected_version != 0).then_some(request.expected_version);
         let update = self
             .cluster
-            .update_listener(&request.name, expected, &replicated, peer, |current| {
+            .update_listener(&request.name, expected, &replicated, writer, |current| {
                 apply_update(current, &settings, &fields)
             })
             .ok_or_else(|| AdminError::not_found("listener", &request.name))?
@@ -583,12 +606,12 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ResetListenerRequest>,
     ) -> Reply<pb::Listener> {
         let who = caller(&request);
-        let peer = peer(&request);
+        let writer = writer(&request);
         let name = &request.get_ref().name;
         let listener = self.listener(name)?;
         let update = self
             .cluster
-            .reset_listener(name, peer)
+            .reset_listener(name, writer)
             .ok_or_else(|| AdminError::not_found("listener", name))?;
         for field in settings_fields() {
             let (old, new) = describe_change(field, &update.old, &update.new);
@@ -672,7 +695,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn add_backend(&self, request: Request<pb::AddBackendRequest>) -> Reply<pb::Backend> {
         let who = caller(&request);
-        let peer = peer(&request);
+        let writer = writer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let weight = if request.weight == 0 {
@@ -682,7 +705,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let backend = self
             .cluster
-            .add_backend(&pool.name, &request.address, weight, peer)
+            .add_backend(&pool.name, &request.address, weight, writer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, weight, "backend added");
@@ -694,12 +717,12 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RemoveBackendRequest>,
     ) -> Reply<pb::RemoveBackendResponse> {
         let who = caller(&request);
-        let peer = peer(&request);
+        let writer = writer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let backend = self
             .cluster
-            .remove_backend(&pool.name, &request.address, peer)
+            .remove_backend(&pool.name, &request.address, writer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, "backend removed");
@@ -711,7 +734,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::SetBackendStateRequest>,
     ) -> Reply<pb::Backend> {
         let who = caller(&request);
-        let peer = peer(&request);
+        let writer = writer(&request);
         let request = request.into_inner();
         let pool = self.pool(&request.pool)?;
         let state = match pb::BackendState::try_from(request.state) {
@@ -726,7 +749,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let (backend, old) = self
             .cluster
-            .set_backend_state(&pool.name, &request.address, state, peer)
+            .set_backend_state(&pool.name, &request.address, state, writer)
             .ok_or_else(|| AdminError::not_found("pool", &request.pool))?
             .map_err(AdminError::from)?;
         tracing::info!(who = %who, pool = %pool.name, backend = %backend.address, old = %old.as_str(), new = %state.as_str(), "backend state changed");
@@ -738,11 +761,11 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ResetBackendsRequest>,
     ) -> Reply<pb::ListBackendsResponse> {
         let who = caller(&request);
-        let peer = peer(&request);
+        let writer = writer(&request);
         let pool = self.pool(&request.get_ref().pool)?;
         let writes = self
             .cluster
-            .reset_backends(&pool.name, peer)
+            .reset_backends(&pool.name, writer)
             .ok_or_else(|| AdminError::not_found("pool", &pool.name))?;
         tracing::info!(who = %who, pool = %pool.name, writes, "pool backends reset to the config file");
         Ok(Response::new(pb::ListBackendsResponse {
@@ -972,5 +995,33 @@ impl pb::admin_server::Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn get_telemetry(
+        &self,
+        _request: Request<pb::GetTelemetryRequest>,
+    ) -> Reply<pb::Telemetry> {
+        Ok(Response::new(self.telemetry()))
+    }
+
+    async fn update_telemetry(
+        &self,
+        request: Request<pb::UpdateTelemetryRequest>,
+    ) -> Reply<pb::Telemetry> {
+        let who = caller(&request);
+        let writer = writer(&request);
+        let Some(ratio) = request.get_ref().sample_ratio else {
+            return Err(AdminError::invalid(
+                "sample_ratio",
+                "required: the share of new traces recorded, 0.0 to 1.0",
+            )
+            .into());
+        };
+        let (old, new) = self
+            .cluster
+            .set_sample_ratio(ratio, writer)
+            .map_err(AdminError::InvalidArguments)?;
+        tracing::info!(who = %who, field = "sample_ratio", old, new, "telemetry setting changed");
+        Ok(Response::new(self.telemetry()))
     }
 }

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::hlc::unix_millis;
 use crate::keys::{
     self, backend_key, listener_key, Announced, BACKEND_PREFIX, EJECTION_PREFIX, KEY_ADMIN,
-    KEY_LISTENERS, KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX,
+    KEY_LISTENERS, KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX, TELEMETRY_KEY,
+    TELEMETRY_PREFIX,
 };
 use crate::replicated::{
     self, BackendStateValue, Entry, FileValues, ListenerField, Loaded, Origin, Source, Store, Write,
@@ -77,6 +78,25 @@ pub enum ClusterError {
     #[error("cannot start gossip: {0:#}")]
     Gossip(anyhow::Error),
 }
+
+/// Who makes an admin write: the client's address (kept with the write) and the trace context
+/// of the call (a sampled one is carried to every node that applies the write).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub peer: Option<String>,
+    pub trace: Option<opentelemetry::trace::SpanContext>,
+}
+
+impl Caller {
+    /// A caller at `peer`, outside any trace.
+    pub fn at(peer: Option<String>) -> Caller {
+        Caller { peer, trace: None }
+    }
+}
+
+/// How long a write's trace note is gossiped: a node that first sees the write later records
+/// no span for it (its delay would say more about when it joined than about gossip).
+const TRACE_NOTE_LIFETIME_MS: u64 = 10 * 60 * 1000;
 
 /// Where the current value of a replicated setting on this node came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +268,7 @@ impl Cluster {
             for prefix in [
                 LISTENER_PREFIX,
                 BACKEND_PREFIX,
+                TELEMETRY_PREFIX,
                 EJECTION_PREFIX,
                 PASS_PREFIX,
             ] {
@@ -379,15 +400,32 @@ impl Cluster {
     }
 
     /// Stamps `writes` as one operation, merges them, persists, applies them to this node and
-    /// has the loop gossip them. Returns the keys written.
-    fn write(&self, store: &mut Store, writes: &[Write], origin: &Origin) -> Vec<String> {
-        let keys = store.write(writes, unix_millis(), &self.node_id, origin);
+    /// has the loop gossip them. A sampled `trace` goes with them (and this node records its
+    /// apply span in it). Returns the keys written.
+    fn write(
+        &self,
+        store: &mut Store,
+        writes: &[Write],
+        origin: &Origin,
+        trace: Option<&opentelemetry::trace::SpanContext>,
+    ) -> Vec<String> {
+        let written_ms = unix_millis();
+        let (stamp, keys) = store.write_stamped(writes, written_ms, &self.node_id, origin);
+        let note = trace.and_then(|context| crate::trace::note_of(context, &stamp, written_ms));
         self.persister.save(store.snapshot());
         for key in &keys {
+            if let Some(note) = &note {
+                store.traces.insert(key.clone(), note.clone());
+            }
             if let Some(entry) = store.entries.get(key) {
-                if let Err(error) = replicated::apply(&self.proxy, &self.file, key, entry) {
+                let span = note.as_ref().and_then(|note| {
+                    crate::trace::start_apply(note, &self.node_id, key, entry, unix_millis())
+                });
+                let outcome = replicated::apply(&self.proxy, &self.file, key, entry);
+                if let Err(error) = &outcome {
                     tracing::warn!(%key, %error, "cluster setting written but not applicable here");
                 }
+                crate::trace::end_apply(span, &outcome);
             }
         }
         self.dirty.store(true, Ordering::Release);
@@ -403,7 +441,7 @@ impl Cluster {
         name: &str,
         expected_version: Option<u64>,
         fields: &[ListenerField],
-        peer: Option<String>,
+        caller: Caller,
         change: impl FnOnce(&ListenerSettings) -> Result<ListenerSettings, E>,
     ) -> Option<Result<SettingsUpdate, UpdateError<E>>> {
         let listener = self.proxy.listener(name)?;
@@ -427,7 +465,12 @@ impl Cluster {
                 value: field.get(&new),
             })
             .collect();
-        self.write(&mut store, &writes, &Origin::admin(peer));
+        self.write(
+            &mut store,
+            &writes,
+            &Origin::admin(caller.peer),
+            caller.trace.as_ref(),
+        );
         Some(Ok(SettingsUpdate {
             old,
             new: listener.settings(),
@@ -437,7 +480,7 @@ impl Cluster {
 
     /// Returns a listener's replicated settings to this node's config file values on every
     /// node: a new write of every field. `None` when there is no such listener.
-    pub fn reset_listener(&self, name: &str, peer: Option<String>) -> Option<SettingsUpdate> {
+    pub fn reset_listener(&self, name: &str, caller: Caller) -> Option<SettingsUpdate> {
         let listener = self.proxy.listener(name)?;
         let file = self.file.listeners.get(name)?;
         let mut store = self.lock_store();
@@ -450,7 +493,12 @@ impl Cluster {
                 value: *value,
             })
             .collect();
-        self.write(&mut store, &writes, &Origin::reset(peer));
+        self.write(
+            &mut store,
+            &writes,
+            &Origin::reset(caller.peer),
+            caller.trace.as_ref(),
+        );
         Some(SettingsUpdate {
             old,
             new: listener.settings(),
@@ -468,7 +516,7 @@ impl Cluster {
         pool: &str,
         address: &str,
         weight: u32,
-        peer: Option<String>,
+        caller: Caller,
     ) -> Option<Result<Arc<Backend>, PoolError>> {
         let pool_ref = self.pool(pool)?;
         let mut store = self.lock_store();
@@ -491,7 +539,12 @@ impl Cluster {
                     weight,
                 },
             ];
-            self.write(&mut store, &writes, &Origin::admin(peer));
+            self.write(
+                &mut store,
+                &writes,
+                &Origin::admin(caller.peer),
+                caller.trace.as_ref(),
+            );
         }))
     }
 
@@ -501,7 +554,7 @@ impl Cluster {
         &self,
         pool: &str,
         address: &str,
-        peer: Option<String>,
+        caller: Caller,
     ) -> Option<Result<Arc<Backend>, PoolError>> {
         let pool_ref = self.pool(pool)?;
         let mut store = self.lock_store();
@@ -511,7 +564,12 @@ impl Cluster {
                 address: address.to_owned(),
                 member: false,
             };
-            self.write(&mut store, &[write], &Origin::admin(peer));
+            self.write(
+                &mut store,
+                &[write],
+                &Origin::admin(caller.peer),
+                caller.trace.as_ref(),
+            );
         }))
     }
 
@@ -521,7 +579,7 @@ impl Cluster {
         pool: &str,
         address: &str,
         state: BackendState,
-        peer: Option<String>,
+        caller: Caller,
     ) -> Option<Result<(Arc<Backend>, BackendState), PoolError>> {
         let pool_ref = self.pool(pool)?;
         let mut store = self.lock_store();
@@ -531,14 +589,19 @@ impl Cluster {
                 address: address.to_owned(),
                 state: state.into(),
             };
-            self.write(&mut store, &[write], &Origin::admin(peer));
+            self.write(
+                &mut store,
+                &[write],
+                &Origin::admin(caller.peer),
+                caller.trace.as_ref(),
+            );
         }))
     }
 
     /// Returns a pool's backends to this node's config file on every node: every backend of the
     /// file is written back (member, state, weight) and every other backend this node knows of
     /// is removed. `None` when there is no such pool. Returns the number of writes.
-    pub fn reset_backends(&self, pool: &str, peer: Option<String>) -> Option<usize> {
+    pub fn reset_backends(&self, pool: &str, caller: Caller) -> Option<usize> {
         let pool_ref = self.pool(pool)?;
         let empty = BTreeMap::new();
         let file = self.file.pools.get(pool).unwrap_or(&empty);
@@ -583,11 +646,41 @@ impl Cluster {
             address,
             member: false,
         }));
-        self.write(&mut store, &writes, &Origin::reset(peer));
+        self.write(
+            &mut store,
+            &writes,
+            &Origin::reset(caller.peer),
+            caller.trace.as_ref(),
+        );
         Some(writes.len())
     }
 
     /// Where each replicated setting of a listener got its current value on this node.
+    /// Sets the share of new traces recorded, cluster-wide (`telemetry.sample_ratio`). Returns
+    /// the ratio before and after, or why `ratio` is not a share.
+    pub fn set_sample_ratio(&self, ratio: f64, caller: Caller) -> Result<(f64, f64), String> {
+        let ratio = replicated::Ratio::checked(ratio)?;
+        let mut store = self.lock_store();
+        let old = self.proxy.sample_ratio().get();
+        self.write(
+            &mut store,
+            &[Write::SampleRatio(ratio)],
+            &Origin::admin(caller.peer),
+            caller.trace.as_ref(),
+        );
+        Ok((old, self.proxy.sample_ratio().get()))
+    }
+
+    /// Where this node's sample ratio came from.
+    pub fn sample_ratio_origin(&self) -> SettingOrigin {
+        let store = self.lock_store();
+        let field = match store.entries.get(TELEMETRY_KEY) {
+            Some(Entry::Telemetry(telemetry)) => telemetry.sample_ratio.as_ref(),
+            _ => None,
+        };
+        SettingOrigin::of(field)
+    }
+
     pub fn listener_origins(&self, name: &str) -> Vec<(ListenerField, SettingOrigin)> {
         let store = self.lock_store();
         let fields = match store.entries.get(&listener_key(name)) {
@@ -790,6 +883,9 @@ impl Cluster {
         let (backend_views, probers) = self.apply_backends(&handles, backends);
         // Adopting persists to disk: not while holding chitchat's lock.
         let adopted = self.adopt(offered);
+        let mut publish = publish;
+        // Set before the entries (publish's order): a peer that has the entry has its note.
+        publish.extend(self.trace_notes());
         self.publish(gossip, publish, adopted).await;
         self.views.store(Arc::new(Views {
             members,
@@ -1006,17 +1102,43 @@ impl Cluster {
 
     /// Merges every offered entry into ours, field by field, and applies what changed. Returns
     /// whether anything was adopted.
-    fn adopt(&self, offered: Vec<(String, Entry)>) -> bool {
+    fn adopt(&self, offered: Vec<(String, Entry, Option<keys::TraceNote>)>) -> bool {
         if offered.is_empty() {
             return false;
         }
         let mut store = self.lock_store();
         let mut adopted = false;
-        for (key, entry) in offered {
-            if !store.offer(&key, &entry) {
+        let mut changed = false;
+        for (key, entry, note) in offered {
+            let merged_now = store.offer(&key, &entry);
+            // A trace note new here, about a write the merged entry holds: this node applies
+            // that write now (or has just received the note of one it applied a moment ago).
+            let now = unix_millis();
+            let note = note.filter(|note| {
+                now.saturating_sub(note.written_ms) < TRACE_NOTE_LIFETIME_MS
+                    && store.entries[&key].stamps().contains(&&note.stamp)
+                    && store
+                        .traces
+                        .get(&key)
+                        .is_none_or(|mine| mine.stamp < note.stamp)
+            });
+            if let Some(note) = &note {
+                store.traces.insert(key.clone(), note.clone());
+                adopted = true;
+            }
+            if !merged_now && note.is_none() {
                 continue;
             }
             adopted = true;
+            let merged = &store.entries[&key];
+            let span = note.as_ref().and_then(|note| {
+                crate::trace::start_apply(note, &self.node_id, &key, merged, unix_millis())
+            });
+            if !merged_now {
+                crate::trace::end_apply(span, &Ok(false));
+                continue;
+            }
+            changed = true;
             let mut writers: Vec<&str> = entry
                 .stamps()
                 .into_iter()
@@ -1024,8 +1146,8 @@ impl Cluster {
                 .collect();
             writers.sort_unstable();
             writers.dedup();
-            let merged = &store.entries[&key];
-            match replicated::apply(&self.proxy, &self.file, &key, merged) {
+            let outcome = replicated::apply(&self.proxy, &self.file, &key, merged);
+            match &outcome {
                 Ok(_) => {
                     tracing::info!(%key, version = merged.version(), writers = ?writers, "cluster setting adopted")
                 }
@@ -1033,16 +1155,29 @@ impl Cluster {
                     tracing::warn!(%key, %error, "cluster setting kept for the cluster but not applicable here")
                 }
             }
+            crate::trace::end_apply(span, &outcome);
         }
-        if adopted {
+        if changed {
             self.persister.save(store.snapshot());
         }
         adopted
     }
+
+    /// This node's trace notes to gossip (`t:<key>`), the expired ones forgotten.
+    fn trace_notes(&self) -> Vec<(String, String)> {
+        let mut store = self.lock_store();
+        let now = unix_millis();
+        store
+            .traces
+            .retain(|_, note| now.saturating_sub(note.written_ms) < TRACE_NOTE_LIFETIME_MS);
+        store
+            .traces
+            .iter()
+            .map(|(key, note)| (keys::trace_key(key), keys::encode_trace(note)))
+            .collect()
+    }
 }
 
-/// How long since each node's heartbeat last moved, as seen here (remembered across rounds in
-/// `gossip.heard`; forgotten with the node).
 fn heartbeat_ages(
     gossip: &Gossip,
     chitchat: &chitchat::Chitchat,

@@ -9,6 +9,8 @@
 //! | `node:state` | `alive` / `draining` / `left` | graceful shutdown, announced |
 //! | `node:ready` | `1` / `0` | listeners bound |
 //! | `set:l:<listener>`, `set:b:<pool>/<backend>` | JSON `Entry`: stamped fields | replicated settings, merged field by field by every node |
+//! | `set:t:telemetry` | JSON `Entry`: stamped fields | the replicated telemetry settings (`sample_ratio`); older nodes read no `set:t:` key |
+//! | `t:<replicated key>` | JSON `TraceNote`: stamp, `traceparent`, write time | the trace context of the entry's latest traced write (older nodes read no `t:` key) |
 //! | `c:<listener>/<client key>` | `<count>` / `<count>e` | this node's open connections of one client it leads / echoes (see `client_counts`) |
 //! | `h:<pool>/<backend>` | `1` / `0` | this node's active-check verdict (assigned probers only) |
 //! | `e:<pool>/<backend>` | `<until>,<since>` unix ms | this node's passive ejection: until then, begun then |
@@ -20,13 +22,21 @@
 use std::net::IpAddr;
 
 use hearsay_proxy::ClientKey;
+use serde::{Deserialize, Serialize};
 
 use crate::client_counts::Role;
+use crate::hlc::{Stamp, MAX_AHEAD_MS};
 
 /// Replicated listener settings: `set:l:<listener>`.
 pub const LISTENER_PREFIX: &str = "set:l:";
 /// Replicated backend membership, state and weight: `set:b:<pool>/<backend>`.
 pub const BACKEND_PREFIX: &str = "set:b:";
+/// Replicated telemetry settings: `set:t:telemetry` (one key: the settings are node-wide).
+pub const TELEMETRY_PREFIX: &str = "set:t:";
+/// The one telemetry key.
+pub const TELEMETRY_KEY: &str = "set:t:telemetry";
+/// The trace context of a replicated entry's latest traced write: `t:<replicated key>`.
+pub const TRACE_PREFIX: &str = "t:";
 /// A client's open connections on this node: `c:<listener>/<client key>`.
 pub const COUNT_PREFIX: &str = "c:";
 /// This node's active-check verdict of a backend: `h:<pool>/<backend>`.
@@ -54,6 +64,7 @@ const MAX_ADDRESS_LEN: usize = 260;
 pub enum Target<'a> {
     Listener(&'a str),
     Backend { pool: &'a str, address: &'a str },
+    Telemetry,
 }
 
 pub fn listener_key(name: &str) -> String {
@@ -67,6 +78,9 @@ pub fn backend_key(pool: &str, address: &str) -> String {
 /// A replicated key: names as the config file allows them, so a peer's key can never name more
 /// than a config could (bounded length, no control characters).
 pub fn parse_key(key: &str) -> Option<Target<'_>> {
+    if key == TELEMETRY_KEY {
+        return Some(Target::Telemetry);
+    }
     if let Some(name) = key.strip_prefix(LISTENER_PREFIX) {
         return hearsay_config::valid_name(name).then_some(Target::Listener(name));
     }
@@ -87,6 +101,47 @@ pub fn parse_backend_id(id: &str) -> Option<(&str, &str)> {
         && address.len() <= MAX_ADDRESS_LEN
         && hearsay_config::valid_backend_address(address))
     .then_some((pool, address))
+}
+
+/// The trace key of a replicated entry: `t:<replicated key>`.
+pub fn trace_key(entry_key: &str) -> String {
+    format!("{TRACE_PREFIX}{entry_key}")
+}
+
+/// Longest trace value accepted from a peer (a 128-character node id and a `traceparent` take
+/// about 250 bytes).
+const MAX_TRACE_LEN: usize = 512;
+
+/// The trace context of a replicated write (`t:<replicated key>`), gossiped beside the entry so
+/// that every node applying the write records its span in the writer's trace. A value of its
+/// own, not a field of the entry: older nodes refuse an entry with a field they do not know, and
+/// never read a `t:` key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceNote {
+    /// The write's stamp: the note is about the fields carrying it.
+    pub stamp: Stamp,
+    /// The W3C `traceparent` of the span the write was made under (the admin RPC's).
+    pub traceparent: String,
+    /// When the write was made, by the writer's wall clock (unix ms).
+    pub written_ms: u64,
+}
+
+/// A trace value: JSON (unknown fields are ignored, so a later version can add some).
+pub fn encode_trace(note: &TraceNote) -> String {
+    serde_json::to_string(note).expect("trace notes serialize")
+}
+
+/// Parses a peer's trace value strictly: bounded, a believable stamp and write time, a valid
+/// `traceparent`.
+pub fn decode_trace(value: &str, now_ms: u64) -> Option<TraceNote> {
+    if value.len() > MAX_TRACE_LEN {
+        return None;
+    }
+    let note: TraceNote = serde_json::from_str(value).ok()?;
+    (note.stamp.is_plausible(now_ms)
+        && note.written_ms <= now_ms.saturating_add(MAX_AHEAD_MS)
+        && hearsay_proxy::trace::parse_traceparent(note.traceparent.as_bytes()).is_some())
+    .then_some(note)
 }
 
 /// A per-backend key (`h:`, `e:`, `p:`): `<prefix><pool>/<backend>`.
@@ -252,6 +307,9 @@ mod tests {
         );
         assert_eq!(listener_key("web"), "set:l:web", "the wire format");
         assert_eq!(backend_key("app", "10.0.0.1:80"), "set:b:app/10.0.0.1:80");
+        assert_eq!(parse_key("set:t:telemetry"), Some(Target::Telemetry));
+        assert_eq!(parse_key("set:t:"), None);
+        assert_eq!(parse_key("set:t:other"), None);
         assert_eq!(parse_key("set:l:"), None);
         assert_eq!(parse_key("set:b:app"), None);
         assert_eq!(parse_key("c:web/1.2.3.4"), None);
@@ -370,6 +428,42 @@ mod tests {
         assert_eq!(decode_pass(&encode_pass(1_234)), Some(1_234));
         for bad in ["", "x", "-1", "1.5"] {
             assert_eq!(decode_pass(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trace_notes_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(trace_key("set:l:web"), "t:set:l:web", "the wire format");
+        let note = TraceNote {
+            stamp: Stamp {
+                millis: 1_000,
+                counter: 2,
+                node: "n1".to_owned(),
+            },
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            written_ms: 999,
+        };
+        let text = encode_trace(&note);
+        assert_eq!(
+            text,
+            r#"{"stamp":{"millis":1000,"counter":2,"node":"n1"},"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","written_ms":999}"#,
+            "the wire format"
+        );
+        assert_eq!(decode_trace(&text, 1_000), Some(note.clone()));
+        // A later version's extra field is ignored.
+        let extended = text.replace("\"written_ms\"", "\"baggage\":\"x\",\"written_ms\"");
+        assert_eq!(decode_trace(&extended, 1_000), Some(note.clone()));
+        for bad in [
+            text.replace("b7ad6b7169203331", "0000000000000000"),
+            text.replace("00-0af7", "ff-0af7"),
+            text.replace("\"n1\"", "\"\""),
+            text.replace("999", "99999999999"),
+            text.replace("\"millis\":1000", "\"millis\":99999999999"),
+            format!("{text} {}", " ".repeat(600)),
+            "{".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(decode_trace(&bad, 1_000), None, "{bad:?}");
         }
     }
 

@@ -10,6 +10,7 @@ mod persist;
 mod replicated;
 mod round;
 mod shared_health;
+mod trace;
 mod transport;
 mod views;
 
@@ -17,7 +18,7 @@ mod views;
 /// methods return `anyhow::Result` (so `anyhow` is part of this crate's API there), and its
 /// in-process implementation for tests.
 pub use chitchat::transport::{ChannelTransport, Transport};
-pub use cluster::{Cluster, ClusterError, ClusterOptions, SettingOrigin};
+pub use cluster::{Caller, Cluster, ClusterError, ClusterOptions, SettingOrigin};
 pub use replicated::{FileValues, ListenerField, Source};
 pub use transport::TransportStats;
 pub use views::{BackendView, ClientView, Member, MemberState, NodeCount};

@@ -24,7 +24,7 @@ use hearsay_proxy::{BackendState, PoolError, Proxy};
 use serde::{Deserialize, Serialize};
 
 use crate::hlc::{Hlc, Stamp};
-use crate::keys::{backend_key, listener_key, parse_key, Target};
+use crate::keys::{backend_key, listener_key, parse_key, Target, TraceNote, TELEMETRY_KEY};
 
 /// Longest value accepted from a peer. The longest entry a node writes (six fields with a
 /// 128-character node id and an IPv6 peer address each) is about 2 KB.
@@ -291,12 +291,50 @@ pub struct BackendEntry {
 /// A backend field's name in the admin API.
 pub const BACKEND_FIELDS: [&str; 3] = ["member", "state", "weight"];
 
-/// A replicated entry: one listener's or one backend's stamped fields.
+/// A share of traces, `0.0..=1.0` (checked where it is made or parsed, so never NaN: it can be
+/// compared as its bits).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ratio(pub f64);
+
+impl Ratio {
+    /// The ratio when it is a share, else why not (the admin API's message).
+    pub fn checked(value: f64) -> Result<Ratio, String> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Ratio(value))
+        } else {
+            Err(format!(
+                "sample_ratio: {value} is out of range (0.0 to 1.0: the share of new traces recorded)"
+            ))
+        }
+    }
+}
+
+impl PartialEq for Ratio {
+    fn eq(&self, other: &Ratio) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Ratio {}
+
+/// The node-wide telemetry settings the cluster replicates. A field absent here has this node's
+/// config file value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<Field<Ratio>>,
+}
+
+/// A replicated entry: one listener's or one backend's stamped fields, or the telemetry
+/// settings'.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Entry {
     Listener(ListenerEntry),
     Backend(BackendEntry),
+    Telemetry(TelemetryEntry),
 }
 
 impl Entry {
@@ -316,7 +354,8 @@ impl Entry {
         entry.check(now_ms)?;
         match (&entry, parse_key(key)) {
             (Entry::Listener(_), Some(Target::Listener(_)))
-            | (Entry::Backend(_), Some(Target::Backend { .. })) => Ok(entry),
+            | (Entry::Backend(_), Some(Target::Backend { .. }))
+            | (Entry::Telemetry(_), Some(Target::Telemetry)) => Ok(entry),
             _ => Err("value does not match its key".to_owned()),
         }
     }
@@ -350,6 +389,13 @@ impl Entry {
                     }
                 }
             }
+            Entry::Telemetry(telemetry) => {
+                let Some(ratio) = &telemetry.sample_ratio else {
+                    return Err("no field".to_owned());
+                };
+                ratio.is_plausible(now_ms)?;
+                Ratio::checked(ratio.value.0)?;
+            }
         }
         Ok(())
     }
@@ -380,6 +426,9 @@ impl Entry {
                 let weight = merge_field(&mut mine.weight, theirs.weight.as_ref());
                 member || state || weight
             }
+            (Entry::Telemetry(mine), Entry::Telemetry(theirs)) => {
+                merge_field(&mut mine.sample_ratio, theirs.sample_ratio.as_ref())
+            }
             _ => false,
         }
     }
@@ -396,6 +445,65 @@ impl Entry {
             .into_iter()
             .flatten()
             .collect(),
+            Entry::Telemetry(telemetry) => telemetry
+                .sample_ratio
+                .as_ref()
+                .map(|field| &field.stamp)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// The fields written with `stamp` (one operation), as `(name, value)` for an operator.
+    pub fn fields_stamped(&self, stamp: &Stamp) -> Vec<(&'static str, String)> {
+        let at = |field_stamp: &Stamp| field_stamp == stamp;
+        match self {
+            Entry::Listener(fields) => fields
+                .iter()
+                .filter(|(_, field)| at(&field.stamp))
+                .map(|(name, field)| (name.name(), name.display(field.value)))
+                .collect(),
+            Entry::Backend(backend) => {
+                let (pool, address) = (String::new(), String::new());
+                let mut found = Vec::new();
+                if let Some(member) = backend.member.as_ref().filter(|f| at(&f.stamp)) {
+                    found.push(
+                        Write::Member {
+                            pool: pool.clone(),
+                            address: address.clone(),
+                            member: member.value,
+                        }
+                        .describe(),
+                    );
+                }
+                if let Some(state) = backend.state.as_ref().filter(|f| at(&f.stamp)) {
+                    found.push(
+                        Write::State {
+                            pool: pool.clone(),
+                            address: address.clone(),
+                            state: state.value,
+                        }
+                        .describe(),
+                    );
+                }
+                if let Some(weight) = backend.weight.as_ref().filter(|f| at(&f.stamp)) {
+                    found.push(
+                        Write::Weight {
+                            pool,
+                            address,
+                            weight: weight.value,
+                        }
+                        .describe(),
+                    );
+                }
+                found
+            }
+            Entry::Telemetry(telemetry) => telemetry
+                .sample_ratio
+                .iter()
+                .filter(|field| at(&field.stamp))
+                .map(|field| Write::SampleRatio(field.value).describe())
+                .collect(),
         }
     }
 
@@ -434,6 +542,7 @@ pub enum Write {
         address: String,
         weight: u32,
     },
+    SampleRatio(Ratio),
 }
 
 impl Write {
@@ -443,6 +552,7 @@ impl Write {
             Write::Member { pool, address, .. }
             | Write::State { pool, address, .. }
             | Write::Weight { pool, address, .. } => backend_key(pool, address),
+            Write::SampleRatio(_) => TELEMETRY_KEY.to_owned(),
         }
     }
 
@@ -465,6 +575,9 @@ impl Write {
                 weight: Some(Field::new(*weight, stamp, origin)),
                 ..BackendEntry::default()
             }),
+            Write::SampleRatio(ratio) => Entry::Telemetry(TelemetryEntry {
+                sample_ratio: Some(Field::new(*ratio, stamp, origin)),
+            }),
         }
     }
 
@@ -478,6 +591,7 @@ impl Write {
             ),
             Write::State { state, .. } => ("state", BackendState::from(*state).as_str().to_owned()),
             Write::Weight { weight, .. } => ("weight", weight.to_string()),
+            Write::SampleRatio(ratio) => ("sample_ratio", ratio.0.to_string()),
         }
     }
 }
@@ -498,6 +612,9 @@ pub struct FileValues {
     pub listeners: BTreeMap<String, BTreeMap<ListenerField, u64>>,
     /// pool → backend address → what the file says of it.
     pub pools: BTreeMap<String, BTreeMap<String, FileBackend>>,
+    /// `telemetry.sample_ratio` (`None` in a baseline recorded before it was replicated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<Ratio>,
 }
 
 impl FileValues {
@@ -542,6 +659,7 @@ impl FileValues {
                     )
                 })
                 .collect(),
+            sample_ratio: Some(Ratio(config.telemetry.sample_ratio)),
         }
     }
 
@@ -599,6 +717,13 @@ impl FileValues {
                     address: address.clone(),
                     member: false,
                 });
+            }
+        }
+        // A baseline recorded before the ratio was replicated says nothing of it: as without a
+        // baseline, nothing is known to have changed.
+        if let (Some(ratio), Some(before)) = (self.sample_ratio, baseline.sample_ratio) {
+            if ratio != before {
+                writes.push(Write::SampleRatio(ratio));
             }
         }
         writes
@@ -721,8 +846,24 @@ pub fn apply(
             let (_, old_state) = pool.set_backend_state(address, state.into())?;
             Ok(changed || old_weight != weight || old_state != state.into())
         }
+        (Some(Target::Telemetry), Entry::Telemetry(telemetry)) => {
+            let ratio = telemetry_target(file, Some(telemetry));
+            let sample_ratio = proxy.sample_ratio();
+            let changed = sample_ratio.get().to_bits() != ratio.0.to_bits();
+            sample_ratio.set(ratio.0);
+            Ok(changed)
+        }
         _ => Err(ApplyError::BadKey(key.to_owned())),
     }
+}
+
+/// The sample ratio on this node: the replicated value, else the file's, else the default.
+pub fn telemetry_target(file: &FileValues, entry: Option<&TelemetryEntry>) -> Ratio {
+    entry
+        .and_then(|entry| entry.sample_ratio.as_ref())
+        .map(|field| field.value)
+        .or(file.sample_ratio)
+        .unwrap_or(Ratio(hearsay_config::DEFAULT_SAMPLE_RATIO))
 }
 
 /// The merged entries this node knows, the file values it last read, its clock, and where they
@@ -739,6 +880,9 @@ pub struct Store {
     /// write overrode it: a node whose file brings the same edit afterwards (one file rolled out
     /// node by node) then knows the cluster had that edit already and does not write it again.
     pub file_edits: BTreeMap<String, FileEdit>,
+    /// The trace note of each entry's latest traced write, gossiped beside it (`t:<key>`); kept
+    /// in memory only (a trace is about the moment of the write, not worth a restart).
+    pub traces: BTreeMap<String, TraceNote>,
     pub clock: Hlc,
     path: PathBuf,
 }
@@ -797,6 +941,15 @@ fn file_fields(entry: &Entry) -> Vec<(&'static str, String, &Stamp)> {
             }
             found
         }
+        Entry::Telemetry(telemetry) => telemetry
+            .sample_ratio
+            .iter()
+            .filter(|field| from_file(field.source))
+            .map(|field| {
+                let (name, value) = Write::SampleRatio(field.value).describe();
+                (name, value, &field.stamp)
+            })
+            .collect(),
     }
 }
 
@@ -882,6 +1035,7 @@ impl Store {
                 baseline,
                 baseline_read_ms,
                 file_edits,
+                traces: BTreeMap::new(),
                 clock,
                 path,
             },
@@ -984,6 +1138,17 @@ impl Store {
         node: &str,
         origin: &Origin,
     ) -> Vec<String> {
+        self.write_stamped(writes, now_ms, node, origin).1
+    }
+
+    /// [`Store::write`], with the stamp the writes got.
+    pub fn write_stamped(
+        &mut self,
+        writes: &[Write],
+        now_ms: u64,
+        node: &str,
+        origin: &Origin,
+    ) -> (Stamp, Vec<String>) {
         let stamp = self.clock.stamp(now_ms, node);
         let mut keys: Vec<String> = Vec::new();
         for write in writes {
@@ -993,7 +1158,7 @@ impl Store {
                 keys.push(key);
             }
         }
-        keys
+        (stamp, keys)
     }
 }
 

@@ -13,9 +13,11 @@ use hearsay_config::{ClusterConfig, ListenerSettings};
 use hearsay_proxy::ClientKey;
 
 use crate::client_counts::{self, LocalCounts, Role};
+use crate::keys::TraceNote;
 use crate::keys::{
     self, Announced, BACKEND_PREFIX, COUNT_PREFIX, EJECTION_PREFIX, KEY_ADMIN, KEY_LISTENERS,
-    KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX, VERDICT_PREFIX,
+    KEY_READY, KEY_STATE, KEY_VERSION, LISTENER_PREFIX, PASS_PREFIX, TELEMETRY_PREFIX,
+    VERDICT_PREFIX,
 };
 use crate::replicated::Entry;
 use crate::shared_health;
@@ -117,7 +119,8 @@ pub(crate) struct RoundInput<'a, S, C> {
 pub(crate) struct Observation {
     /// Peers' replicated entries whose text differs from ours (dead peers' too: entries outlive
     /// their writers), for the store to merge.
-    pub offered: Vec<(String, Entry)>,
+    /// With each, the trace note the same peer gossips beside it (`t:<key>`), if any.
+    pub offered: Vec<(String, Entry, Option<TraceNote>)>,
     /// Every member, a restarted node once (its newest generation), by node id.
     pub members: Vec<Member>,
     /// Peers whose counts and verdicts count (alive or draining) → how long since heard.
@@ -278,9 +281,11 @@ pub(crate) fn observe<S: NodeValues, C: LocalCounts>(input: &RoundInput<'_, S, C
     observation
 }
 
-/// Replicated entries of other nodes that differ from ours. Once converged every node holds the
-/// same text, so only a differing one is parsed.
-fn offered_entries<S: NodeValues, C>(input: &RoundInput<'_, S, C>) -> Vec<(String, Entry)> {
+/// Replicated entries of other nodes that differ from ours, or whose trace note differs from
+/// ours. Once converged every node holds the same text, so only a differing one is parsed.
+fn offered_entries<S: NodeValues, C>(
+    input: &RoundInput<'_, S, C>,
+) -> Vec<(String, Entry, Option<TraceNote>)> {
     let own = input
         .nodes
         .iter()
@@ -288,13 +293,20 @@ fn offered_entries<S: NodeValues, C>(input: &RoundInput<'_, S, C>) -> Vec<(Strin
         .map(|node| node.state);
     let mut offered = Vec::new();
     for node in input.nodes.iter().filter(|node| node.id != input.self_id) {
-        for prefix in [LISTENER_PREFIX, BACKEND_PREFIX] {
+        for prefix in [LISTENER_PREFIX, BACKEND_PREFIX, TELEMETRY_PREFIX] {
             for (key, value) in node.state.prefixed(prefix) {
-                if own.and_then(|own| own.value(key)) == Some(value) {
+                let note_key = keys::trace_key(key);
+                let note = node.state.value(&note_key);
+                if own.and_then(|own| own.value(key)) == Some(value)
+                    && (note.is_none() || own.and_then(|own| own.value(&note_key)) == note)
+                {
                     continue;
                 }
                 match Entry::parse(key, value, input.now_ms) {
-                    Ok(entry) => offered.push((key.to_owned(), entry)),
+                    Ok(entry) => {
+                        let note = note.and_then(|note| keys::decode_trace(note, input.now_ms));
+                        offered.push((key.to_owned(), entry, note));
+                    }
                     Err(error) => {
                         tracing::debug!(node = %node.id.node_id, %key, %error, "ignored a malformed replicated entry")
                     }

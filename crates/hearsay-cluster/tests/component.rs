@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearsay_cluster::{
-    ChannelTransport, Cluster, ClusterOptions, FileValues, ListenerField, MemberState,
+    Caller, ChannelTransport, Cluster, ClusterOptions, FileValues, ListenerField, MemberState,
     SettingOrigin,
 };
 use hearsay_config::{ClusterConfig, Config};
@@ -149,7 +149,7 @@ fn set_keepalive(node: &Node, timeout: Duration) {
             "web",
             None,
             &[ListenerField::KeepaliveTimeout],
-            None,
+            Caller::default(),
             |settings| {
                 let mut new = settings.clone();
                 new.keepalive_timeout = timeout;
@@ -173,6 +173,64 @@ fn written_by(node: &Node) -> Option<String> {
 
 async fn cut(transport: &ChannelTransport, a: &Node, b: &Node) {
     transport.remove_link(a.gossip, b.gossip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_ratio_written_on_one_node_reaches_every_node_and_survives_a_restart() {
+    let transport = ChannelTransport::default();
+    let a = start("a", 11, &[12, 13], &transport, "").await;
+    let b = start("b", 12, &[11, 13], &transport, "").await;
+    let c = start("c", 13, &[11, 12], &transport, "").await;
+    for node in [&a, &b, &c] {
+        assert_eq!(node.proxy.sample_ratio().get(), 0.01, "the config default");
+        assert_eq!(node.cluster.sample_ratio_origin(), SettingOrigin::File);
+    }
+    assert!(b
+        .cluster
+        .set_sample_ratio(1.5, Caller::default())
+        .unwrap_err()
+        .contains("out of range"));
+    assert_eq!(
+        b.cluster.set_sample_ratio(0.5, Caller::default()),
+        Ok((0.01, 0.5))
+    );
+    until("sample ratio 0.5 on a, b and c", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|node| node.proxy.sample_ratio().get() == 0.5)
+    })
+    .await;
+    for node in [&a, &c] {
+        assert!(matches!(
+            node.cluster.sample_ratio_origin(),
+            SettingOrigin::Written { node, .. } if node == "b"
+        ));
+    }
+    // Persisted: c restarted alone (no peer to learn it from) starts with the written ratio,
+    // not its file's.
+    let data_dir = c.data_dir.clone();
+    c.cluster.leave().await;
+    let config = Config::parse(
+        "[node]\nid = \"c\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let proxy = Proxy::new(&config).unwrap();
+    let _alone = Cluster::start(
+        Arc::clone(&proxy),
+        ClusterOptions {
+            node_id: "c".to_owned(),
+            data_dir,
+            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            version: "test".to_owned(),
+            config: None,
+            file: FileValues::of(&config),
+            transport: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.sample_ratio().get(), 0.5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,4 +439,251 @@ async fn a_client_over_its_cap_after_a_partition_loses_the_surplus_once() {
     // Each node counted the one connection it trimmed (what the metrics expose).
     let trimmed = |node: &Node| node.proxy.listener("web").unwrap().stats.trimmed();
     assert_eq!((trimmed(&a), trimmed(&b)), (1, 1));
+}
+
+/// The spans the node's tracer ends, kept in memory (the tracer is installed once per test
+/// process; tests tell their spans apart by trace id).
+#[derive(Debug, Clone, Default)]
+struct Spans(Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for Spans {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        self.0.lock().unwrap().extend(batch);
+        std::future::ready(Ok(()))
+    }
+}
+
+fn installed_tracer() -> &'static Spans {
+    static SPANS: std::sync::OnceLock<Spans> = std::sync::OnceLock::new();
+    SPANS.get_or_init(|| {
+        use opentelemetry::trace::TracerProvider as _;
+        let spans = Spans::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let tracer = provider.tracer("component");
+        assert!(hearsay_proxy::trace::install(
+            opentelemetry::global::BoxedTracer::new(Box::new(tracer))
+        ));
+        std::mem::forget(provider);
+        spans
+    })
+}
+
+/// The `hearsay.cluster.apply` spans of `trace`: (node, its span).
+fn apply_spans(
+    spans: &Spans,
+    trace: opentelemetry::trace::TraceId,
+) -> Vec<(String, opentelemetry_sdk::trace::SpanData)> {
+    spans
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|span| {
+            span.span_context.trace_id() == trace && span.name == "hearsay.cluster.apply"
+        })
+        .map(|span| (attribute(span, "hearsay.node"), span.clone()))
+        .collect()
+}
+
+fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> String {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+        .unwrap_or_default()
+}
+
+/// A caller inside a trace: as if the admin RPC's span were `span` of `trace`.
+fn traced_caller(trace: u128, span: u64, sampled: bool) -> Caller {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    Caller {
+        peer: None,
+        trace: Some(SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            flags,
+            true,
+            TraceState::default(),
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_write_is_recorded_once_by_every_node_that_applies_it() {
+    let spans = installed_tracer();
+    let transport = ChannelTransport::default();
+    let a = start("a", 21, &[22, 23], &transport, "").await;
+    let b = start("b", 22, &[21, 23], &transport, "").await;
+    let c = start("c", 23, &[21, 22], &transport, "").await;
+    until("three members alive everywhere", || {
+        [&a, &b, &c].iter().all(|node| {
+            let members = node.cluster.members();
+            members.len() == 3 && members.iter().all(|m| m.state == MemberState::Alive)
+        })
+    })
+    .await;
+    let set = |node: &Node, caller: Caller, seconds: u64| {
+        node.cluster
+            .update_listener(
+                "web",
+                None,
+                &[ListenerField::KeepaliveTimeout],
+                caller,
+                |settings| {
+                    let mut new = settings.clone();
+                    new.keepalive_timeout = Duration::from_secs(seconds);
+                    Ok::<_, String>(new)
+                },
+            )
+            .expect("listener web")
+            .expect("a valid change");
+    };
+    let (trace, admin_span) = (0x5eed_0000_0000_0000_0000_0000_0000_0001_u128, 0xad_u64);
+    let unsampled = 0x5eed_0000_0000_0000_0000_0000_0000_0002_u128;
+    // An unsampled call carries nothing and records nothing.
+    set(&a, traced_caller(unsampled, admin_span, false), 6);
+    set(&a, traced_caller(trace, admin_span, true), 7);
+    until("an apply span from a, b and c", || {
+        let mut nodes: Vec<String> = apply_spans(spans, trace.into())
+            .into_iter()
+            .map(|(node, _)| node)
+            .collect();
+        nodes.sort();
+        nodes == ["a", "b", "c"]
+    })
+    .await;
+    // Later rounds (a later untraced write reaching every node) record no second span.
+    set(&c, Caller::default(), 9);
+    until("keepalive_timeout 9s on a, b and c", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|node| keepalive(node) == Duration::from_secs(9))
+    })
+    .await;
+    let applied = apply_spans(spans, trace.into());
+    assert_eq!(applied.len(), 3, "{applied:#?}");
+    let stamp = attribute(&applied[0].1, "hearsay.cluster.stamp");
+    assert!(stamp.ends_with("@a"), "{stamp}");
+    for (node, span) in &applied {
+        assert_eq!(
+            span.parent_span_id,
+            opentelemetry::trace::SpanId::from(admin_span),
+            "{node}"
+        );
+        assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Internal);
+        assert_eq!(
+            attribute(span, "hearsay.cluster.stamp"),
+            stamp,
+            "{node}: one write"
+        );
+        assert_eq!(attribute(span, "hearsay.listener"), "web");
+        assert_eq!(
+            attribute(span, "hearsay.cluster.settings"),
+            "keepalive_timeout=7s"
+        );
+        assert_eq!(attribute(span, "hearsay.cluster.changed"), "true", "{node}");
+        let delay: u64 = attribute(span, "hearsay.cluster.delay_ms").parse().unwrap();
+        assert!(delay < DEADLINE.as_millis() as u64, "{node}: {delay} ms");
+    }
+    assert!(apply_spans(spans, unsampled.into()).is_empty());
+
+    // A backend's state change and the sample ratio are traced the same way.
+    let backend_trace = 0x5eed_0000_0000_0000_0000_0000_0000_0003_u128;
+    b.cluster
+        .set_backend_state(
+            "app",
+            "127.0.0.1:9",
+            hearsay_proxy::BackendState::Draining,
+            traced_caller(backend_trace, admin_span, true),
+        )
+        .expect("pool app")
+        .expect("backend 127.0.0.1:9");
+    let ratio_trace = 0x5eed_0000_0000_0000_0000_0000_0000_0004_u128;
+    c.cluster
+        .set_sample_ratio(0.5, traced_caller(ratio_trace, admin_span, true))
+        .unwrap();
+    until(
+        "the backend and ratio writes recorded by a, b and c",
+        || {
+            apply_spans(spans, backend_trace.into()).len() == 3
+                && apply_spans(spans, ratio_trace.into()).len() == 3
+        },
+    )
+    .await;
+    for (_, span) in apply_spans(spans, backend_trace.into()) {
+        assert_eq!(attribute(&span, "hearsay.pool"), "app");
+        assert_eq!(attribute(&span, "hearsay.backend"), "127.0.0.1:9");
+        assert_eq!(
+            attribute(&span, "hearsay.cluster.settings"),
+            "state=draining"
+        );
+    }
+    for (_, span) in apply_spans(spans, ratio_trace.into()) {
+        assert_eq!(
+            attribute(&span, "hearsay.cluster.settings"),
+            "sample_ratio=0.5"
+        );
+    }
+}
+
+/// A node alone (no gossip) on `data_dir`, its file's `telemetry.sample_ratio` being `ratio`.
+async fn start_alone(data_dir: &std::path::Path, ratio: f64) -> (Arc<Proxy>, Arc<Cluster>) {
+    let config = Config::parse(&format!(
+        "[node]\nid = \"a\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nbackends = [\"127.0.0.1:9\"]\n\
+         [telemetry]\nsample_ratio = {ratio:?}\n"
+    ))
+    .unwrap();
+    let proxy = Proxy::new(&config).unwrap();
+    let cluster = Cluster::start(
+        Arc::clone(&proxy),
+        ClusterOptions {
+            node_id: "a".to_owned(),
+            data_dir: data_dir.to_owned(),
+            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            version: "test".to_owned(),
+            config: None,
+            file: FileValues::of(&config),
+            transport: None,
+        },
+    )
+    .await
+    .unwrap();
+    (proxy, cluster)
+}
+
+#[tokio::test]
+async fn the_files_sample_ratio_is_the_start_value_and_an_edit_of_it_a_write() {
+    let dir = data_dir("ratio-file");
+    let (proxy, cluster) = start_alone(&dir, 0.25).await;
+    assert_eq!(proxy.sample_ratio().get(), 0.25);
+    assert_eq!(cluster.sample_ratio_origin(), SettingOrigin::File);
+    cluster.set_sample_ratio(0.5, Caller::default()).unwrap();
+    cluster.leave().await;
+    // The file unchanged: the written value stands.
+    let (proxy, cluster) = start_alone(&dir, 0.25).await;
+    assert_eq!(proxy.sample_ratio().get(), 0.5);
+    cluster.leave().await;
+    // The file edited: the edit is a write, stamped at start, that outranks the earlier one.
+    let (proxy, cluster) = start_alone(&dir, 0.75).await;
+    assert_eq!(proxy.sample_ratio().get(), 0.75);
+    assert!(matches!(
+        cluster.sample_ratio_origin(),
+        SettingOrigin::Written {
+            source: hearsay_cluster::Source::File,
+            ..
+        }
+    ));
+    cluster.leave().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

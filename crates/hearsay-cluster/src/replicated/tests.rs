@@ -61,7 +61,7 @@ fn merged(writes: &[(u64, &str, Write)]) -> Entry {
 fn value_of(entry: &Entry, field: ListenerField) -> Option<u64> {
     match entry {
         Entry::Listener(fields) => fields.get(&field).map(|field| field.value),
-        Entry::Backend(_) => None,
+        _ => None,
     }
 }
 
@@ -347,6 +347,7 @@ fn the_file_changes_since_the_baseline_become_writes() {
                 ("b:1".to_owned(), backend(BackendStateValue::Enabled, 1)),
             ]),
         )]),
+        sample_ratio: None,
     };
     assert!(baseline.changes_since(&baseline).is_empty());
     let mut edited = baseline.clone();
@@ -406,6 +407,7 @@ fn a_file_edit_outranks_earlier_writes_and_an_unchanged_file_writes_nothing() {
             ]),
         )]),
         pools: BTreeMap::new(),
+        sample_ratio: None,
     };
     assert_eq!(store.read_file(&file(60_000), 1000, "n1"), None);
     assert!(store.entries.is_empty(), "a first start writes nothing");
@@ -587,6 +589,7 @@ fn a_file_edit_rolled_out_node_by_node_is_written_once_and_does_not_undo_later_c
             BTreeMap::from([(KeepaliveTimeout, keepalive)]),
         )]),
         pools: BTreeMap::new(),
+        sample_ratio: None,
     };
     // This node (n2) read its file (75 s) at 1000.
     assert_eq!(store.read_file(&file(75_000), 1000, "n2"), None);
@@ -621,4 +624,63 @@ fn a_file_edit_rolled_out_node_by_node_is_written_once_and_does_not_undo_later_c
     let writes = reloaded.read_file(&file(10_000), 7000, "n2").unwrap();
     assert_eq!(writes, [listener_write(KeepaliveTimeout, 10_000)]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_sample_ratio_is_an_entry_of_its_own_merged_parsed_strictly_and_applied() {
+    let write = |ratio| Write::SampleRatio(Ratio::checked(ratio).unwrap());
+    let entry = merged(&[(2000, "n2", write(0.5)), (1000, "n1", write(0.25))]);
+    let text = entry.to_json();
+    assert_eq!(
+        text,
+        r#"{"telemetry":{"sample_ratio":{"value":0.5,"stamp":{"millis":2000,"counter":0,"node":"n2"},"source":"admin"}}}"#,
+        "the wire format"
+    );
+    assert_eq!(
+        Entry::parse(crate::keys::TELEMETRY_KEY, &text, 2000),
+        Ok(entry.clone())
+    );
+    assert!(Entry::parse("set:l:web", &text, 2000)
+        .unwrap_err()
+        .contains("does not match"));
+    for bad in ["1.5", "-0.1", "1e308", "\"0.5\"", "null"] {
+        let text = text.replace("0.5", bad);
+        assert!(
+            Entry::parse(crate::keys::TELEMETRY_KEY, &text, 2000).is_err(),
+            "{bad}"
+        );
+    }
+    assert!(Entry::parse(crate::keys::TELEMETRY_KEY, r#"{"telemetry":{}}"#, 2000).is_err());
+    assert!(Ratio::checked(f64::NAN).is_err());
+    assert!(Ratio::checked(1.01).unwrap_err().contains("0.0 to 1.0"));
+    assert!(Ratio::checked(0.0).is_ok() && Ratio::checked(1.0).is_ok());
+
+    // The file's value stands until a write; the write wins over it.
+    let file = FileValues {
+        sample_ratio: Some(Ratio(0.01)),
+        ..FileValues::default()
+    };
+    assert_eq!(telemetry_target(&file, None), Ratio(0.01));
+    let Entry::Telemetry(telemetry) = &entry else {
+        unreachable!()
+    };
+    assert_eq!(telemetry_target(&file, Some(telemetry)), Ratio(0.5));
+}
+
+#[test]
+fn a_changed_sample_ratio_in_the_file_is_a_write_unless_the_baseline_predates_it() {
+    let file = |ratio: Option<f64>| FileValues {
+        sample_ratio: ratio.map(Ratio),
+        ..FileValues::default()
+    };
+    assert_eq!(
+        file(Some(0.2)).changes_since(&file(Some(0.01))),
+        [Write::SampleRatio(Ratio(0.2))]
+    );
+    assert!(file(Some(0.2)).changes_since(&file(Some(0.2))).is_empty());
+    // A baseline written before the ratio was replicated: not known to have changed.
+    assert!(file(Some(0.2)).changes_since(&file(None)).is_empty());
+    // And such a baseline still reads.
+    let old: FileValues = serde_json::from_str(r#"{"listeners":{},"pools":{}}"#).unwrap();
+    assert_eq!(old, file(None));
 }

@@ -207,6 +207,54 @@ fn peers_entries_that_differ_are_offered_dead_writers_included_malformed_ones_no
 }
 
 #[test]
+fn a_peers_trace_note_is_offered_with_its_entry_and_a_bad_one_is_dropped() {
+    use crate::keys::{encode_trace, TraceNote};
+    use crate::replicated::{ListenerField, Origin, Write};
+    let stamp = crate::hlc::Stamp {
+        millis: NOW_MS - 5,
+        counter: 0,
+        node: "b".to_owned(),
+    };
+    let entry = Write::Listener {
+        name: "web".to_owned(),
+        field: ListenerField::KeepaliveTimeout,
+        value: 7_000,
+    }
+    .to_entry(&stamp, &Origin::admin(None))
+    .to_json();
+    let note = TraceNote {
+        stamp: stamp.clone(),
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        written_ms: NOW_MS - 5,
+    };
+    let note_text = encode_trace(&note);
+    let offered = |own: &[(&str, &str)], peer: &[(&str, &str)]| {
+        let mut scene = Scene::new("a").peer(id("b", 1), true, peer);
+        scene.nodes[0].3 = values(own);
+        scene.observe().offered
+    };
+    // A new entry with its note: offered together.
+    let found = offered(&[], &[("set:l:web", &entry), ("t:set:l:web", &note_text)]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].2.as_ref(), Some(&note));
+    // Without a note (an older writer, or an untraced write): offered alone.
+    let found = offered(&[], &[("set:l:web", &entry)]);
+    assert_eq!((found.len(), found[0].2.as_ref()), (1, None));
+    // A malformed note does not cost the entry.
+    let found = offered(&[], &[("set:l:web", &entry), ("t:set:l:web", "{bad")]);
+    assert_eq!((found.len(), found[0].2.as_ref()), (1, None));
+    // The same entry with a note we lack: offered again, for the note.
+    let found = offered(
+        &[("set:l:web", &entry)],
+        &[("set:l:web", &entry), ("t:set:l:web", &note_text)],
+    );
+    assert_eq!(found.len(), 1);
+    // Both known: nothing to do.
+    let both = [("set:l:web", &*entry), ("t:set:l:web", &*note_text)];
+    assert!(offered(&both, &both).is_empty());
+}
+
+#[test]
 fn live_peers_counts_add_up_and_a_dead_peers_stop_counting() {
     let mut scene = Scene::new("a")
         .peer(
