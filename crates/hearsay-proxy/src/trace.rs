@@ -22,8 +22,11 @@ pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const MAX_TRACESTATE: usize = 512;
 
 static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
+static REQUESTS: OnceLock<RequestTracing> = OnceLock::new();
 
-/// Installs the node's tracer (once; `false` if one was installed already).
+/// Installs the node's tracer (once; `false` if one was installed already): its sampler decides
+/// (parent-based, the live ratio for new traces). The admin API, the cluster and connection
+/// events build their spans with it.
 pub fn install(tracer: BoxedTracer) -> bool {
     TRACER.set(tracer).is_ok()
 }
@@ -31,6 +34,65 @@ pub fn install(tracer: BoxedTracer) -> bool {
 /// The node's tracer; `None` when traces are not exported.
 pub fn tracer() -> Option<&'static BoxedTracer> {
     TRACER.get()
+}
+
+/// How proxied requests are traced: the request path decides itself whether a request is
+/// recorded (parent-based, then `ratio`), so an unrecorded request costs no span at all, only
+/// ids; `recording` records every span it is asked to build.
+#[derive(Debug)]
+pub struct RequestTracing {
+    pub recording: BoxedTracer,
+    pub ratio: std::sync::Arc<SampleRatio>,
+}
+
+/// Installs the request path's tracing (once; `false` if installed already).
+pub fn install_requests(tracing: RequestTracing) -> bool {
+    REQUESTS.set(tracing).is_ok()
+}
+
+pub(crate) fn requests() -> Option<&'static RequestTracing> {
+    REQUESTS.get()
+}
+
+impl RequestTracing {
+    /// Whether a new trace (no parent) is recorded: `ratio` of them, drawn at random.
+    pub(crate) fn draw(&self) -> bool {
+        let ratio = self.ratio.get();
+        ratio >= 1.0
+            || (ratio > 0.0 && (random_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) < ratio)
+    }
+}
+
+thread_local! {
+    /// SplitMix64 state, seeded from the OS's randomness (std's `RandomState` keys).
+    static IDS: std::cell::Cell<u64> = std::cell::Cell::new({
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0x6865_6172_7361_7921);
+        hasher.finish()
+    });
+}
+
+/// A random `u64` (SplitMix64 per thread): trace and span ids of unrecorded requests.
+pub(crate) fn random_u64() -> u64 {
+    IDS.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+/// A new span id (never zero).
+pub(crate) fn new_span_id() -> SpanId {
+    SpanId::from(random_u64() | 1)
+}
+
+/// A new trace id (never zero).
+pub(crate) fn new_trace_id() -> TraceId {
+    TraceId::from(u128::from(random_u64()) << 64 | u128::from(random_u64() | 1))
 }
 
 /// The share of new traces recorded, a live setting (`telemetry.sample_ratio`, replicated by the
@@ -93,12 +155,44 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> 
 
 /// The `traceparent` value of `context` (version 00).
 pub fn format_traceparent(context: &SpanContext) -> String {
-    format!(
-        "00-{:032x}-{:016x}-{:02x}",
-        context.trace_id(),
-        context.span_id(),
-        context.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()
-    )
+    let bytes = traceparent_bytes(context);
+    // Only ASCII hex digits and dashes.
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The `traceparent` value of `context` (version 00), written digit by digit (`format!` costs
+/// a request more than everything else tracing does for it).
+fn traceparent_bytes(context: &SpanContext) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    let trace = context.trace_id().to_bytes();
+    let span = context.span_id().to_bytes();
+    for (i, byte) in trace.iter().enumerate() {
+        out[3 + 2 * i] = HEX[usize::from(byte >> 4)];
+        out[4 + 2 * i] = HEX[usize::from(byte & 0xf)];
+    }
+    for (i, byte) in span.iter().enumerate() {
+        out[36 + 2 * i] = HEX[usize::from(byte >> 4)];
+        out[37 + 2 * i] = HEX[usize::from(byte & 0xf)];
+    }
+    let flags = context.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8();
+    out[53] = HEX[usize::from(flags >> 4)];
+    out[54] = HEX[usize::from(flags & 0xf)];
+    out
+}
+
+/// A trace id as 32 lowercase hex digits.
+pub fn trace_id_hex(trace_id: TraceId) -> String {
+    let context = SpanContext::new(
+        trace_id,
+        SpanId::INVALID,
+        TraceFlags::default(),
+        false,
+        TraceState::NONE,
+    );
+    String::from_utf8_lossy(&traceparent_bytes(&context)[3..35]).into_owned()
 }
 
 /// A trace context written as text (a `traceparent` value), as replicated entries carry it.
@@ -176,8 +270,11 @@ pub fn inject(headers: &mut HeaderMap, context: &SpanContext) {
     if !context.is_valid() {
         return;
     }
-    if let Ok(value) = HeaderValue::from_str(&format_traceparent(context)) {
+    if let Ok(value) = HeaderValue::from_bytes(&traceparent_bytes(context)) {
         headers.insert(TRACEPARENT.clone(), value);
+    }
+    if context.trace_state() == &TraceState::NONE {
+        return;
     }
     let state = context.trace_state().header();
     if !state.is_empty() {
@@ -303,6 +400,38 @@ mod tests {
         headers.insert(&TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
         assert!(extract(&mut headers).is_none());
         assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn ids_are_never_zero_and_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let trace = new_trace_id();
+            assert_ne!(trace, TraceId::INVALID);
+            assert!(seen.insert(trace));
+            assert_ne!(new_span_id(), SpanId::INVALID);
+        }
+        assert_eq!(
+            trace_id_hex(TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736u128)),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn the_draw_records_its_share_of_new_traces() {
+        let draws = |ratio: f64| {
+            let tracing = RequestTracing {
+                recording: BoxedTracer::new(
+                    Box::new(opentelemetry::trace::noop::NoopTracer::new()),
+                ),
+                ratio: std::sync::Arc::new(SampleRatio::new(ratio)),
+            };
+            (0..100_000).filter(|_| tracing.draw()).count()
+        };
+        assert_eq!(draws(0.0), 0);
+        assert_eq!(draws(1.0), 100_000);
+        let tenth = draws(0.1);
+        assert!((9_000..11_000).contains(&tenth), "{tenth}");
     }
 
     #[test]

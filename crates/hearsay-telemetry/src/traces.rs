@@ -73,7 +73,9 @@ pub fn endpoint(config: &hearsay_config::TelemetryConfig) -> Option<String> {
 /// Trace export while it runs.
 #[derive(Debug)]
 pub struct Traces {
-    provider: SdkTracerProvider,
+    /// The sampling provider (admin, cluster, connection events) and the recording one
+    /// (proxied requests, decided in the proxy).
+    providers: [SdkTracerProvider; 2],
     flush: mpsc::Sender<oneshot::Sender<()>>,
     endpoint: String,
 }
@@ -133,18 +135,33 @@ impl Traces {
         let (flush, flushes) = mpsc::channel(4);
         let task = tokio::spawn(export(exporter, queue, flushes, delay));
         let provider = SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_sampler(Sampler::parent_based(LiveRatio(Arc::clone(&ratio))))
+            .with_span_processor(Queue {
+                spans: spans.clone(),
+            })
+            .build();
+        // Proxied requests decide in the proxy whether they are recorded (an unrecorded one then
+        // costs no span): this provider records what it is asked to, into the same queue.
+        let recording = SdkTracerProvider::builder()
             .with_resource(resource)
-            .with_sampler(Sampler::parent_based(LiveRatio(ratio)))
+            .with_sampler(Sampler::AlwaysOn)
             .with_span_processor(Queue { spans })
             .build();
-        let tracer = provider.tracer("hearsay");
-        if !hearsay_proxy::trace::install(opentelemetry::global::BoxedTracer::new(Box::new(tracer)))
-        {
+        let boxed = |provider: &SdkTracerProvider| {
+            opentelemetry::global::BoxedTracer::new(Box::new(provider.tracer("hearsay")))
+        };
+        let installed = hearsay_proxy::trace::install(boxed(&provider))
+            & hearsay_proxy::trace::install_requests(hearsay_proxy::trace::RequestTracing {
+                recording: boxed(&recording),
+                ratio,
+            });
+        if !installed {
             tracing::warn!("a tracer was installed already; keeping it");
         }
         (
             Traces {
-                provider,
+                providers: [provider, recording],
                 flush,
                 endpoint: String::new(),
             },
@@ -166,7 +183,9 @@ impl Traces {
         {
             tracing::warn!(?grace, "spans still unsent at shutdown; dropping them");
         }
-        let _ = self.provider.shutdown();
+        for provider in &self.providers {
+            let _ = provider.shutdown();
+        }
     }
 }
 
@@ -381,7 +400,7 @@ mod tests {
             Arc::new(SampleRatio::new(1.0)),
             Duration::from_millis(1),
         );
-        let tracer = traces.provider.tracer("test");
+        let tracer = traces.providers[0].tracer("test");
         // One batch is stuck in the exporter, the queue fills behind it, and the rest is
         // dropped: ending a span never waits.
         let before = SPANS.dropped.load(Ordering::Relaxed);

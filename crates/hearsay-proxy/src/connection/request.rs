@@ -150,7 +150,7 @@ fn begin_trail(
     // The connection's own events (its timeouts) join its last recorded request's trace.
     if trail.recorded() {
         connection.last_trace.store(trail.context().map(Arc::new));
-    } else if trace::tracer().is_some() && connection.last_trace.load().is_some() {
+    } else if trace::requests().is_some() && connection.last_trace.load().is_some() {
         connection.last_trace.store(None);
     }
     let access = listener.access_log.as_ref().map(|log| AccessFacts {

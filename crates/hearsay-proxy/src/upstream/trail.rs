@@ -12,7 +12,8 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, Version};
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceState,
+    Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
 
@@ -45,7 +46,7 @@ pub(crate) struct SpanFacts<'a> {
     pub(crate) version: Version,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) scheme: &'static str,
-    pub(crate) listener: &'a str,
+    pub(crate) listener: &'a Arc<str>,
     pub(crate) connection: &'a Connection,
     pub(crate) index: u64,
 }
@@ -64,6 +65,14 @@ fn method_name(method: &Method) -> Cow<'static, str> {
         Method::CONNECT => "CONNECT",
         _ => "HTTP",
     })
+}
+
+/// The method as an attribute value (a known one without an allocation).
+fn method_value(method: &Method) -> opentelemetry::Value {
+    match method_name(method) {
+        Cow::Borrowed("HTTP") => method.as_str().to_owned().into(),
+        name => name.into(),
+    }
 }
 
 fn protocol_version(version: Version) -> &'static str {
@@ -89,9 +98,31 @@ impl Trail {
     /// Starts a request's trail from the context its client sent (`parent`, taken out of its
     /// headers).
     pub(crate) fn start(parent: Option<SpanContext>, facts: &SpanFacts<'_>) -> Trail {
-        let Some(tracer) = trace::tracer() else {
+        let Some(tracing) = trace::requests() else {
             return Trail::new(parent, None);
         };
+        // Decided here, before any span: an unrecorded request gets ids, not a span.
+        let record = match &parent {
+            Some(parent) => parent.is_sampled(),
+            None => tracing.draw(),
+        };
+        if !record {
+            let (trace_id, state) = match &parent {
+                Some(parent) => (parent.trace_id(), parent.trace_state().clone()),
+                None => (trace::new_trace_id(), TraceState::NONE),
+            };
+            return Trail::new(
+                Some(SpanContext::new(
+                    trace_id,
+                    trace::new_span_id(),
+                    TraceFlags::default(),
+                    false,
+                    state,
+                )),
+                None,
+            );
+        }
+        let tracer = &tracing.recording;
         let parent = match parent {
             Some(context) => Context::new().with_remote_span_context(context),
             None => Context::new(),
@@ -100,19 +131,21 @@ impl Trail {
             .span_builder(method_name(facts.method))
             .with_kind(SpanKind::Server)
             .start_with_context(tracer, &parent);
-        if !span.is_recording() {
-            return Trail::new(Some(span.span_context().clone()), None);
-        }
         let connection = facts.connection;
+        let client: opentelemetry::StringValue = connection
+            .client_header
+            .to_str()
+            .map_or_else(|_| connection.client.ip().to_string(), str::to_owned)
+            .into();
         let mut attributes = vec![
-            KeyValue::new("http.request.method", facts.method.as_str().to_owned()),
+            KeyValue::new("http.request.method", method_value(facts.method)),
             KeyValue::new("url.path", facts.path.to_owned()),
             KeyValue::new("url.scheme", facts.scheme),
-            KeyValue::new("client.address", connection.client.ip().to_string()),
-            KeyValue::new("network.peer.address", connection.client.ip().to_string()),
+            KeyValue::new("client.address", client.clone()),
+            KeyValue::new("network.peer.address", client),
             KeyValue::new("network.peer.port", i64::from(connection.client.port())),
             KeyValue::new("network.protocol.version", protocol_version(facts.version)),
-            KeyValue::new("hearsay.listener", facts.listener.to_owned()),
+            KeyValue::new("hearsay.listener", Arc::clone(facts.listener)),
             KeyValue::new("hearsay.connection.id", connection.id as i64),
             KeyValue::new(
                 "hearsay.connection.request_index",
@@ -171,12 +204,13 @@ impl Trail {
     ) {
         self.attempts += 1;
         self.backend = Some(Arc::clone(backend));
-        let (Some(server), Some(tracer)) = (&self.server, trace::tracer()) else {
+        let (Some(server), Some(tracing)) = (&self.server, trace::requests()) else {
             if let Some(context) = &self.propagate {
                 trace::inject(request.headers_mut(), context);
             }
             return;
         };
+        let tracer = &tracing.recording;
         let method = request.method();
         let mut span = tracer
             .span_builder(method_name(method))
@@ -184,7 +218,7 @@ impl Trail {
             .start_with_context(tracer, server);
         let (host, port) = split_host(&backend.address);
         let mut attributes = vec![
-            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new("http.request.method", method_value(method)),
             KeyValue::new(
                 "url.full",
                 format!("http://{}{}", backend.address, request.uri().path()),
