@@ -163,24 +163,43 @@ pub fn format_traceparent(context: &SpanContext) -> String {
 /// The `traceparent` value of `context` (version 00), written digit by digit (`format!` costs
 /// a request more than everything else tracing does for it).
 fn traceparent_bytes(context: &SpanContext) -> [u8; 55] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; 55];
     out[0] = b'0';
     out[1] = b'0';
-    let trace = context.trace_id().to_bytes();
-    let span = context.span_id().to_bytes();
-    for (i, byte) in trace.iter().enumerate() {
-        out[3 + 2 * i] = HEX[usize::from(byte >> 4)];
-        out[4 + 2 * i] = HEX[usize::from(byte & 0xf)];
+    for (i, byte) in context.trace_id().to_bytes().into_iter().enumerate() {
+        out[3 + 2 * i..5 + 2 * i].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
-    for (i, byte) in span.iter().enumerate() {
-        out[36 + 2 * i] = HEX[usize::from(byte >> 4)];
-        out[37 + 2 * i] = HEX[usize::from(byte & 0xf)];
+    for (i, byte) in context.span_id().to_bytes().into_iter().enumerate() {
+        out[36 + 2 * i..38 + 2 * i].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     let flags = context.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8();
-    out[53] = HEX[usize::from(flags >> 4)];
-    out[54] = HEX[usize::from(flags & 0xf)];
+    out[53..55].copy_from_slice(&HEX_PAIRS[usize::from(flags)]);
     out
+}
+
+/// Every byte as two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
+
+/// The length of a [`traceparent_line`].
+pub(crate) const TRACEPARENT_LINE: usize = 13 + 55 + 2;
+
+/// `traceparent: <value>\r\n`, as a request head carries it: the upstream head writer appends it
+/// as it is (no header value to allocate, check and hash on every request).
+pub(crate) fn traceparent_line(context: &SpanContext) -> [u8; TRACEPARENT_LINE] {
+    let mut line = [0u8; TRACEPARENT_LINE];
+    line[..13].copy_from_slice(b"traceparent: ");
+    line[13..68].copy_from_slice(&traceparent_bytes(context));
+    line[68..].copy_from_slice(b"\r\n");
+    line
 }
 
 /// A trace id as 32 lowercase hex digits.
@@ -273,6 +292,11 @@ pub fn inject(headers: &mut HeaderMap, context: &SpanContext) {
     if let Ok(value) = HeaderValue::from_bytes(&traceparent_bytes(context)) {
         headers.insert(TRACEPARENT.clone(), value);
     }
+    inject_state(headers, context);
+}
+
+/// Writes the `tracestate` of `context` into a request's headers, when it has one.
+pub(crate) fn inject_state(headers: &mut HeaderMap, context: &SpanContext) {
     if context.trace_state() == &TraceState::NONE {
         return;
     }
@@ -373,6 +397,10 @@ mod tests {
         assert_eq!(
             format_traceparent(&context_from_text(VALID).unwrap()),
             VALID
+        );
+        assert_eq!(
+            traceparent_line(&context).as_slice(),
+            format!("traceparent: {VALID}\r\n").as_bytes()
         );
     }
 

@@ -95,7 +95,7 @@ impl Pool {
                     request.headers_mut().insert(http::header::HOST, host);
                 }
             }
-            trail.attempt(&mut request, &backend, &self.name);
+            let traceparent = trail.attempt(&mut request, &backend, &self.name);
             backend.requests.fetch_add(1, Ordering::Relaxed);
             backend.in_flight.fetch_add(1, Ordering::Relaxed);
             let load = BackendLoad(Arc::clone(&backend));
@@ -104,7 +104,12 @@ impl Pool {
             let sent_at = tokio::time::Instant::now();
             let attempt = tokio::time::timeout_at(
                 sent_at + self.response_timeout,
-                self.send(load, request, trail),
+                self.send(
+                    load,
+                    request,
+                    trail,
+                    traceparent.as_ref().map_or(&[], |line| &line[..]),
+                ),
             )
             .await;
             let result = match attempt {
@@ -193,6 +198,7 @@ impl Pool {
         load: BackendLoad,
         request: Request<RequestBody>,
         trail: &mut Trail,
+        extra_head: &[u8],
     ) -> Result<Response<DirectBody>, Attempt> {
         let (parts, body) = request.into_parts();
         let with_body = !body.is_end_stream();
@@ -229,7 +235,8 @@ impl Pool {
             } else {
                 None
             };
-            let (error, back, unsent) = match conn.exchange(&parts, upload, home).await {
+            let (error, back, unsent) = match conn.exchange(&parts, extra_head, upload, home).await
+            {
                 Ok(response) => return Ok(response),
                 Err(failed) => failed,
             };

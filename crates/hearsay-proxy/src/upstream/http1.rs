@@ -99,10 +99,11 @@ impl UpstreamConn {
     pub(crate) async fn exchange<R: Release, B: UploadBody>(
         self,
         request: &Parts,
+        extra_head: &[u8],
         upload: Option<Upload<B>>,
         release: R,
     ) -> Result<Response<UpstreamBody<R, B>>, Failure<R, B>> {
-        let head = encode_request(request);
+        let head = encode_request(request, extra_head);
         self.exchange_encoded(head, &request.method, upload, release)
             .await
     }
@@ -514,8 +515,9 @@ async fn write_counted(
     stream.flush().await.map_err(|error| (sent, error))
 }
 
-/// The request head on the wire: origin-form target, HTTP/1.1, the headers as they are.
-fn encode_request(request: &Parts) -> Vec<u8> {
+/// The request head on the wire: origin-form target, HTTP/1.1, the headers as they are, then
+/// `extra` (whole header lines, e.g. the `traceparent` of the attempt).
+fn encode_request(request: &Parts, extra: &[u8]) -> Vec<u8> {
     let target = request
         .uri
         .path_and_query()
@@ -524,6 +526,7 @@ fn encode_request(request: &Parts) -> Vec<u8> {
     let size = request.method.as_str().len()
         + target.len()
         + 16
+        + extra.len()
         + headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -539,6 +542,7 @@ fn encode_request(request: &Parts) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    head.extend_from_slice(extra);
     head.extend_from_slice(b"\r\n");
     head
 }
@@ -1021,7 +1025,7 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_request(&request.into_parts().0),
+            encode_request(&request.into_parts().0, b""),
             b"DELETE /items/7?force=1 HTTP/1.1\r\nhost: shop.example\r\nx-forwarded-for: 192.0.2.1\r\n\r\n"
         );
     }

@@ -195,20 +195,22 @@ impl Trail {
     }
 
     /// An attempt on `backend` begins: a client span when recorded, and the context the backend
-    /// is sent written into the request's headers.
+    /// is sent: its `traceparent` line for the upstream head (and its `tracestate`, if any,
+    /// written into the request's headers).
     pub(crate) fn attempt<B>(
         &mut self,
         request: &mut http::Request<B>,
         backend: &Arc<Backend>,
         pool: &str,
-    ) {
+    ) -> Option<[u8; trace::TRACEPARENT_LINE]> {
         self.attempts += 1;
         self.backend = Some(Arc::clone(backend));
         let (Some(server), Some(tracing)) = (&self.server, trace::requests()) else {
-            if let Some(context) = &self.propagate {
-                trace::inject(request.headers_mut(), context);
+            let context = self.propagate.as_ref()?;
+            if self.attempts == 1 {
+                trace::inject_state(request.headers_mut(), context);
             }
-            return;
+            return Some(trace::traceparent_line(context));
         };
         let tracer = &tracing.recording;
         let method = request.method();
@@ -239,8 +241,12 @@ impl Trail {
             ));
         }
         span.set_attributes(attributes);
-        trace::inject(request.headers_mut(), span.span_context());
+        if self.attempts == 1 {
+            trace::inject_state(request.headers_mut(), span.span_context());
+        }
+        let line = trace::traceparent_line(span.span_context());
         self.client = Some(span);
+        Some(line)
     }
 
     /// The attempt's upstream connection: a pooled one (`true`) or a new one.
