@@ -127,17 +127,17 @@ impl Trail {
             Some(context) => Context::new().with_remote_span_context(context),
             None => Context::new(),
         };
-        let mut span = tracer
-            .span_builder(method_name(facts.method))
-            .with_kind(SpanKind::Server)
-            .start_with_context(tracer, &parent);
         let connection = facts.connection;
-        let client: opentelemetry::StringValue = connection
-            .client_header
-            .to_str()
-            .map_or_else(|_| connection.client.ip().to_string(), str::to_owned)
-            .into();
-        let mut attributes = vec![
+        let client: opentelemetry::StringValue = Arc::<str>::from(
+            connection
+                .client_header
+                .to_str()
+                .map_or_else(|_| connection.client.ip().to_string(), str::to_owned),
+        )
+        .into();
+        // Room for what is set later (status code, error type).
+        let mut attributes = Vec::with_capacity(16);
+        attributes.extend([
             KeyValue::new("http.request.method", method_value(facts.method)),
             KeyValue::new("url.path", facts.path.to_owned()),
             KeyValue::new("url.scheme", facts.scheme),
@@ -151,7 +151,7 @@ impl Trail {
                 "hearsay.connection.request_index",
                 i64::try_from(facts.index).unwrap_or(i64::MAX),
             ),
-        ];
+        ]);
         if let Some(host) = facts
             .headers
             .get(http::header::HOST)
@@ -170,7 +170,12 @@ impl Trail {
         {
             attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
         }
-        span.set_attributes(attributes);
+        // Attributes given to the builder: the span takes the vector as it is.
+        let span = tracer
+            .span_builder(method_name(facts.method))
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
         Trail::new(None, Some(parent.with_span(span)))
     }
 
@@ -214,23 +219,24 @@ impl Trail {
         };
         let tracer = &tracing.recording;
         let method = request.method();
-        let mut span = tracer
-            .span_builder(method_name(method))
-            .with_kind(SpanKind::Client)
-            .start_with_context(tracer, server);
         let (host, port) = split_host(&backend.address);
-        let mut attributes = vec![
+        let host: opentelemetry::StringValue = Arc::<str>::from(host).into();
+        let path = request.uri().path();
+        let mut url = String::with_capacity(7 + backend.address.len() + path.len());
+        url.push_str("http://");
+        url.push_str(&backend.address);
+        url.push_str(path);
+        // Room for what is set later (connection reused, status code, error type).
+        let mut attributes = Vec::with_capacity(13);
+        attributes.extend([
             KeyValue::new("http.request.method", method_value(method)),
-            KeyValue::new(
-                "url.full",
-                format!("http://{}{}", backend.address, request.uri().path()),
-            ),
-            KeyValue::new("server.address", host.to_owned()),
-            KeyValue::new("network.peer.address", host.to_owned()),
+            KeyValue::new("url.full", url),
+            KeyValue::new("server.address", host.clone()),
+            KeyValue::new("network.peer.address", host),
             KeyValue::new("network.protocol.version", "1.1"),
             KeyValue::new("hearsay.pool", pool.to_owned()),
             KeyValue::new("hearsay.backend", backend.address.clone()),
-        ];
+        ]);
         if let Some(port) = port {
             attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
@@ -240,7 +246,11 @@ impl Trail {
                 i64::from(self.attempts - 1),
             ));
         }
-        span.set_attributes(attributes);
+        let span = tracer
+            .span_builder(method_name(method))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(tracer, server);
         if self.attempts == 1 {
             trace::inject_state(request.headers_mut(), span.span_context());
         }
