@@ -40,6 +40,14 @@ fn recording_backend() -> (SocketAddr, mpsc::Receiver<String>) {
                         }
                         head.push_str(&line);
                     }
+                    // A body with a length (the proxy frames every body it forwards) is read.
+                    let length: usize = header(&head, "content-length")
+                        .and_then(|value| value.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+                        return;
+                    }
                     let _ = heads.send(head);
                     if writer
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -52,6 +60,17 @@ fn recording_backend() -> (SocketAddr, mpsc::Receiver<String>) {
         }
     });
     (address, received)
+}
+
+/// An address where connecting is refused: a socket bound there that does not listen (held by
+/// the test, so no other test's listener can take the port meanwhile).
+fn refusing_address() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, address)
 }
 
 /// The value of header `name` in a request head.
@@ -391,10 +410,7 @@ fn without_export_a_valid_context_passes_through_and_a_bad_one_is_dropped() {
 #[test]
 fn json_log_lines_carry_the_trace_of_their_request() {
     // A dead backend: every request fails and is logged.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_address();
     let path = write_temp(
         &format!("json-log-{}.toml", support::rand_suffix()),
         &config("json-e2e", dead, "log_format = \"json\""),
@@ -529,10 +545,7 @@ fn a_retried_request_has_a_client_span_per_attempt() {
     let receiver = OtlpReceiver::start();
     let (backend, _heads) = recording_backend();
     // Nothing listens here: connecting is refused at once, and the request goes to the other.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_address();
     let node = Node::start(&format!(
         "[node]\nid = \"retry-e2e\"\ndata_dir = \"{}\"\n[runtime]\nworker_threads = 1\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 1.0\n\
@@ -625,10 +638,7 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
     );
 
     // A collector that is not there: requests go on, the node says so once.
-    let gone = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, gone) = refusing_address();
     let path = write_temp(
         &format!("dead-collector-{}.toml", support::rand_suffix()),
         &config(
@@ -669,4 +679,131 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
             );
         }
     }
+}
+
+/// The JSON field `name` of an access log line, as text (quotes removed).
+fn field(line: &str, name: &str) -> String {
+    let start = line
+        .find(&format!("\"{name}\":"))
+        .unwrap_or_else(|| panic!("{name} in {line}"))
+        + name.len()
+        + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}']).unwrap();
+    rest[..end].trim_matches('"').to_owned()
+}
+
+#[test]
+fn the_access_log_counts_request_bodies() {
+    let (backend, heads) = recording_backend();
+    let access = std::env::temp_dir().join(format!(
+        "hearsay-access-bodies-{}-{}.log",
+        std::process::id(),
+        support::rand_suffix()
+    ));
+    let node = Node::start(&config(
+        "bodies-e2e",
+        backend,
+        &format!("access_log = \"{}\"", access.display()),
+    ));
+    let mut client = TcpStream::connect(node.address).unwrap();
+    client
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: e2e\r\nContent-Length: 11\r\n\r\nhello world\
+              POST /chunked HTTP/1.1\r\nHost: e2e\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n\
+              HEAD /head HTTP/1.1\r\nHost: e2e\r\n\r\n",
+        )
+        .unwrap();
+    for _ in 0..3 {
+        heads.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    let text = wait_for("three lines", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&access).unwrap_or_default();
+        (text.lines().count() == 3).then_some(text)
+    });
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(field(lines[0], "path"), "/upload");
+    assert_eq!(field(lines[0], "bytes_in"), "11");
+    assert_eq!(field(lines[1], "path"), "/chunked");
+    assert_eq!(
+        field(lines[1], "bytes_in"),
+        "8",
+        "chunk sizes are not body bytes"
+    );
+    assert_eq!(field(lines[2], "method"), "HEAD");
+    assert_eq!(field(lines[2], "bytes_in"), "0");
+    drop(client);
+    drop(node);
+    let _ = std::fs::remove_file(&access);
+}
+
+#[test]
+fn the_proxys_own_answer_to_head_is_whole_in_the_log_and_its_span() {
+    // A dead backend: hearsay answers 502 itself; to HEAD without the body it holds.
+    let receiver = OtlpReceiver::start();
+    let (_held, dead) = refusing_address();
+    let access = std::env::temp_dir().join(format!(
+        "hearsay-access-head-{}-{}.log",
+        std::process::id(),
+        support::rand_suffix()
+    ));
+    let node = Node::start(&config(
+        "head-e2e",
+        dead,
+        &format!(
+            "access_log = \"{}\"\notlp_endpoint = \"{}\"\nsample_ratio = 1.0",
+            access.display(),
+            receiver.endpoint()
+        ),
+    ));
+    let mut client = TcpStream::connect(node.address).unwrap();
+    client
+        .write_all(b"HEAD /gone HTTP/1.1\r\nHost: e2e\r\n\r\n")
+        .unwrap();
+    let line = wait_for("the line", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&access).ok()?;
+        text.lines().next().map(str::to_owned)
+    });
+    assert_eq!(field(&line, "status"), "502", "{line}");
+    assert_eq!(field(&line, "complete"), "true", "{line}");
+    let spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        spans.iter().any(|s| s.kind() == "SERVER")
+    });
+    let server = spans.iter().find(|s| s.kind() == "SERVER").unwrap();
+    assert_eq!(
+        server.attribute("http.response.status_code").as_deref(),
+        Some("502")
+    );
+    assert_eq!(
+        server.attribute("error.type").as_deref(),
+        Some("backend_unreachable")
+    );
+    let _ = std::fs::remove_file(&access);
+}
+
+#[test]
+fn a_request_cut_by_shutdown_still_writes_its_line() {
+    // Requests answered just before SIGTERM: their lines reach the file before the exit.
+    let (backend, heads) = recording_backend();
+    let access = std::env::temp_dir().join(format!(
+        "hearsay-access-stop-{}-{}.log",
+        std::process::id(),
+        support::rand_suffix()
+    ));
+    let mut node = Node::start(&config(
+        "stop-e2e",
+        backend,
+        &format!("access_log = \"{}\"", access.display()),
+    ));
+    let mut client = TcpStream::connect(node.address).unwrap();
+    for _ in 0..50 {
+        get(&mut client, "/", "");
+    }
+    node.signal("-TERM");
+    assert!(node.wait_exit(Duration::from_secs(20)).success());
+    drop(heads);
+    let text = std::fs::read_to_string(&access).unwrap();
+    assert_eq!(text.lines().count(), 50);
+    let _ = std::fs::remove_file(&access);
 }

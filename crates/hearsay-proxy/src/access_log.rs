@@ -1,12 +1,12 @@
 //! The access log: one JSON line per request, written off the request path. A request's end puts
 //! its entry on a bounded channel (`try_send`: a full channel drops the line and counts it); one
-//! writer task formats and writes, flushing whenever the channel runs empty, and reopens its file
-//! on request (SIGHUP, for logrotate).
+//! writer thread formats and writes, in one call whenever the channel runs empty, reopens its
+//! file on request (SIGHUP, for logrotate) and writes what is queued at shutdown.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 /// Lines waiting for the writer at most; more are dropped and counted.
 pub const QUEUE_CAPACITY: usize = 8192;
+/// A logged path (with its query) is cut to this many bytes.
+pub const MAX_PATH: usize = 4096;
 
 /// One request, as its access log line says it.
 #[derive(Debug)]
@@ -204,7 +206,10 @@ impl From<&hearsay_config::AccessLog> for Target {
 
 enum Message {
     Entry(Box<Entry>),
-    Reopen,
+    /// Look at the reopen flag now (SIGHUP while the log is quiet).
+    Wake,
+    /// Write what is queued and stop; the sender hears when it is done.
+    Close(std::sync::mpsc::Sender<()>),
 }
 
 /// The request side of the access log.
@@ -213,17 +218,22 @@ pub struct AccessLog {
     sender: mpsc::Sender<Message>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<Message>>>,
     target: Target,
+    /// Set by [`AccessLog::reopen`], taken by the writer before its next write.
+    reopen: Arc<AtomicBool>,
     /// Lines dropped because the writer was behind.
     pub dropped: AtomicU64,
     /// Lines written.
     pub written: Arc<AtomicU64>,
+    /// Lines lost because writing them failed (a full disk, a closed pipe).
+    pub failed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Message::Entry(_) => "Entry",
-            Message::Reopen => "Reopen",
+            Message::Wake => "Wake",
+            Message::Close(_) => "Close",
         })
     }
 }
@@ -235,8 +245,10 @@ impl AccessLog {
             sender,
             receiver: std::sync::Mutex::new(Some(receiver)),
             target,
+            reopen: Arc::default(),
             dropped: AtomicU64::new(0),
-            written: Arc::new(AtomicU64::new(0)),
+            written: Arc::default(),
+            failed: Arc::default(),
         }
     }
 
@@ -251,9 +263,10 @@ impl AccessLog {
         }
     }
 
-    /// Opens the target and starts the writer (once). The file is opened here, so a path that
-    /// cannot be written is an error at start, not a silent loss.
-    pub fn start(&self) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    /// Opens the target and starts the writer (once), on a thread of its own: a write that
+    /// blocks (a slow disk, a stderr pipe nobody reads) holds up the log, never the runtime.
+    /// The file is opened here, so a path that cannot be written is an error at start.
+    pub fn start(&self) -> std::io::Result<()> {
         let receiver = self
             .receiver
             .lock()
@@ -261,19 +274,46 @@ impl AccessLog {
             .take()
             .ok_or_else(|| std::io::Error::other("the access log writer runs already"))?;
         let output = Output::open(&self.target)?;
-        let written = Arc::clone(&self.written);
-        Ok(tokio::spawn(write_lines(
-            receiver,
+        let writer = Writer {
             output,
-            self.target.clone(),
-            written,
-        )))
+            target: self.target.clone(),
+            reopen: Arc::clone(&self.reopen),
+            written: Arc::clone(&self.written),
+            failed: Arc::clone(&self.failed),
+            failing: false,
+        };
+        std::thread::Builder::new()
+            .name("hearsay-access-log".to_owned())
+            .spawn(move || writer.run(receiver))?;
+        Ok(())
     }
 
-    /// Asks the writer to reopen its file (after logrotate moved it). Waits only if the queue is
-    /// full, for room.
-    pub async fn reopen(&self) {
-        let _ = self.sender.send(Message::Reopen).await;
+    /// Asks the writer to reopen its file (after logrotate moved it) before its next write.
+    /// Never waits.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+        let _ = self.sender.try_send(Message::Wake);
+    }
+
+    /// Writes what is queued and stops the writer, waiting at most `grace` (at shutdown, after
+    /// the drain: the last requests' lines are not lost).
+    pub async fn close(&self, grace: std::time::Duration) {
+        let (done, closed) = std::sync::mpsc::channel();
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, self.sender.send(Message::Close(done)))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "access log writer behind at shutdown; lines still queued are lost"
+            );
+            return;
+        }
+        let wait = tokio::task::spawn_blocking(move || closed.recv_timeout(grace).is_ok());
+        if !matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(true))) {
+            tracing::warn!(?grace, "access log not written to its end at shutdown");
+        }
     }
 
     pub fn target(&self) -> &Target {
@@ -312,72 +352,89 @@ impl Output {
     }
 }
 
-/// The writer task: lines are gathered while they keep coming and written in one call when the
-/// queue runs empty (or 64 KiB have gathered).
-async fn write_lines(
-    mut receiver: mpsc::Receiver<Message>,
-    mut output: Output,
+/// The writer thread.
+struct Writer {
+    output: Output,
     target: Target,
+    reopen: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
-) {
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    let mut lines = 0u64;
-    let mut failing = false;
-    while let Some(message) = receiver.recv().await {
-        let mut next = Some(message);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Entry(entry) => {
-                    entry.write_json(&mut buffer);
-                    lines += 1;
-                }
-                Message::Reopen => {
-                    flush(&mut output, &mut buffer, &mut lines, &written, &mut failing);
-                    match Output::open(&target) {
-                        Ok(reopened) => {
-                            output = reopened;
-                            tracing::info!(target = ?target, "access log reopened");
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot reopen the access log; writing to the file open before")
-                        }
-                    }
-                }
-            }
-            if buffer.len() >= 64 * 1024 {
-                flush(&mut output, &mut buffer, &mut lines, &written, &mut failing);
-            }
-            next = receiver.try_recv().ok();
-        }
-        flush(&mut output, &mut buffer, &mut lines, &written, &mut failing);
-    }
+    failed: Arc<AtomicU64>,
+    /// The last write failed (one warning per run of failures).
+    failing: bool,
 }
 
-fn flush(
-    output: &mut Output,
-    buffer: &mut Vec<u8>,
-    lines: &mut u64,
-    written: &AtomicU64,
-    failing: &mut bool,
-) {
-    if buffer.is_empty() {
-        return;
-    }
-    match output.write_all(buffer) {
-        Ok(()) => {
-            written.fetch_add(*lines, Ordering::Relaxed);
-            *failing = false;
-        }
-        Err(error) => {
-            // One line per run of failures (a full disk fails every write).
-            if !*failing {
-                tracing::warn!(%error, lines = *lines, "cannot write the access log; lines lost");
+impl Writer {
+    /// Lines are gathered while they keep coming and written in one call when the queue runs
+    /// empty (or 64 KiB have gathered).
+    fn run(mut self, mut receiver: mpsc::Receiver<Message>) {
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        let mut lines = 0u64;
+        while let Some(message) = receiver.blocking_recv() {
+            let mut next = Some(message);
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Entry(entry) => {
+                        if self.reopen.swap(false, Ordering::Relaxed) {
+                            self.flush(&mut buffer, &mut lines);
+                            self.reopen_output();
+                        }
+                        entry.write_json(&mut buffer);
+                        lines += 1;
+                    }
+                    Message::Wake => {
+                        if self.reopen.swap(false, Ordering::Relaxed) {
+                            self.flush(&mut buffer, &mut lines);
+                            self.reopen_output();
+                        }
+                    }
+                    Message::Close(done) => {
+                        self.flush(&mut buffer, &mut lines);
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+                if buffer.len() >= 64 * 1024 {
+                    self.flush(&mut buffer, &mut lines);
+                }
+                next = receiver.try_recv().ok();
             }
-            *failing = true;
+            self.flush(&mut buffer, &mut lines);
         }
     }
-    buffer.clear();
-    *lines = 0;
+
+    fn reopen_output(&mut self) {
+        match Output::open(&self.target) {
+            Ok(reopened) => {
+                self.output = reopened;
+                tracing::info!(target = ?self.target, "access log reopened");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot reopen the access log; writing to the file open before")
+            }
+        }
+    }
+
+    fn flush(&mut self, buffer: &mut Vec<u8>, lines: &mut u64) {
+        if buffer.is_empty() {
+            return;
+        }
+        match self.output.write_all(buffer) {
+            Ok(()) => {
+                self.written.fetch_add(*lines, Ordering::Relaxed);
+                self.failing = false;
+            }
+            Err(error) => {
+                self.failed.fetch_add(*lines, Ordering::Relaxed);
+                // One line per run of failures (a full disk fails every write).
+                if !self.failing {
+                    tracing::warn!(%error, lines = *lines, "cannot write the access log; lines lost");
+                }
+                self.failing = true;
+            }
+        }
+        buffer.clear();
+        *lines = 0;
+    }
 }
 
 #[cfg(test)]

@@ -136,9 +136,15 @@ pin_project_lite::pin_project! {
 }
 
 impl ResponseBody {
-    pub(crate) fn new(inner: Either<Upstream, Full<Bytes>>, mut in_flight: InFlight) -> Self {
+    /// `bodiless`: the response goes out without a body whatever it holds (an answer to HEAD,
+    /// a 204 or 304): hyper does not poll it, and it is complete with its head.
+    pub(crate) fn new(
+        inner: Either<Upstream, Full<Bytes>>,
+        mut in_flight: InFlight,
+        bodiless: bool,
+    ) -> Self {
         // An empty body may never be polled: it is written whole with the head.
-        in_flight.complete = inner.is_end_stream();
+        in_flight.complete = bodiless || inner.is_end_stream();
         ResponseBody { inner, in_flight }
     }
 }

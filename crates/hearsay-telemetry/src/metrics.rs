@@ -546,6 +546,11 @@ impl Metrics {
                 "Access log lines dropped because the writer was behind.",
                 [(NO_LABELS, get(&access_log.dropped))],
             );
+            reading.counters(
+                "access_log_lines_failed",
+                "Access log lines lost because writing them failed (a full disk, a closed pipe).",
+                [(NO_LABELS, get(&access_log.failed))],
+            );
         }
     }
 

@@ -280,6 +280,10 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             push.finish().await;
         }
         cluster.leave().await;
+        // After the drain: the last requests' lines and spans.
+        if let Some(access_log) = proxy.access_log() {
+            access_log.close(ACCESS_LOG_CLOSE_GRACE).await;
+        }
         if let Some(traces) = traces {
             traces.shutdown(TRACE_FLUSH_GRACE).await;
         }
@@ -320,6 +324,9 @@ fn start_traces_and_access_log(
     }
     Ok(traces)
 }
+
+/// How long the access log lines still queued at shutdown may take to be written.
+const ACCESS_LOG_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long the spans still queued at shutdown may take to reach the collector.
 const TRACE_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -367,7 +374,7 @@ impl Signals {
                         continue;
                     };
                     if let Some(access_log) = proxy.access_log() {
-                        access_log.reopen().await;
+                        access_log.reopen();
                     }
                     let reloaded = proxy.reload_certificates();
                     let refused = reloaded.iter().filter(|(_, result)| result.is_err()).count();

@@ -37,6 +37,7 @@ pub(super) async fn handle(
         Ordering::Relaxed,
     );
     let version = request.version();
+    let head_request = request.method() == http::Method::HEAD;
     let mut facts = RequestFacts {
         draining,
         served,
@@ -119,9 +120,10 @@ pub(super) async fn handle(
         })
     });
     in_flight.answered(parts.status, finish);
+    let bodiless = head_request || !carries_body(parts.status);
     Ok(Response::from_parts(
         parts,
-        ResponseBody::new(body, in_flight),
+        ResponseBody::new(body, in_flight, bodiless),
     ))
 }
 
@@ -158,11 +160,12 @@ fn begin_trail(
         time: std::time::SystemTime::now(),
         listener: Arc::clone(&listener.name),
         method: head.method.clone(),
-        path: head
-            .uri
-            .path_and_query()
-            .map_or("/", |path| path.as_str())
-            .to_owned(),
+        // Bounded: the queue holds thousands of lines.
+        path: crate::upstream::cut(
+            head.uri.path_and_query().map_or("/", |path| path.as_str()),
+            crate::access_log::MAX_PATH,
+        )
+        .to_owned(),
         index: served,
     });
     (trail, access)
@@ -197,6 +200,13 @@ fn log_failure(error: &ForwardError, listener: &Listener, connection: &Connectio
             "request failed (and {suppressed} more like it since the last line)"
         );
     }
+}
+
+/// Whether a response with `status` has a body (RFC 9110 §6.4.1: 1xx, 204 and 304 have none).
+fn carries_body(status: http::StatusCode) -> bool {
+    !(status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED)
 }
 
 /// The trace and span ids a request's log lines carry (empty when it has no trace).

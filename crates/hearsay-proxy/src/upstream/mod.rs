@@ -50,4 +50,4 @@ pub use health::{BackendHealth, HealthSnapshot};
 pub(crate) use idle::DirectBody;
 pub use pool::{Pool, PoolError, PoolStats};
 pub(crate) use request_body::RequestBody;
-pub(crate) use trail::{connection_event, SpanFacts, Trail};
+pub(crate) use trail::{connection_event, cut, SpanFacts, Trail};

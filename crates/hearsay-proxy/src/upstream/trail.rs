@@ -139,7 +139,7 @@ impl Trail {
         let mut attributes = Vec::with_capacity(16);
         attributes.extend([
             KeyValue::new("http.request.method", method_value(facts.method)),
-            KeyValue::new("url.path", facts.path.to_owned()),
+            KeyValue::new("url.path", bounded(facts.path).to_owned()),
             KeyValue::new("url.scheme", facts.scheme),
             KeyValue::new("client.address", client.clone()),
             KeyValue::new("network.peer.address", client),
@@ -168,7 +168,10 @@ impl Trail {
             .get(http::header::USER_AGENT)
             .and_then(|agent| agent.to_str().ok())
         {
-            attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+            attributes.push(KeyValue::new(
+                "user_agent.original",
+                bounded(agent).to_owned(),
+            ));
         }
         // Attributes given to the builder: the span takes the vector as it is.
         let span = tracer
@@ -221,7 +224,7 @@ impl Trail {
         let method = request.method();
         let (host, port) = split_host(&backend.address);
         let host: opentelemetry::StringValue = Arc::<str>::from(host).into();
-        let path = request.uri().path();
+        let path = bounded(request.uri().path());
         let mut url = String::with_capacity(7 + backend.address.len() + path.len());
         url.push_str("http://");
         url.push_str(&backend.address);
@@ -358,6 +361,28 @@ pub(crate) fn connection_event(
     span.end();
 }
 
+/// Attribute values taken from a request are cut to this many bytes: any client can ask for its
+/// request to be recorded (a sampled `traceparent`), and the export queue holds thousands of
+/// spans.
+pub(crate) const MAX_ATTRIBUTE: usize = 1024;
+
+/// `text` cut to [`MAX_ATTRIBUTE`] bytes, at a character boundary.
+fn bounded(text: &str) -> &str {
+    cut(text, MAX_ATTRIBUTE)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// `host:port` into the host and the port (IPv6 brackets removed).
 fn split_host(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -374,6 +399,14 @@ fn split_host(authority: &str) -> (&str, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("abcdef", 3), "abc");
+        assert_eq!(cut("aé", 2), "a", "é is two bytes");
+        assert_eq!(bounded(&"x".repeat(5000)).len(), MAX_ATTRIBUTE);
+    }
 
     #[test]
     fn hosts_and_ports_are_split() {
