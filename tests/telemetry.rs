@@ -73,6 +73,20 @@ fn refusing_address() -> (socket2::Socket, SocketAddr) {
     (socket, address)
 }
 
+/// Starts `hearsay run` on `config` (written to a temporary file named after `name`) with `env`
+/// set and its stderr piped, not yet read.
+fn spawn_node(name: &str, config: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let path = write_temp(&format!("{name}-{}.toml", support::rand_suffix()), config);
+    Command::new(env!("CARGO_BIN_EXE_hearsay"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// The value of header `name` in a request head.
 fn header(head: &str, name: &str) -> Option<String> {
     head.lines().find_map(|line| {
@@ -411,17 +425,11 @@ fn without_export_a_valid_context_passes_through_and_a_bad_one_is_dropped() {
 fn json_log_lines_carry_the_trace_of_their_request() {
     // A dead backend: every request fails and is logged.
     let (_held, dead) = refusing_address();
-    let path = write_temp(
-        &format!("json-log-{}.toml", support::rand_suffix()),
+    let mut child = spawn_node(
+        "json-log",
         &config("json-e2e", dead, "log_format = \"json\""),
+        &[],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hearsay"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let (lines, log) = mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
@@ -605,8 +613,8 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
     // A batch would wait a minute: only the flush at shutdown can send it.
     let receiver = OtlpReceiver::start();
     let (backend, _heads) = recording_backend();
-    let path = write_temp(
-        &format!("flush-{}.toml", support::rand_suffix()),
+    let child = spawn_node(
+        "flush",
         &config(
             "flush-e2e",
             backend,
@@ -615,15 +623,8 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
                 receiver.endpoint()
             ),
         ),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "60000")],
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_hearsay"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "60000")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut node = Node::from_child(child);
     let mut client = TcpStream::connect(node.address).unwrap();
     get(&mut client, "/", "");
@@ -639,22 +640,15 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
 
     // A collector that is not there: requests go on, the node says so once.
     let (_held, gone) = refusing_address();
-    let path = write_temp(
-        &format!("dead-collector-{}.toml", support::rand_suffix()),
+    let child = spawn_node(
+        "dead-collector",
         &config(
             "dead-collector-e2e",
             backend,
             &format!("otlp_endpoint = \"http://{gone}\"\nsample_ratio = 1.0"),
         ),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "10")],
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_hearsay"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "10")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let node = Node::from_child(child);
     let mut client = TcpStream::connect(node.address).unwrap();
     for _ in 0..20 {

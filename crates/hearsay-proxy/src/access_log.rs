@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 /// Lines waiting for the writer at most; more are dropped and counted.
 pub const QUEUE_CAPACITY: usize = 8192;
+/// How often the writer takes what is queued.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 /// A logged path (with its query) is cut to this many bytes.
 pub const MAX_PATH: usize = 4096;
 
@@ -364,29 +366,30 @@ struct Writer {
 }
 
 impl Writer {
-    /// Lines are gathered while they keep coming and written in one call when the queue runs
-    /// empty (or 64 KiB have gathered).
+    /// Every [`WRITE_EVERY`] the queue is taken whole and written in one call (or one per
+    /// 64 KiB). The writer never waits on the queue: a request that queues a line wakes no
+    /// thread (a wake-up per line cost a request more than the rest of its line).
     fn run(mut self, mut receiver: mpsc::Receiver<Message>) {
         let mut buffer = Vec::with_capacity(64 * 1024);
         let mut lines = 0u64;
-        while let Some(message) = receiver.blocking_recv() {
-            let mut next = Some(message);
+        loop {
+            let mut next = match receiver.try_recv() {
+                Ok(message) => Some(message),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.reopen_if_asked(&mut buffer, &mut lines);
+                    std::thread::sleep(WRITE_EVERY);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            };
             while let Some(message) = next.take() {
                 match message {
                     Message::Entry(entry) => {
-                        if self.reopen.swap(false, Ordering::Relaxed) {
-                            self.flush(&mut buffer, &mut lines);
-                            self.reopen_output();
-                        }
+                        self.reopen_if_asked(&mut buffer, &mut lines);
                         entry.write_json(&mut buffer);
                         lines += 1;
                     }
-                    Message::Wake => {
-                        if self.reopen.swap(false, Ordering::Relaxed) {
-                            self.flush(&mut buffer, &mut lines);
-                            self.reopen_output();
-                        }
-                    }
+                    Message::Wake => self.reopen_if_asked(&mut buffer, &mut lines),
                     Message::Close(done) => {
                         self.flush(&mut buffer, &mut lines);
                         let _ = done.send(());
@@ -402,7 +405,12 @@ impl Writer {
         }
     }
 
-    fn reopen_output(&mut self) {
+    /// After SIGHUP: what is gathered goes to the old file, the rest to the file at the path now.
+    fn reopen_if_asked(&mut self, buffer: &mut Vec<u8>, lines: &mut u64) {
+        if !self.reopen.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        self.flush(buffer, lines);
         match Output::open(&self.target) {
             Ok(reopened) => {
                 self.output = reopened;
