@@ -87,6 +87,17 @@ fn spawn_node(name: &str, config: &str, env: &[(&str, &str)]) -> std::process::C
         .unwrap()
 }
 
+/// Asserts each of `expected`'s attributes of `span` (key, value as text).
+fn assert_attributes(span: &ReceivedSpan, expected: &[(&str, &str)]) {
+    for (key, value) in expected {
+        assert_eq!(
+            span.attribute(key).as_deref(),
+            Some(*value),
+            "{key}: {span:#?}"
+        );
+    }
+}
+
 /// The value of header `name` in a request head.
 fn header(head: &str, name: &str) -> Option<String> {
     head.lines().find_map(|line| {
@@ -177,43 +188,37 @@ fn proxied_requests_are_traced_and_logged() {
     assert_eq!(server.name(), "GET");
     assert_eq!(server.parent_span_id(), PARENT_ID);
     assert_eq!(upstream.parent_span_id(), server.span_id());
-    for (key, value) in [
-        ("http.request.method", "GET"),
-        ("url.path", "/hello"),
-        ("url.scheme", "http"),
-        ("http.response.status_code", "200"),
-        ("client.address", "127.0.0.1"),
-        ("network.peer.address", "127.0.0.1"),
-        ("network.protocol.version", "1.1"),
-        ("server.address", "e2e"),
-        ("user_agent.original", "e2e-test"),
-        ("hearsay.listener", "web"),
-        ("hearsay.connection.request_index", "1"),
-    ] {
-        assert_eq!(
-            server.attribute(key).as_deref(),
-            Some(value),
-            "{key}: {server:#?}"
-        );
-    }
+    assert_attributes(
+        server,
+        &[
+            ("http.request.method", "GET"),
+            ("url.path", "/hello"),
+            ("url.scheme", "http"),
+            ("http.response.status_code", "200"),
+            ("client.address", "127.0.0.1"),
+            ("network.peer.address", "127.0.0.1"),
+            ("network.protocol.version", "1.1"),
+            ("server.address", "e2e"),
+            ("user_agent.original", "e2e-test"),
+            ("hearsay.listener", "web"),
+            ("hearsay.connection.request_index", "1"),
+        ],
+    );
     assert_eq!(server.attribute("http.route"), None);
     assert_eq!(server.attribute("error.type"), None);
-    for (key, value) in [
-        ("http.request.method", "GET"),
-        ("http.response.status_code", "200"),
-        ("hearsay.pool", "app"),
-        ("hearsay.backend", &backend.to_string()),
-        ("server.address", "127.0.0.1"),
-        ("server.port", &backend.port().to_string()),
-        ("hearsay.upstream.connection_reused", "false"),
-        ("url.full", &format!("http://{backend}/hello")),
-    ] {
-        assert_eq!(
-            upstream.attribute(key).as_deref(),
-            Some(value),
-            "{key}: {upstream:#?}"
-        );
-    }
+    assert_attributes(
+        upstream,
+        &[
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "200"),
+            ("hearsay.pool", "app"),
+            ("hearsay.backend", &backend.to_string()),
+            ("server.address", "127.0.0.1"),
+            ("server.port", &backend.port().to_string()),
+            ("hearsay.upstream.connection_reused", "false"),
+            ("url.full", &format!("http://{backend}/hello")),
+        ],
+    );
     assert_eq!(upstream.events(), ["hearsay.upstream.first_byte"]);
     let (trace_id, parent, flags) = traceparent_of(&first);
     assert_eq!((trace_id.as_str(), flags.as_str()), (TRACE_ID, "01"));
@@ -236,18 +241,8 @@ fn proxied_requests_are_traced_and_logged() {
     let server = trace.iter().find(|s| s.kind() == "SERVER").unwrap();
     let upstream = trace.iter().find(|s| s.kind() == "CLIENT").unwrap();
     assert_eq!(server.parent_span_id(), "", "a root span");
-    assert_eq!(
-        server
-            .attribute("hearsay.connection.request_index")
-            .as_deref(),
-        Some("2")
-    );
-    assert_eq!(
-        upstream
-            .attribute("hearsay.upstream.connection_reused")
-            .as_deref(),
-        Some("true")
-    );
+    assert_attributes(server, &[("hearsay.connection.request_index", "2")]);
+    assert_attributes(upstream, &[("hearsay.upstream.connection_reused", "true")]);
     for span in &spans {
         assert_eq!(
             span.resource.get("service.name").map(String::as_str),
@@ -519,32 +514,25 @@ fn connection_events_join_the_trace_of_the_last_request() {
         .unwrap_or_else(|| panic!("{spans:#?}"));
     assert_eq!(closed.trace_id(), server.trace_id());
     assert_eq!(closed.parent_span_id(), server.span_id());
-    assert_eq!(
-        closed.attribute("hearsay.close.reason").as_deref(),
-        Some("idle_timeout")
-    );
-    assert_eq!(
-        closed.attribute("hearsay.connection.requests").as_deref(),
-        Some("1")
+    assert_attributes(
+        closed,
+        &[
+            ("hearsay.close.reason", "idle_timeout"),
+            ("hearsay.connection.requests", "1"),
+        ],
     );
     let refused = spans
         .iter()
         .find(|s| s.name() == "hearsay.connection.refused")
         .unwrap_or_else(|| panic!("{spans:#?}"));
     assert_eq!(refused.parent_span_id(), "", "no request came on it");
-    assert_eq!(
-        refused
-            .attribute("hearsay.client.connections.cluster")
-            .as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        refused.attribute("hearsay.client.limit").as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        refused.attribute("client.address").as_deref(),
-        Some("127.0.0.1")
+    assert_attributes(
+        refused,
+        &[
+            ("hearsay.client.connections.cluster", "1"),
+            ("hearsay.client.limit", "1"),
+            ("client.address", "127.0.0.1"),
+        ],
     );
 }
 
@@ -579,32 +567,25 @@ fn a_retried_request_has_a_client_span_per_attempt() {
     let trace = of_trace(&spans, &trace);
     assert_eq!(trace.len(), 3, "{trace:#?}");
     let server = trace.iter().find(|s| s.kind() == "SERVER").unwrap();
-    assert_eq!(
-        server.attribute("http.response.status_code").as_deref(),
-        Some("200")
-    );
+    assert_attributes(server, &[("http.response.status_code", "200")]);
     let failed = trace
         .iter()
         .find(|s| s.attribute("hearsay.backend") == Some(dead.to_string()))
         .unwrap_or_else(|| panic!("{trace:#?}"));
     assert_eq!(failed.parent_span_id(), server.span_id());
-    assert_eq!(
-        failed.attribute("error.type").as_deref(),
-        Some("backend_unreachable")
-    );
+    assert_attributes(failed, &[("error.type", "backend_unreachable")]);
     assert_eq!(failed.attribute("http.response.status_code"), None);
     let answered = trace
         .iter()
         .find(|s| s.attribute("hearsay.backend") == Some(backend.to_string()))
         .unwrap();
     assert_eq!(answered.parent_span_id(), server.span_id());
-    assert_eq!(
-        answered.attribute("http.request.resend_count").as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        answered.attribute("http.response.status_code").as_deref(),
-        Some("200")
+    assert_attributes(
+        answered,
+        &[
+            ("http.request.resend_count", "1"),
+            ("http.response.status_code", "200"),
+        ],
     );
 }
 
@@ -765,13 +746,12 @@ fn the_proxys_own_answer_to_head_is_whole_in_the_log_and_its_span() {
         spans.iter().any(|s| s.kind() == "SERVER")
     });
     let server = spans.iter().find(|s| s.kind() == "SERVER").unwrap();
-    assert_eq!(
-        server.attribute("http.response.status_code").as_deref(),
-        Some("502")
-    );
-    assert_eq!(
-        server.attribute("error.type").as_deref(),
-        Some("backend_unreachable")
+    assert_attributes(
+        server,
+        &[
+            ("http.response.status_code", "502"),
+            ("error.type", "backend_unreachable"),
+        ],
     );
     let _ = std::fs::remove_file(&access);
 }

@@ -204,14 +204,13 @@ pub(crate) fn traceparent_line(context: &SpanContext) -> [u8; TRACEPARENT_LINE] 
 
 /// A trace id as 32 lowercase hex digits.
 pub fn trace_id_hex(trace_id: TraceId) -> String {
-    let context = SpanContext::new(
-        trace_id,
-        SpanId::INVALID,
-        TraceFlags::default(),
-        false,
-        TraceState::NONE,
-    );
-    String::from_utf8_lossy(&traceparent_bytes(&context)[3..35]).into_owned()
+    let mut hex = String::with_capacity(32);
+    for byte in trace_id.to_bytes() {
+        let [high, low] = HEX_PAIRS[usize::from(byte)];
+        hex.push(char::from(high));
+        hex.push(char::from(low));
+    }
+    hex
 }
 
 /// A trace context written as text (a `traceparent` value), as replicated entries carry it.

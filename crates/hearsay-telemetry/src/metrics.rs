@@ -202,6 +202,16 @@ fn owned<const N: usize>(labels: LabelArray<'_, N>) -> Labels {
         .collect()
 }
 
+/// Labelled values with their labels owned.
+fn owned_samples<'a, const N: usize>(
+    samples: impl IntoIterator<Item = (LabelArray<'a, N>, u64)>,
+) -> Vec<(Labels, u64)> {
+    samples
+        .into_iter()
+        .map(|(labels, value)| (owned(labels), value))
+        .collect()
+}
+
 /// Adding families to a reading.
 trait Add {
     fn counters<'a, const N: usize>(
@@ -234,14 +244,11 @@ impl Add for Reading {
         help: &'static str,
         samples: impl IntoIterator<Item = (LabelArray<'a, N>, u64)>,
     ) {
-        let samples = samples
-            .into_iter()
-            .map(|(labels, value)| (owned(labels), value));
         self.push(Family {
             name,
             help,
             unit: None,
-            samples: Samples::Counter(samples.collect()),
+            samples: Samples::Counter(owned_samples(samples)),
         });
     }
 
@@ -251,14 +258,11 @@ impl Add for Reading {
         help: &'static str,
         samples: impl IntoIterator<Item = (LabelArray<'a, N>, u64)>,
     ) {
-        let samples = samples
-            .into_iter()
-            .map(|(labels, value)| (owned(labels), value));
         self.push(Family {
             name,
             help,
             unit: None,
-            samples: Samples::Gauge(samples.collect()),
+            samples: Samples::Gauge(owned_samples(samples)),
         });
     }
 

@@ -136,7 +136,7 @@ fn begin_trail(
     served: u64,
 ) -> (Trail, Option<AccessFacts>) {
     let parent = trace::extract(&mut head.headers);
-    let trail = Trail::start(
+    let mut trail = Trail::start(
         parent,
         &SpanFacts {
             method: &head.method,
@@ -155,6 +155,7 @@ fn begin_trail(
     } else if trace::requests().is_some() && connection.last_trace.load().is_some() {
         connection.last_trace.store(None);
     }
+    trail.keep_backend = listener.access_log.is_some();
     let access = listener.access_log.as_ref().map(|log| AccessFacts {
         log: Arc::clone(log),
         time: std::time::SystemTime::now(),

@@ -31,8 +31,9 @@ pub(crate) struct Trail {
     server: Option<Context>,
     /// The current (or last) attempt's client span, when recorded.
     client: Option<BoxedSpan>,
-    /// The backend of the last attempt.
+    /// The backend of the last attempt, kept when the access log wants it (`keep_backend`).
     pub(crate) backend: Option<Arc<Backend>>,
+    pub(crate) keep_backend: bool,
     /// Upstream attempts made (0: none; 2 and more: retried).
     pub(crate) attempts: u32,
     /// From sending the request to the backend's response head, in nanoseconds.
@@ -90,6 +91,7 @@ impl Trail {
             server,
             client: None,
             backend: None,
+            keep_backend: false,
             attempts: 0,
             upstream_nanos: None,
         }
@@ -192,9 +194,11 @@ impl Trail {
 
     /// The id of the trace this request is part of (recorded or not), when it has one.
     pub(crate) fn trace_id(&self) -> Option<opentelemetry::trace::TraceId> {
-        self.context()
-            .filter(SpanContext::is_valid)
-            .map(|context| context.trace_id())
+        let trace_id = match &self.server {
+            Some(server) => server.span().span_context().trace_id(),
+            None => self.propagate.as_ref()?.trace_id(),
+        };
+        (trace_id != opentelemetry::trace::TraceId::INVALID).then_some(trace_id)
     }
 
     /// Whether the request's spans are recorded.
@@ -212,7 +216,9 @@ impl Trail {
         pool: &str,
     ) -> Option<[u8; trace::TRACEPARENT_LINE]> {
         self.attempts += 1;
-        self.backend = Some(Arc::clone(backend));
+        if self.keep_backend {
+            self.backend = Some(Arc::clone(backend));
+        }
         let (Some(server), Some(tracing)) = (&self.server, trace::requests()) else {
             let context = self.propagate.as_ref()?;
             if self.attempts == 1 {
