@@ -277,8 +277,9 @@ async fn max_connection_age_ends_the_connection_gracefully() {
     assert!(busy.wait_closed(Duration::from_secs(2)).await.is_some());
 
     // An idle connection is closed when it reaches the age.
-    let mut idle = Client::connect(proxy.address).await;
+    // Before the connection is made: the age counts from the proxy's accept, which comes after.
     let opened = Instant::now();
+    let mut idle = Client::connect(proxy.address).await;
     assert_eq!(idle.get("/").await.status, 200);
     let closed = idle
         .wait_closed(Duration::from_secs(2))

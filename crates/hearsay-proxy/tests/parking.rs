@@ -68,9 +68,19 @@ async fn a_quiet_connection_answers_its_next_request_whatever_the_pause() {
     assert_eq!(stats.accepted, 1, "every request on one connection");
     assert_eq!(stats.requests, 2 * PAUSES_MS.len() as u64);
     assert_eq!(stats.idle, 1);
-    // Parked at least during the 50 ms before the first request and the pauses of 80 and 250 ms
-    // (the pause before parking is at most 40 ms after two short pauses doubled it).
-    assert!(stats.parked >= 5, "{stats:?}");
+    // How often the connection was parked during the pauses depends on how busy the machine is
+    // (each look that finds it busy doubles the next pause, up to a second). Quiet for long
+    // enough, it is parked again, and still answers.
+    assert!(stats.parked >= 1, "{stats:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy.stats().parked_now == 1).await,
+        "parked again once quiet: {:?}",
+        proxy.stats()
+    );
+    let response = client.get("/").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "hello from b1");
+    assert_eq!(proxy.stats().accepted, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,8 +210,10 @@ async fn a_client_closing_a_quiet_connection_is_counted_as_such() {
 async fn a_quiet_new_connection_is_still_cut_at_the_header_timeout() {
     let backend = Backend::start("b1").await;
     let proxy = TestProxy::start("header_timeout = \"300ms\"", &[backend.address], "").await;
-    let mut client = Client::connect(proxy.address).await;
+    // Taken before the connection is made: the proxy counts from its accept, which comes after
+    // (a stamp taken after `connect` returns can be late on a busy machine).
     let opened = std::time::Instant::now();
+    let mut client = Client::connect(proxy.address).await;
     // Nothing to read when hyper first looks: parked at once.
     wait_parked(&proxy, 1).await;
     let closed = client
