@@ -781,3 +781,132 @@ fn a_request_cut_by_shutdown_still_writes_its_line() {
     assert_eq!(text.lines().count(), 50);
     let _ = std::fs::remove_file(&access);
 }
+
+/// A connection to `to` from loopback address `from` (each case its own client, so the
+/// per-client cap counts them apart).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.connect(&to.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends `bytes` (a write the proxy cut short is fine) and reads the answer's status line.
+fn status_line_after(stream: &mut TcpStream, bytes: &[u8]) -> String {
+    let _ = stream.write_all(bytes);
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
+#[test]
+fn answers_given_outside_a_request_have_their_lines() {
+    // hyper's answers to heads it cannot parse, the 408 to a slow head and the 429 at accept:
+    // one line each, without method or path.
+    let (backend, _heads) = recording_backend();
+    let access = std::env::temp_dir().join(format!(
+        "hearsay-access-answers-{}-{}.log",
+        std::process::id(),
+        support::rand_suffix()
+    ));
+    let config = config(
+        "answers-e2e",
+        backend,
+        &format!("access_log = \"{}\"", access.display()),
+    )
+    .replacen(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nheader_timeout = \"300ms\"\nmax_request_header_size = 1048576\n\
+         max_connections_per_client = 1\n",
+        1,
+    );
+    let node = Node::start(&config);
+    let to = node.address;
+    let bad = status_line_after(
+        &mut connect_from("127.0.0.2", to),
+        b"GET / HTTP/1.1\r\nHost: e2e\r\nno colon here\r\n\r\n",
+    );
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: e2e\r\n\r\n", "u".repeat(70_000));
+    let long = status_line_after(&mut connect_from("127.0.0.3", to), long_uri.as_bytes());
+    assert!(long.starts_with("HTTP/1.1 414"), "{long}");
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: e2e\r\nX-Big: {}\r\n\r\n",
+        "h".repeat(1_100_000)
+    );
+    let big = status_line_after(&mut connect_from("127.0.0.4", to), big_head.as_bytes());
+    assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+    let slow = status_line_after(&mut connect_from("127.0.0.5", to), b"GET / HTTP/1.1\r\n");
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    let mut first = connect_from("127.0.0.6", to);
+    get(&mut first, "/", "");
+    let refused = status_line_after(
+        &mut connect_from("127.0.0.6", to),
+        b"GET / HTTP/1.1\r\nHost: e2e\r\n\r\n",
+    );
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+
+    // An HTTP/2 preface gets no answer from hyper, hence no line.
+    let mut preface = connect_from("127.0.0.7", to);
+    let _ = preface.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut preface, &mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    // The four answers and the 429, and the one request that went through.
+    let text = wait_for("six lines", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&access).unwrap_or_default();
+        (text.lines().count() == 6).then_some(text)
+    });
+    let line_of = |client: &str| {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| field(line, "client") == client)
+            .collect();
+        lines
+    };
+    for (client, status, bytes_out) in [
+        ("127.0.0.2", "400", "0"),
+        ("127.0.0.3", "414", "0"),
+        ("127.0.0.4", "431", "0"),
+        ("127.0.0.5", "408", "45"),
+    ] {
+        let lines = line_of(client);
+        assert_eq!(lines.len(), 1, "{text}");
+        let line = lines[0];
+        assert_eq!(field(line, "status"), status, "{line}");
+        assert_eq!(field(line, "method"), "null", "{line}");
+        assert_eq!(field(line, "path"), "null", "{line}");
+        assert_eq!(field(line, "listener"), "web", "{line}");
+        assert_eq!(field(line, "complete"), "true", "{line}");
+        assert_eq!(field(line, "bytes_out"), bytes_out, "{line}");
+        assert_eq!(field(line, "backend"), "null", "{line}");
+        assert_eq!(field(line, "request_index"), "1", "{line}");
+        assert!(
+            field(line, "connection_id").parse::<u64>().is_ok(),
+            "{line}"
+        );
+    }
+    assert!(line_of("127.0.0.7").is_empty(), "{text}");
+    let slow_line = line_of("127.0.0.5")[0];
+    let waited: f64 = field(slow_line, "duration_ms").parse().unwrap();
+    assert!(waited >= 300.0, "the head's wait: {slow_line}");
+    let capped = line_of("127.0.0.6");
+    assert_eq!(capped.len(), 2, "{text}");
+    assert_eq!(field(capped[0], "status"), "200", "{text}");
+    assert_eq!(field(capped[0], "method"), "GET", "{text}");
+    let refusal = capped[1];
+    assert_eq!(field(refusal, "status"), "429", "{refusal}");
+    assert_eq!(field(refusal, "method"), "null", "{refusal}");
+    assert_eq!(field(refusal, "bytes_out"), "51", "{refusal}");
+    assert_eq!(field(refusal, "connection_id"), "null", "{refusal}");
+    drop(first);
+    drop(node);
+    let _ = std::fs::remove_file(&access);
+}

@@ -20,14 +20,17 @@ const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 /// A logged path (with its query) is cut to this many bytes.
 pub const MAX_PATH: usize = 4096;
 
-/// One request, as its access log line says it.
+/// One request, as its access log line says it, or an answer the proxy wrote outside a request
+/// it read whole (no method, no path: see [`Entry::without_request`]).
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// When the request began (its head was read; for an answer without a request, when its
+    /// first byte arrived, else when the connection was accepted).
     pub(crate) time: SystemTime,
     pub(crate) client: SocketAddr,
     pub(crate) listener: Arc<str>,
-    pub(crate) method: http::Method,
-    pub(crate) path: String,
+    pub(crate) method: Option<http::Method>,
+    pub(crate) path: Option<String>,
     pub(crate) status: u16,
     /// The response was written whole (not: the client left, or the backend broke off).
     pub(crate) complete: bool,
@@ -37,12 +40,46 @@ pub(crate) struct Entry {
     pub(crate) upstream_nanos: Option<u64>,
     pub(crate) backend: Option<Arc<crate::upstream::Backend>>,
     pub(crate) attempts: u32,
-    pub(crate) connection: u64,
+    /// `None`: refused at accept, before the connection had an id.
+    pub(crate) connection: Option<u64>,
     pub(crate) request_index: u64,
     pub(crate) trace_id: Option<TraceId>,
 }
 
 impl Entry {
+    /// An answer the proxy wrote itself, outside any request it read whole: the 429 of a
+    /// connection over its client's limit, the 408 of a head that came too slowly, hyper's 400,
+    /// 414 or 431 to a head it could not parse. `duration_nanos` ran until the answer was
+    /// written; the line's time is that much earlier. The rest is set by the caller.
+    pub(crate) fn without_request(
+        client: SocketAddr,
+        listener: Arc<str>,
+        status: u16,
+        duration_nanos: u64,
+    ) -> Entry {
+        let now = SystemTime::now();
+        Entry {
+            time: now
+                .checked_sub(std::time::Duration::from_nanos(duration_nanos))
+                .unwrap_or(now),
+            client,
+            listener,
+            method: None,
+            path: None,
+            status,
+            complete: true,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_nanos,
+            upstream_nanos: None,
+            backend: None,
+            attempts: 0,
+            connection: None,
+            request_index: 1,
+            trace_id: None,
+        }
+    }
+
     /// The line as written (field names are the log's interface), by hand: the writer runs on
     /// the node's runtime, and `format!`, `Display` and a serde struct of `String`s cost a line
     /// several times what writing the bytes does.
@@ -69,9 +106,15 @@ impl Entry {
         out.extend_from_slice(b"\",\"listener\":");
         json_string(out, &self.listener);
         out.extend_from_slice(b",\"method\":");
-        json_string(out, self.method.as_str());
+        match &self.method {
+            Some(method) => json_string(out, method.as_str()),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"path\":");
-        json_string(out, &self.path);
+        match &self.path {
+            Some(path) => json_string(out, path),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"status\":");
         number(out, u64::from(self.status));
         out.extend_from_slice(if self.complete {
@@ -98,7 +141,10 @@ impl Entry {
         out.extend_from_slice(b",\"retries\":");
         number(out, u64::from(self.attempts.saturating_sub(1)));
         out.extend_from_slice(b",\"connection_id\":");
-        number(out, self.connection);
+        match self.connection {
+            Some(id) => number(out, id),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"request_index\":");
         number(out, self.request_index);
         out.extend_from_slice(b",\"trace_id\":");
@@ -489,8 +535,8 @@ mod tests {
             time: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
             client: "192.0.2.7:40000".parse().unwrap(),
             listener: Arc::from("web"),
-            method: http::Method::POST,
-            path: "/a?b=\"c\"".to_owned(),
+            method: Some(http::Method::POST),
+            path: Some("/a?b=\"c\"".to_owned()),
             status: 201,
             complete: true,
             bytes_in: 12,
@@ -499,7 +545,7 @@ mod tests {
             upstream_nanos: Some(1_000_000),
             backend: None,
             attempts: 2,
-            connection: 9,
+            connection: Some(9),
             request_index: 3,
             trace_id: Some(TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736u128)),
         };
@@ -524,5 +570,33 @@ mod tests {
         assert_eq!(line["connection_id"], 9);
         assert_eq!(line["request_index"], 3);
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn an_answer_without_a_request_has_null_method_path_and_connection() {
+        let before = SystemTime::now();
+        let entry = Entry::without_request(
+            "[2001:db8::1]:40000".parse().unwrap(),
+            Arc::from("web"),
+            429,
+            2_000_000_000,
+        );
+        // Its time is when the answer's wait began: two seconds before it was written.
+        let written = entry.time + std::time::Duration::from_secs(2);
+        assert!(before <= written && written <= SystemTime::now());
+        let mut out = Vec::new();
+        entry.write_json(&mut out);
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line["client"], "2001:db8::1");
+        assert_eq!(line["method"], serde_json::Value::Null);
+        assert_eq!(line["path"], serde_json::Value::Null);
+        assert_eq!(line["status"], 429);
+        assert_eq!(line["complete"], true);
+        assert_eq!(line["duration_ms"], 2000.0);
+        assert_eq!(line["upstream_ms"], serde_json::Value::Null);
+        assert_eq!(line["retries"], 0);
+        assert_eq!(line["connection_id"], serde_json::Value::Null);
+        assert_eq!(line["request_index"], 1);
+        assert_eq!(line["trace_id"], serde_json::Value::Null);
     }
 }

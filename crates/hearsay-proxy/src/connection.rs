@@ -475,6 +475,9 @@ impl Task<'_> {
             // what follows the head does not reset the answer.
             (Err(error), None) if error.is_parse() || error.is_parse_too_large() => {
                 tracing::debug!(connection = connection.id, client = %connection.client, %error, "bad request");
+                if let Some(status) = hyper_answer(&error) {
+                    self.log_answer(status, true, 0);
+                }
                 Served::Linger(CloseReason::Error)
             }
             (_, Some(reason)) => Served::Drop(reason),
@@ -543,14 +546,63 @@ impl Task<'_> {
             Answer::OverLimit => {
                 // Its place is given back now: lingering for the answer must not count.
                 drop(self.context.admission.take());
-                ending::answer_over_limit(&mut io).await;
+                let written = ending::answer_over_limit(&mut io).await;
+                self.log_answer(429, written, crate::error::TOO_MANY_CONNECTIONS_BODY);
                 Ending::dropped(CloseReason::OverLimit)
             }
             Answer::RequestTimeout => {
-                ending::answer_request_timeout(&mut io).await;
+                let written = ending::answer_request_timeout(&mut io).await;
+                self.log_answer(408, written, crate::error::REQUEST_TIMEOUT_BODY);
                 Ending::lingering(CloseReason::HeaderTimeout, io)
             }
         }
+    }
+
+    /// The access log line of an answer the proxy wrote outside a request (see
+    /// [`Entry::without_request`]): it ran from the first byte of the head it answers, else from
+    /// the accept.
+    ///
+    /// [`Entry::without_request`]: crate::access_log::Entry::without_request
+    fn log_answer(&self, status: u16, complete: bool, bytes_out: u64) {
+        let Some(log) = &self.listener.access_log else {
+            return;
+        };
+        let connection = &self.connection;
+        let began = match connection.head_started.load(Ordering::Relaxed) {
+            0 => connection.accepted_nanos,
+            head => head,
+        };
+        log.record(crate::access_log::Entry {
+            complete,
+            bytes_out: if complete { bytes_out } else { 0 },
+            connection: Some(connection.id),
+            request_index: connection.requests.load(Ordering::Relaxed) + 1,
+            ..crate::access_log::Entry::without_request(
+                connection.client,
+                Arc::clone(&self.listener.name),
+                status,
+                now_nanos().saturating_sub(began),
+            )
+        });
+    }
+}
+
+/// The status of the answer hyper wrote to a head it could not parse (see hyper's
+/// `Server::on_error`): `None` when it wrote none (an HTTP/2 preface, an internal error).
+fn hyper_answer(error: &hyper::Error) -> Option<u16> {
+    if error.is_parse_version_h2() {
+        None
+    } else if error.is_parse_too_large() {
+        // Both kinds share the predicate; only the message tells them apart.
+        Some(if error.to_string().starts_with("URI too long") {
+            414
+        } else {
+            431
+        })
+    } else if error.to_string().starts_with("internal error") {
+        None
+    } else {
+        Some(400)
     }
 }
 

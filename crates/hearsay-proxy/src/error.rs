@@ -138,6 +138,26 @@ connection: close\r\n\
 \r\n\
 429 too many requests: connection limit per client\n";
 
+/// The body lengths of the canned answers, for the access log.
+pub(crate) const REQUEST_TIMEOUT_BODY: u64 = body_len(REQUEST_TIMEOUT);
+pub(crate) const TOO_MANY_CONNECTIONS_BODY: u64 = body_len(TOO_MANY_CONNECTIONS);
+
+/// What follows the blank line of a canned answer.
+const fn body_len(answer: &[u8]) -> u64 {
+    let mut at = 0;
+    while at + 4 <= answer.len() {
+        if answer[at] == b'\r'
+            && answer[at + 1] == b'\n'
+            && answer[at + 2] == b'\r'
+            && answer[at + 3] == b'\n'
+        {
+            return (answer.len() - at - 4) as u64;
+        }
+        at += 1;
+    }
+    0
+}
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -185,5 +205,8 @@ mod tests {
             let length = format!("content-length: {}", body.len());
             assert!(headers.contains(&length.as_str()), "{text}");
         }
+        // The access log's byte counts are the bodies'.
+        assert_eq!(super::REQUEST_TIMEOUT_BODY, 45);
+        assert_eq!(super::TOO_MANY_CONNECTIONS_BODY, 51);
     }
 }

@@ -309,8 +309,8 @@ impl Proxy {
             });
             if settings.over_limit == OverLimitAction::Http429 {
                 match &listener.tls {
-                    None => self.refuse(stream),
-                    Some(_) => self.refuse_tls(listener, stream, settings.header_timeout),
+                    None => self.refuse(listener, peer, stream),
+                    Some(_) => self.refuse_tls(listener, peer, stream, settings.header_timeout),
                 }
             }
             return None;
@@ -372,10 +372,11 @@ impl Proxy {
     /// [`MAX_LINGERING_REFUSALS`], to take in the request it answers (a close with the request
     /// unread would reset it, and some clients drop an answer they have not read yet on a
     /// reset); beyond that it closes at once, after taking in what already arrived.
-    fn refuse(&self, stream: std::net::TcpStream) {
+    fn refuse(&self, listener: &Listener, peer: SocketAddr, stream: std::net::TcpStream) {
         let written = (&stream)
             .write(TOO_MANY_CONNECTIONS)
             .is_ok_and(|written| written == TOO_MANY_CONNECTIONS.len());
+        log_refusal(listener, peer, written, 0);
         if !written {
             return; // the client is gone already
         }
@@ -404,6 +405,7 @@ impl Proxy {
     fn refuse_tls(
         &self,
         listener: &Arc<Listener>,
+        peer: SocketAddr,
         stream: std::net::TcpStream,
         header_timeout: Duration,
     ) {
@@ -415,14 +417,23 @@ impl Proxy {
         let listener = Arc::clone(listener);
         let abort = self.abort.clone();
         self.tasks.spawn(async move {
-            let deadline = tokio::time::Instant::now() + header_timeout;
+            let accepted = tokio::time::Instant::now();
+            let deadline = accepted + header_timeout;
             if let Some(tls) = &listener.tls {
                 if let Ok(mut stream) = tls
                     .handshake(ClientStream::new(stream), deadline, &abort)
                     .await
                 {
-                    let _ =
-                        tokio::time::timeout(REFUSAL_LINGER, answer_and_drain(&mut stream)).await;
+                    let answered = async {
+                        use tokio::io::AsyncWriteExt as _;
+                        let written = stream.write_all(TOO_MANY_CONNECTIONS).await.is_ok();
+                        let took = accepted.elapsed().as_nanos() as u64;
+                        log_refusal(&listener, peer, written, took);
+                        if written {
+                            let _ = drain(&mut stream).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(REFUSAL_LINGER, answered).await;
                 }
             }
             refusing.fetch_sub(1, Ordering::Relaxed);
@@ -536,14 +547,29 @@ impl Proxy {
     }
 }
 
-/// Writes the 429 over TLS, closes with `close_notify` and takes in what the client still sends
+/// The access log line of a connection refused at accept with the 429 (`took`: from the accept
+/// until the answer was written).
+fn log_refusal(listener: &Listener, peer: SocketAddr, written: bool, took: u64) {
+    if let Some(log) = &listener.access_log {
+        log.record(crate::access_log::Entry {
+            complete: written,
+            bytes_out: if written {
+                crate::error::TOO_MANY_CONNECTIONS_BODY
+            } else {
+                0
+            },
+            ..crate::access_log::Entry::without_request(peer, Arc::clone(&listener.name), 429, took)
+        });
+    }
+}
+
+/// After the 429 over TLS: closes with `close_notify` and takes in what the client still sends
 /// (up to 64 KiB), as a plain refusal does.
-async fn answer_and_drain<S>(stream: &mut S) -> std::io::Result<()>
+async fn drain<S>(stream: &mut S) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt as _;
-    stream.write_all(TOO_MANY_CONNECTIONS).await?;
     stream.shutdown().await?;
     let mut sink = [0u8; 2048];
     let mut total = 0;

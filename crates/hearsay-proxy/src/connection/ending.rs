@@ -63,25 +63,30 @@ pub(super) async fn linger_close(mut io: TrackedIo<ClientIo>, abort: &Cancellati
 }
 
 /// Writes the 408 answer to a request head that did not arrive in time, and closes. Bounded: a
-/// client that does not read gets nothing after a moment.
-pub(super) async fn answer_request_timeout(io: &mut TrackedIo<ClientIo>) {
+/// client that does not read gets nothing after a moment. Whether the answer was written whole.
+pub(super) async fn answer_request_timeout(io: &mut TrackedIo<ClientIo>) -> bool {
     use tokio::io::AsyncWriteExt as _;
     let write = async {
         io.write_all(crate::error::REQUEST_TIMEOUT).await?;
         io.shutdown().await
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), write).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Writes the 429 of an over-limit connection and closes, taking in (and dropping) what the
 /// client sends meanwhile for a moment, so its request does not meet a closed socket (a reset
 /// that could cost it the answer). Bounded: a client that neither reads nor closes is dropped
-/// after a second.
-pub(super) async fn answer_over_limit(io: &mut TrackedIo<ClientIo>) {
+/// after a second. Whether the answer was written whole.
+pub(super) async fn answer_over_limit(io: &mut TrackedIo<ClientIo>) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut written = false;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         io.write_all(crate::error::TOO_MANY_CONNECTIONS).await?;
         io.shutdown().await?;
+        written = true;
         let mut sink = [0u8; 2048];
         let mut total = 0;
         loop {
@@ -93,4 +98,5 @@ pub(super) async fn answer_over_limit(io: &mut TrackedIo<ClientIo>) {
         }
     })
     .await;
+    written
 }
