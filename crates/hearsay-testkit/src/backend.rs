@@ -241,8 +241,11 @@ where
     address
 }
 
-/// An address nothing listens on.
-pub async fn closed_port() -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    socket.local_addr().unwrap()
+/// An address nothing listens on, for as long as the returned socket is held: it is bound (so no
+/// other test's listener can take the port) but never listens, so a connect to it is refused.
+pub async fn closed_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = socket.local_addr().unwrap();
+    (socket, address)
 }
