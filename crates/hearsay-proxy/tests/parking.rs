@@ -24,10 +24,11 @@ async fn quiet_client() -> (Backend, TestProxy, Client) {
     (backend, proxy, client)
 }
 
-/// Waits (bounded) until `parked` connections wait on their bare socket.
+/// Waits (bounded) until `parked` connections wait on their bare socket (the pause before
+/// parking backs off to a second on a busy connection: a few of them fit).
 async fn wait_parked(proxy: &TestProxy, parked: u64) {
     assert!(
-        wait_until(Duration::from_secs(2), || proxy.stats().parked_now
+        wait_until(Duration::from_secs(5), || proxy.stats().parked_now
             == parked)
         .await,
         "expected {parked} parked: {:?}",
