@@ -815,14 +815,19 @@ mod tests {
     #[tokio::test]
     async fn chitchat_nodes_gossip_through_the_sealed_transport() {
         use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatId, FailureDetectorConfig};
+        // Free ports, each probe held until both are picked (b's cannot be a's); released just
+        // before the nodes bind them.
         let free_port = |ip: Ipv4Addr| {
             let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
-            socket.local_addr().unwrap().port()
+            let port = socket.local_addr().unwrap().port();
+            (socket, port)
         };
-        let a_port = free_port(Ipv4Addr::UNSPECIFIED);
+        let (a_probe, a_port) = free_port(Ipv4Addr::UNSPECIFIED);
+        let (b_probe, b_port) = free_port(Ipv4Addr::LOCALHOST);
+        drop((a_probe, b_probe));
         let a_listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, a_port));
         let a_advertise = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), a_port));
-        let b_address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+        let b_address = SocketAddr::from((Ipv4Addr::LOCALHOST, b_port));
         let start = |name: &str, listen, advertise, seeds: Vec<String>| {
             let config = ChitchatConfig {
                 chitchat_id: ChitchatId::new(name.to_owned(), 1, advertise),

@@ -292,7 +292,9 @@ async fn two_writes_of_one_setting_end_with_the_later_stamp_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_writers_setting_reaches_a_node_that_joins_after_it_was_forgotten() {
     let transport = ChannelTransport::default();
-    let forget = Duration::from_millis(500);
+    // Dead for a while before it is forgotten: long enough to be seen Dead by a polling test on
+    // a busy machine.
+    let forget = Duration::from_secs(3);
     let a = start_node("a", 21, &[22], &transport, "", "", forget).await;
     let b = start_node("b", 22, &[21], &transport, "", "", forget).await;
     set_keepalive(&a, Duration::from_secs(9));
