@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use hearsay_testkit::otlp::{OtlpReceiver, ReceivedSpan};
-use support::{temp_data_dir, try_request_with, wait_for, write_temp, Node};
+use support::{refusing_address, temp_data_dir, try_request_with, wait_for, write_temp, Node};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -60,17 +60,6 @@ fn recording_backend() -> (SocketAddr, mpsc::Receiver<String>) {
         }
     });
     (address, received)
-}
-
-/// An address where connecting is refused: a socket bound there that does not listen (held by
-/// the test, so no other test's listener can take the port meanwhile).
-fn refusing_address() -> (socket2::Socket, SocketAddr) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let address = socket.local_addr().unwrap().as_socket().unwrap();
-    (socket, address)
 }
 
 /// Starts `hearsay run` on `config` (written to a temporary file named after `name`) with `env`

@@ -134,6 +134,17 @@ impl Drop for Node {
     }
 }
 
+/// An address where connecting is refused: a socket bound there that does not listen (held by
+/// the test, so no other test's listener can take the port meanwhile).
+pub fn refusing_address() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, address)
+}
+
 /// A fresh data directory for one node (persisted cluster state must not leak between tests).
 pub fn temp_data_dir() -> String {
     std::env::temp_dir()

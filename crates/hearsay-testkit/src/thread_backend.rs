@@ -6,8 +6,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// A plain HTTP/1.1 backend on a thread: `/slow` answers after 700 ms (and says on the channel
-/// that it started), anything else at once.
+/// A plain HTTP/1.1 backend on a thread: `/slow` answers after 700 ms, `/slow?ms=N` after N ms
+/// (and says on the channel that it started), anything else at once.
 pub fn start_backend() -> (SocketAddr, mpsc::Receiver<()>) {
     let socket = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = socket.local_addr().unwrap();
@@ -36,8 +36,14 @@ pub fn serve_backend_connection(stream: TcpStream, slow_started: mpsc::Sender<()
             }
         }
         if request_line.contains("/slow") {
+            let ms = request_line
+                .split("ms=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse().ok())
+                .unwrap_or(700);
             let _ = slow_started.send(());
-            std::thread::sleep(Duration::from_millis(700));
+            std::thread::sleep(Duration::from_millis(ms));
         }
         let port = writer.local_addr().map(|a| a.port()).unwrap_or(0);
         let body = format!("backend {port} saw {}", request_line.trim());
