@@ -268,14 +268,15 @@ fn update_listener_changes_the_idle_timeout_of_an_open_connection() {
     // Versions are hybrid-logical-clock stamps: they only grow.
     let v2 = version_of(&updated);
     assert!(v2 > 1, "{updated}");
-    // Idle since the request (>300 ms + grpcurl's run): closes by the new 1 s schedule, not 60 s.
+    // Idle since the request (>300 ms + grpcurl's run): closes by the new 1 s schedule, not 60 s
+    // (a few seconds' bound, for a loaded machine: far from the old timeout).
     let changed = Instant::now();
     client
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     assert_eq!(client.read(&mut buffer).unwrap(), 0, "closed by the proxy");
     assert!(
-        changed.elapsed() < Duration::from_millis(1100),
+        changed.elapsed() < Duration::from_secs(10),
         "closed {:?} after the change",
         changed.elapsed()
     );
@@ -597,12 +598,13 @@ fn backends_connections_clients_and_stats() {
     assert!(closed.contains("\"closed\": 1"), "{closed}");
     assert_eq!(second_client.read(&mut buffer).unwrap(), 0);
 
-    // WatchStats streams snapshots until the client stops it.
+    // WatchStats streams snapshots until the client stops it (5 s of 0.2 s snapshots: at least
+    // three of them however slowly grpcurl starts).
     let watch = Command::new(grpcurl_binary())
         .args([
             "-plaintext",
             "-max-time",
-            "1",
+            "5",
             "-H",
             &format!("authorization: Bearer {TOKEN}"),
         ])
