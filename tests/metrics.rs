@@ -255,32 +255,75 @@ fn a_real_prometheus_scrapes_the_node() {
     }
 
     let dir = std::path::PathBuf::from(temp_data_dir());
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n\
-             scrape_configs:\n  - job_name: hearsay\n    static_configs:\n      - targets: [\"{metrics}\"]\n"
-        ),
-    )
-    .unwrap();
-    let web = {
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap()
-    };
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
+    // Prometheus binds its web port itself: a free port is picked, then released for it, and
+    // another test may take it meanwhile; Prometheus then exits, and is started again on another
+    // port (a few times at most).
+    let start = |web: SocketAddr| {
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n\
+                 scrape_configs:\n  - job_name: hearsay\n    static_configs:\n      - targets: [\"{metrics}\"]\n"
+            ),
+        )
         .unwrap();
-    let stop = KillOnDrop(&mut prometheus, dir.clone());
+        let prometheus = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap();
+        KillOnDrop(prometheus, dir.clone())
+    };
+    let ready = |web: SocketAddr| -> bool {
+        let Ok(mut stream) = TcpStream::connect(web) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let head = "GET /-/ready HTTP/1.1\r\nHost: prometheus\r\nConnection: close\r\n\r\n";
+        let mut response = String::new();
+        stream.write_all(head.as_bytes()).is_ok()
+            && stream.read_to_string(&mut response).is_ok()
+            && response.contains("Prometheus Server is Ready")
+    };
+    let mut attempt = 0;
+    let (web, stop) = loop {
+        attempt += 1;
+        let web = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            socket.local_addr().unwrap()
+        };
+        let mut stop = start(web);
+        let started = wait_for(
+            &format!(
+                "Prometheus to be ready on {web} (its log: {})",
+                dir.join("prometheus.log").display()
+            ),
+            Duration::from_secs(60),
+            || match stop.0.try_wait().unwrap() {
+                Some(status) => Some(Err(status)),
+                None => ready(web).then_some(Ok(())),
+            },
+        );
+        match started {
+            Ok(()) => break (web, stop),
+            Err(status) => {
+                let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+                assert!(
+                    attempt < 3,
+                    "Prometheus exited ({status}) at each of {attempt} starts; the last log:\n{log}"
+                );
+                eprintln!("Prometheus exited ({status}) on {web}, started again:\n{log}");
+            }
+        }
+    };
 
     let query = |expression: &str| -> Option<String> {
         let mut stream = TcpStream::connect(web).ok()?;
@@ -325,9 +368,9 @@ fn a_real_prometheus_scrapes_the_node() {
 
 /// Kills (and reaps) the Prometheus server when the test ends, pass or fail, and removes its
 /// directory (its database) unless the test failed (its log is there).
-struct KillOnDrop<'a>(&'a mut std::process::Child, std::path::PathBuf);
+struct KillOnDrop(std::process::Child, std::path::PathBuf);
 
-impl Drop for KillOnDrop<'_> {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -651,22 +694,26 @@ fn a_collector_that_never_answers_costs_a_warning_and_never_the_proxy() {
     let warning = "cannot push the metrics over OTLP";
     let mut warnings = Vec::new();
     // Requests keep being served, at once, while pushes fail; four seconds: several failed pushes.
+    // A push that held requests up would hold up every request near it; a busy core may delay
+    // one or two of them by itself: at most two over 500 ms, none over 2 s.
     let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut slow = Vec::new();
     while std::time::Instant::now() < until {
         let sent = std::time::Instant::now();
         let response = request(&mut client, "/hello");
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-        assert!(
-            sent.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            sent.elapsed()
-        );
+        let took = sent.elapsed();
+        assert!(took < Duration::from_secs(2), "a request took {took:?}");
+        if took > Duration::from_millis(500) {
+            slow.push(took);
+        }
         while let Ok(line) = node.log.recv_timeout(Duration::from_millis(50)) {
             if line.contains(warning) {
                 warnings.push(line);
             }
         }
     }
+    assert!(slow.len() <= 2, "requests over 500 ms: {slow:?}");
     // Said once (the first failure), not once per push.
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(warnings[0].contains("failed_pushes=1"), "{}", warnings[0]);
