@@ -2,7 +2,7 @@
 //! cluster and waiting until every node sees every other alive, stopping and killing nodes, and
 //! a blocking admin API client.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,11 @@ pub const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// be handed to another test's node (its relay sockets bind port 0) before this test's node
 /// binds it. A per-process counter keeps this binary's tests apart; the bind checks the rest.
 pub fn free_udp_port(ip: [u8; 4]) -> SocketAddr {
+    free_udp_port_on(IpAddr::from(ip))
+}
+
+/// As [`free_udp_port`], on any address (`::1` too).
+pub fn free_udp_port_on(ip: IpAddr) -> SocketAddr {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let start = std::process::id().wrapping_mul(7919);
     for _ in 0..12_000 {
