@@ -187,11 +187,13 @@ impl BackendHealth {
             config.unhealthy_threshold,
         );
         let healthy_here = checks.state.is_healthy();
+        let mut lifted = false;
         if result.is_ok() && healthy_here {
             self.last_pass_ms.fetch_max(started_at, Ordering::Relaxed);
             // With shared health the cluster lifts ejections, on the cluster's verdict.
             if !shared && uneject_on_pass && self.lift_ejection(started_at, now) {
                 tracing::info!(pool = %self.pool, backend = %self.backend, "ejection lifted: passed an active check");
+                lifted = true;
             }
         }
         if shared {
@@ -211,9 +213,11 @@ impl BackendHealth {
                 VerdictSource::Checks,
             ),
             (HealthVerdict::BecameHealthy, _) => {
+                // The check that made it healthy may also have lifted an ejection: say both.
+                let lifted = if lifted { "; ejection lifted" } else { "" };
                 self.set_checked(
                     true,
-                    format!("{} passed checks", config.healthy_threshold),
+                    format!("{} passed checks{lifted}", config.healthy_threshold),
                     VerdictSource::Checks,
                 );
                 false
@@ -474,6 +478,26 @@ mod tests {
             .snapshot(later)
             .reason
             .contains("2 consecutive failures"));
+    }
+
+    #[test]
+    fn a_check_that_heals_a_backend_and_lifts_its_ejection_says_both() {
+        let (health, _) = health();
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            ..OutlierPolicy::default()
+        };
+        let config = checks(1, 1);
+        let now = 100 * SECOND;
+        health.record_probe(&Err("refused".to_owned()), 4_000, &config, false, true, now);
+        assert!(health.record_failure(&policy, 0, 4, now, 5_000));
+        assert!(!health.is_healthy(now));
+        health.record_probe(&Ok(()), 5_001, &config, false, true, now);
+        assert!(health.is_healthy(now));
+        assert_eq!(
+            health.snapshot(now).reason,
+            "1 passed checks; ejection lifted"
+        );
     }
 
     #[test]
