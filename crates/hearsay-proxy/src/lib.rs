@@ -14,6 +14,7 @@ pub mod histogram;
 mod io;
 mod listener;
 mod log_limit;
+mod random;
 pub mod registry;
 mod server;
 pub mod tls;

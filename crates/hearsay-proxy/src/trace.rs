@@ -13,6 +13,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
+use crate::random::random;
+
 /// The W3C `traceparent` header.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The W3C `tracestate` header.
@@ -59,40 +61,18 @@ impl RequestTracing {
     pub(crate) fn draw(&self) -> bool {
         let ratio = self.ratio.get();
         ratio >= 1.0
-            || (ratio > 0.0 && (random_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) < ratio)
+            || (ratio > 0.0 && (random() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) < ratio)
     }
-}
-
-thread_local! {
-    /// SplitMix64 state, seeded from the OS's randomness (std's `RandomState` keys).
-    static IDS: std::cell::Cell<u64> = std::cell::Cell::new({
-        use std::hash::{BuildHasher as _, Hasher as _};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x6865_6172_7361_7921);
-        hasher.finish()
-    });
-}
-
-/// A random `u64` (SplitMix64 per thread): trace and span ids of unrecorded requests.
-pub(crate) fn random_u64() -> u64 {
-    IDS.with(|state| {
-        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(next);
-        let mut z = next;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
 }
 
 /// A new span id (never zero).
 pub(crate) fn new_span_id() -> SpanId {
-    SpanId::from(random_u64() | 1)
+    SpanId::from(random() | 1)
 }
 
 /// A new trace id (never zero).
 pub(crate) fn new_trace_id() -> TraceId {
-    TraceId::from(u128::from(random_u64()) << 64 | u128::from(random_u64() | 1))
+    TraceId::from(u128::from(random()) << 64 | u128::from(random() | 1))
 }
 
 /// The share of new traces recorded, a live setting (`telemetry.sample_ratio`, replicated by the

@@ -15,7 +15,6 @@
 //! - `http1.rs`: the in-task HTTP/1.1 client: every request (with its body, if any) and the
 //!   health checks' answers.
 //! - `request_body.rs`: the client's request body on its way to a backend.
-//! - `random.rs`: the per-thread random numbers of p2c and probe jitter.
 //! - `trail.rs`: what a request leaves behind on its way: its server span, a client span per
 //!   attempt, the trace context each attempt carries to the backend, and the upstream facts its
 //!   access log line writes (backend, attempts, upstream time); a connection's events as spans.
@@ -38,7 +37,6 @@ mod http1;
 mod idle;
 mod pool;
 mod probe;
-mod random;
 mod request_body;
 mod select;
 mod stream;

@@ -17,9 +17,9 @@ use super::backend::BackendState;
 use super::health::unix_millis;
 use super::http1::{Release, Upload, UpstreamConn};
 use super::pool::Pool;
-use super::random::random;
 use super::stream::UpstreamStream;
 use super::tls::UpstreamTls;
+use crate::random::random;
 
 /// Probes the pool's backends every interval until the pool is dropped or `stop` is cancelled;
 /// each result goes to the backend's [`BackendHealth`](super::health::BackendHealth).

@@ -16,7 +16,7 @@ use hearsay_config::Algorithm;
 use super::backend::{Backend, BackendState};
 use super::health::pool_clock;
 use super::pool::Pool;
-use super::random::random;
+use crate::random::random;
 
 /// A backend set and the selection structures built for it; replaced whole when the set
 /// changes (a backend added or removed, a weight changed).
