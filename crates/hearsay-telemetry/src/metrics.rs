@@ -97,11 +97,6 @@ impl Metrics {
         }
     }
 
-    /// The running hearsay's version (`build_info`'s label).
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
     /// The exposition of every metric now.
     pub fn render(&self, format: Format) -> String {
         render(self.read(), format)

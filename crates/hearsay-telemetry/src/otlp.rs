@@ -22,11 +22,13 @@ use opentelemetry_proto::tonic::metrics::v1::{
     Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::metrics::{Labels, MetricUnit, Metrics, Reading, Samples};
+use crate::traces::TraceIdentity;
 
 /// How long the last push at shutdown may take.
 pub const FINAL_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,15 +46,6 @@ pub struct OtlpMetricsPush {
     stop: CancellationToken,
 }
 
-/// Who is pushing: the resource attributes of every push.
-#[derive(Debug, Clone, PartialEq)]
-struct Identity {
-    service_name: String,
-    node_id: String,
-    version: String,
-    cluster_id: Option<String>,
-}
-
 /// Why a push failed.
 #[derive(Debug, thiserror::Error)]
 enum PushError {
@@ -68,9 +61,11 @@ impl OtlpMetricsPush {
     /// Starts pushing `metrics` when `config` asks for it (`telemetry.otlp_metrics`), to
     /// `telemetry.otlp_endpoint` or else the standard `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` /
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`. `None` when not asked for, or (logged) when no usable
-    /// endpoint is found. Must be called within the tokio runtime.
+    /// endpoint is found. Must be called within the tokio runtime. The pushes carry the resource
+    /// the spans carry (`identity`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
     pub fn start(
         config: &hearsay_config::Config,
+        identity: &TraceIdentity,
         metrics: Arc<Metrics>,
     ) -> Option<OtlpMetricsPush> {
         let telemetry = &config.telemetry;
@@ -96,24 +91,14 @@ impl OtlpMetricsPush {
                 return None;
             }
         };
-        let identity = Identity {
-            service_name: environment("OTEL_SERVICE_NAME")
-                .filter(|name| !name.trim().is_empty())
-                .unwrap_or_else(|| telemetry.service_name.clone()),
-            node_id: config.node.id.clone(),
-            version: metrics.version().to_owned(),
-            cluster_id: config
-                .cluster
-                .as_ref()
-                .map(|cluster| cluster.cluster_id.clone()),
-        };
         tracing::info!(%endpoint, interval = ?telemetry.otlp_metrics_interval, "pushing metrics over OTLP");
         let stop = CancellationToken::new();
         let task = tokio::spawn(push_loop(
             Pusher {
                 client: MetricsServiceClient::new(channel),
                 metrics,
-                resource: resource(&identity),
+                resource: resource(identity),
+                version: identity.version.clone(),
                 started: unix_nanos(SystemTime::now()),
                 endpoint,
             },
@@ -136,6 +121,8 @@ struct Pusher {
     client: MetricsServiceClient<Channel>,
     metrics: Arc<Metrics>,
     resource: Resource,
+    /// The node's version (the instrumentation scope's).
+    version: String,
     /// When the cumulative values began (unix nanoseconds).
     started: u64,
     endpoint: String,
@@ -146,6 +133,7 @@ impl Pusher {
         let request = export_request(
             self.metrics.read(),
             &self.resource,
+            &self.version,
             self.started,
             unix_nanos(SystemTime::now()),
         );
@@ -288,17 +276,11 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
     }
 }
 
-fn resource(identity: &Identity) -> Resource {
-    let mut attributes = vec![
-        string_attribute("service.name", &identity.service_name),
-        string_attribute("service.instance.id", &identity.node_id),
-        string_attribute("service.version", &identity.version),
-    ];
-    if let Some(cluster_id) = &identity.cluster_id {
-        attributes.push(string_attribute("hearsay.cluster.id", cluster_id));
-    }
+/// The resource of the node's spans (see [`crate::traces::resource`]), as OTLP writes it.
+fn resource(identity: &TraceIdentity) -> Resource {
+    let converted = ResourceAttributesWithSchema::from(&crate::traces::resource(identity));
     Resource {
-        attributes,
+        attributes: converted.attributes.0,
         ..Default::default()
     }
 }
@@ -317,6 +299,7 @@ fn attributes(labels: &Labels) -> Vec<KeyValue> {
 fn export_request(
     reading: Reading,
     resource: &Resource,
+    version: &str,
     started: u64,
     now: u64,
 ) -> ExportMetricsServiceRequest {
@@ -395,7 +378,7 @@ fn export_request(
             scope_metrics: vec![ScopeMetrics {
                 scope: Some(InstrumentationScope {
                     name: "hearsay".to_owned(),
-                    version: resource_version(resource),
+                    version: version.to_owned(),
                     ..Default::default()
                 }),
                 metrics,
@@ -404,21 +387,6 @@ fn export_request(
             ..Default::default()
         }],
     }
-}
-
-/// The `service.version` of a resource (the scope's version too).
-fn resource_version(resource: &Resource) -> String {
-    resource
-        .attributes
-        .iter()
-        .find(|attribute| attribute.key == "service.version")
-        .and_then(
-            |attribute| match attribute.value.as_ref()?.value.as_ref()? {
-                any_value::Value::StringValue(version) => Some(version.clone()),
-                _ => None,
-            },
-        )
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -613,14 +581,14 @@ mod tests {
         let (metrics, data_dir) = crate::metrics::tests::metrics().await;
         let mut reading = metrics.read();
         reading.extend(hand_built());
-        let identity = Identity {
+        let identity = TraceIdentity {
             service_name: "hearsay".to_owned(),
             node_id: "t".to_owned(),
             version: "9.9.9".to_owned(),
             cluster_id: None,
         };
         let text = crate::metrics::render(reading.clone(), Format::Text);
-        let request = export_request(reading, &resource(&identity), 1, 2);
+        let request = export_request(reading, &resource(&identity), &identity.version, 1, 2);
         let exposed = parse_text(&text);
         let pushed = as_prometheus(&request);
         assert_eq!(exposed, pushed);
@@ -652,24 +620,33 @@ mod tests {
 
     #[test]
     fn points_are_cumulative_since_the_start_with_the_resource_of_the_node() {
-        let identity = Identity {
+        let identity = TraceIdentity {
             service_name: "lb".to_owned(),
             node_id: "n1".to_owned(),
             version: "1.2.3".to_owned(),
             cluster_id: Some("prod".to_owned()),
         };
-        let request = export_request(hand_built(), &resource(&identity), 100, 200);
-        let resource_metrics = &request.resource_metrics[0];
-        assert_eq!(
-            labels_of(&resource_metrics.resource.as_ref().unwrap().attributes),
-            [
-                ("service.name", "lb"),
-                ("service.instance.id", "n1"),
-                ("service.version", "1.2.3"),
-                ("hearsay.cluster.id", "prod"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        let request = export_request(
+            hand_built(),
+            &resource(&identity),
+            &identity.version,
+            100,
+            200,
         );
+        let resource_metrics = &request.resource_metrics[0];
+        // The spans' resource: these and the SDK's own (`telemetry.sdk.*`).
+        let attributes = labels_of(&resource_metrics.resource.as_ref().unwrap().attributes);
+        for (key, value) in [
+            ("service.name", "lb"),
+            ("service.instance.id", "n1"),
+            ("service.version", "1.2.3"),
+            ("hearsay.cluster.id", "prod"),
+        ] {
+            assert!(
+                attributes.contains(&(key.to_owned(), value.to_owned())),
+                "{key}={value} in {attributes:?}"
+            );
+        }
         let scope = &resource_metrics.scope_metrics[0];
         assert_eq!(scope.scope.as_ref().unwrap().version, "1.2.3");
         let names: Vec<&str> = scope.metrics.iter().map(|m| m.name.as_str()).collect();
@@ -695,7 +672,7 @@ mod tests {
         );
 
         // Alone (no cluster): no cluster id.
-        let alone = resource(&Identity {
+        let alone = resource(&TraceIdentity {
             cluster_id: None,
             ..identity
         });

@@ -199,7 +199,7 @@ fn schedule_delay() -> Duration {
 
 /// `service.name` (the config's unless `OTEL_SERVICE_NAME` is set), `service.instance.id` (the
 /// node id), `service.version`, `hearsay.cluster.id`, and `OTEL_RESOURCE_ATTRIBUTES`.
-fn resource(identity: &TraceIdentity) -> Resource {
+pub(crate) fn resource(identity: &TraceIdentity) -> Resource {
     let mut builder = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|name| name.is_empty()) {
         builder = builder.with_service_name(identity.service_name.clone());

@@ -157,7 +157,17 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         let mut signals = Signals::new()?;
         let proxy: Arc<Proxy> = Proxy::new(&config)?;
         // Before anything that may build a span (the cluster, the listeners, the admin API).
-        let traces = start_traces_and_access_log(&config, &proxy)?;
+        // Who the spans and the pushed metrics are from.
+        let identity = hearsay_telemetry::TraceIdentity {
+            service_name: config.telemetry.service_name.clone(),
+            node_id: config.node.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            cluster_id: config
+                .cluster
+                .as_ref()
+                .map(|cluster| cluster.cluster_id.clone()),
+        };
+        let traces = start_traces_and_access_log(&config, &identity, &proxy)?;
         let admin_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("cannot bind the admin API on {}", config.admin.listen))?;
@@ -220,28 +230,25 @@ fn run_node(config: Config) -> anyhow::Result<()> {
             "admin API listening"
         );
         let stop_metrics = tokio_util::sync::CancellationToken::new();
+        let reading = Arc::new(hearsay_telemetry::Metrics::new(
+            Arc::clone(&proxy),
+            Arc::clone(&cluster),
+            &identity.version,
+        ));
         let metrics = match metrics_socket {
             Some(socket) => {
                 let address = socket.local_addr()?;
-                let metrics = Arc::new(hearsay_telemetry::Metrics::new(
-                    Arc::clone(&proxy),
-                    Arc::clone(&cluster),
-                    env!("CARGO_PKG_VERSION"),
-                ));
                 tracing::info!(address = %address, path = "/metrics", "metrics endpoint listening");
-                Some(tokio::spawn(hearsay_telemetry::serve(socket, metrics, stop_metrics.clone())))
+                Some(tokio::spawn(hearsay_telemetry::serve(
+                    socket,
+                    Arc::clone(&reading),
+                    stop_metrics.clone(),
+                )))
             }
             None => None,
         };
         // `[telemetry] otlp_metrics`: the same metrics pushed over OTLP, in their own task.
-        let otlp_metrics = hearsay_telemetry::OtlpMetricsPush::start(
-            &config,
-            Arc::new(hearsay_telemetry::Metrics::new(
-                Arc::clone(&proxy),
-                Arc::clone(&cluster),
-                env!("CARGO_PKG_VERSION"),
-            )),
-        );
+        let otlp_metrics = hearsay_telemetry::OtlpMetricsPush::start(&config, &identity, reading);
         tracing::info!(node = %config.node.id, listeners = config.listeners.len(), connection_budget = proxy.connection_budget(), "node started");
         tokio::select! {
             () = signals.stop(Some(&proxy)) => {}
@@ -296,19 +303,12 @@ fn run_node(config: Config) -> anyhow::Result<()> {
 /// configured): a file that cannot be opened stops the start with its name.
 fn start_traces_and_access_log(
     config: &Config,
+    identity: &hearsay_telemetry::TraceIdentity,
     proxy: &Arc<Proxy>,
 ) -> anyhow::Result<Option<hearsay_telemetry::Traces>> {
     let traces = hearsay_telemetry::Traces::start(
         &config.telemetry,
-        &hearsay_telemetry::TraceIdentity {
-            service_name: config.telemetry.service_name.clone(),
-            node_id: config.node.id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            cluster_id: config
-                .cluster
-                .as_ref()
-                .map(|cluster| cluster.cluster_id.clone()),
-        },
+        identity,
         Arc::clone(proxy.sample_ratio()),
     )?;
     if let Some(traces) = &traces {
