@@ -463,7 +463,10 @@ fn installed_tracer() -> &'static Spans {
     SPANS.get_or_init(|| {
         use opentelemetry::trace::TracerProvider as _;
         let spans = Spans::default();
+        // Records whatever it is asked to (not the default parent-based sampler): an unsampled
+        // write's missing spans must come from the cluster's own decision.
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
             .with_simple_exporter(spans.clone())
             .build();
         let tracer = provider.tracer("component");

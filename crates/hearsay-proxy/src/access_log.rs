@@ -512,6 +512,18 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_lines_and_counts_them() {
+        // No writer started: nothing takes the queue.
+        let log = AccessLog::new(Target::Stderr);
+        let entry =
+            || Entry::without_request("192.0.2.7:1".parse().unwrap(), Arc::from("web"), 400, 0);
+        for _ in 0..QUEUE_CAPACITY + 10 {
+            log.record(entry());
+        }
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
     fn an_answer_without_a_request_has_null_method_path_and_connection() {
         let before = SystemTime::now();
         let entry = Entry::without_request(

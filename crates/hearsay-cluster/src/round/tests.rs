@@ -249,6 +249,7 @@ fn a_peers_trace_note_is_offered_with_its_entry_and_a_bad_one_is_dropped() {
         &[("set:l:web", &entry), ("t:set:l:web", &note_text)],
     );
     assert_eq!(found.len(), 1);
+    assert_eq!(found[0].2.as_ref(), Some(&note));
     // Both known: nothing to do.
     let both = [("set:l:web", &*entry), ("t:set:l:web", &*note_text)];
     assert!(offered(&both, &both).is_empty());
