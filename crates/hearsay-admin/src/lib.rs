@@ -91,7 +91,7 @@ pub async fn serve(
     if let Some(tls) = &tls {
         server = server.tls_config(server_tls(tls)?)?;
     }
-    // Outermost: a span per call, refused ones (a missing token) included.
+    // Outermost: a span per Admin call, refused ones (a missing token) included.
     let mut server = server.layer(rpc_span::RpcSpanLayer);
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -6,7 +6,9 @@
 //! ([`RpcSpan`]), so a cluster write made under it carries it to every node.
 //!
 //! Without a tracer (`hearsay_proxy::trace::tracer()` is `None`) no span is built: a request
-//! costs one `OnceLock` read.
+//! costs one `OnceLock` read. Only the Admin service's calls have spans: an orchestrator's
+//! `grpc.health.v1` probes and reflection lookups are not operators' actions (each would be a
+//! trace of its own at a high sample ratio).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -53,7 +55,8 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let Some(tracer) = hearsay_proxy::trace::tracer() else {
+        let tracer = hearsay_proxy::trace::tracer().filter(|_| traced(request.uri().path()));
+        let Some(tracer) = tracer else {
             return RpcFuture {
                 inner: self.inner.call(request),
                 span: None,
@@ -68,6 +71,11 @@ where
             span: Some(span),
         }
     }
+}
+
+/// Whether a call on `path` has a span: the Admin service's (see the module's doc).
+fn traced(path: &str) -> bool {
+    rpc_name(path).0 == crate::pb::admin_server::SERVICE_NAME
 }
 
 /// The `(service, method)` of a gRPC path `/<service>/<method>`.
@@ -181,6 +189,11 @@ mod tests {
             ("hearsay.admin.v1.Admin", "UpdateListener")
         );
         assert_eq!(rpc_name("/odd"), ("odd", ""));
+        assert!(traced("/hearsay.admin.v1.Admin/UpdateListener"));
+        assert!(!traced("/grpc.health.v1.Health/Check"));
+        assert!(!traced(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
     }
 
     #[test]
