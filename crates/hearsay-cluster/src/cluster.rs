@@ -87,13 +87,6 @@ pub struct Caller {
     pub trace: Option<opentelemetry::trace::SpanContext>,
 }
 
-impl Caller {
-    /// A caller at `peer`, outside any trace.
-    pub fn at(peer: Option<String>) -> Caller {
-        Caller { peer, trace: None }
-    }
-}
-
 /// How long a write's trace note is gossiped: a node that first sees the write later records
 /// no span for it (its delay would say more about when it joined than about gossip).
 const TRACE_NOTE_LIFETIME_MS: u64 = 10 * 60 * 1000;
@@ -655,7 +648,6 @@ impl Cluster {
         Some(writes.len())
     }
 
-    /// Where each replicated setting of a listener got its current value on this node.
     /// Sets the share of new traces recorded, cluster-wide (`telemetry.sample_ratio`). Returns
     /// the ratio before and after, or why `ratio` is not a share.
     pub fn set_sample_ratio(&self, ratio: f64, caller: Caller) -> Result<(f64, f64), String> {
@@ -681,6 +673,7 @@ impl Cluster {
         SettingOrigin::of(field)
     }
 
+    /// Where each replicated setting of a listener got its current value on this node.
     pub fn listener_origins(&self, name: &str) -> Vec<(ListenerField, SettingOrigin)> {
         let store = self.lock_store();
         let fields = match store.entries.get(&listener_key(name)) {
@@ -1178,6 +1171,8 @@ impl Cluster {
     }
 }
 
+/// How long since each node's heartbeat last moved, as seen here (remembered across rounds in
+/// `gossip.heard`; forgotten with the node).
 fn heartbeat_ages(
     gossip: &Gossip,
     chitchat: &chitchat::Chitchat,

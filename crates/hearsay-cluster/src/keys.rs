@@ -105,7 +105,16 @@ pub fn parse_backend_id(id: &str) -> Option<(&str, &str)> {
 
 /// The trace key of a replicated entry: `t:<replicated key>`.
 pub fn trace_key(entry_key: &str) -> String {
-    format!("{TRACE_PREFIX}{entry_key}")
+    let mut key = String::new();
+    write_trace_key(&mut key, entry_key);
+    key
+}
+
+/// [`trace_key`] into `key` (its old content replaced), reusing its room.
+pub fn write_trace_key(key: &mut String, entry_key: &str) {
+    key.clear();
+    key.push_str(TRACE_PREFIX);
+    key.push_str(entry_key);
 }
 
 /// Longest trace value accepted from a peer (a 128-character node id and a `traceparent` take

@@ -292,10 +292,12 @@ fn offered_entries<S: NodeValues, C>(
         .find(|node| node.id == input.self_id)
         .map(|node| node.state);
     let mut offered = Vec::new();
+    // The note keys are built in one buffer: a round looks at every entry of every peer.
+    let mut note_key = String::new();
     for node in input.nodes.iter().filter(|node| node.id != input.self_id) {
         for prefix in [LISTENER_PREFIX, BACKEND_PREFIX, TELEMETRY_PREFIX] {
             for (key, value) in node.state.prefixed(prefix) {
-                let note_key = keys::trace_key(key);
+                keys::write_trace_key(&mut note_key, key);
                 let note = node.state.value(&note_key);
                 if own.and_then(|own| own.value(key)) == Some(value)
                     && (note.is_none() || own.and_then(|own| own.value(&note_key)) == note)

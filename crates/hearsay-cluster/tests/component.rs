@@ -375,11 +375,14 @@ async fn a_dead_nodes_client_counts_and_ejections_stop_counting() {
         || a_web.remote_count(&client) == 0 && a_backend.health().healthy,
     )
     .await;
-    assert!(a
-        .cluster
-        .members()
-        .iter()
-        .any(|m| m.node_id == "b" && m.state == MemberState::Dead));
+    // The member list is published at the end of the round that stopped the counting.
+    until("a lists b as dead", || {
+        a.cluster
+            .members()
+            .iter()
+            .any(|m| m.node_id == "b" && m.state == MemberState::Dead)
+    })
+    .await;
     assert_eq!(a.cluster.client("web", &client, 0).total, 0);
     assert!(b_backend.local_ejection().is_some(), "b still ejects it");
     drop(held);
