@@ -312,7 +312,7 @@ fn proxied_requests_are_traced_and_logged() {
 }
 
 #[test]
-fn unsampled_requests_carry_a_valid_context_and_record_nothing() {
+fn unsampled_requests_carry_a_valid_context_and_record_nothing_until_the_ratio_is_raised() {
     let receiver = OtlpReceiver::start();
     let (backend, heads) = recording_backend();
     let node = Node::start(&config(
@@ -368,6 +368,26 @@ fn unsampled_requests_carry_a_valid_context_and_record_nothing() {
         spans.iter().all(|span| span.trace_id() == sampled),
         "{spans:#?}"
     );
+
+    // The ratio is live: set to 1 through the admin API, the next new trace is recorded.
+    let ctl = Command::new(env!("CARGO_BIN_EXE_hearsay"))
+        .args(["ctl", "--admin", &node.admin.to_string()])
+        .args(["set-sample-ratio", "1"])
+        .output()
+        .unwrap();
+    assert!(ctl.status.success(), "{ctl:?}");
+    get(&mut client, "/after-the-change", "");
+    let (recorded, _, flags) =
+        traceparent_of(&heads.recv_timeout(Duration::from_secs(10)).unwrap());
+    assert_eq!(flags, "01");
+    let spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+        spans.iter().any(|span| span.trace_id() == recorded)
+    });
+    let server = spans
+        .iter()
+        .find(|span| span.trace_id() == recorded && span.kind() == "SERVER")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_attributes(server, &[("url.path", "/after-the-change")]);
     drop(node);
 }
 
