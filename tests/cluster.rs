@@ -2571,8 +2571,11 @@ fn the_sample_ratio_set_on_one_node_reaches_every_node_and_survives_a_restart() 
         assert!(json.contains("\"nodeId\": \"n2\""), "{json}");
     }
 
-    // Persisted: n3 restarted with its file unchanged keeps the written value.
-    stop(&mut nodes[2]);
+    // Persisted: n3 restarted alone (no peer to learn it from again), its file unchanged, keeps
+    // the written value.
+    for node in nodes.iter_mut() {
+        stop(node);
+    }
     nodes[2].start();
     let json = telemetry(nodes[2].node().admin);
     assert!(json.contains("\"sampleRatio\": 0.5"), "{json}");
