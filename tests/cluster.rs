@@ -2702,6 +2702,13 @@ fn an_admin_change_on_one_node_is_one_trace_with_an_apply_span_from_every_node()
     assert!(stamp.ends_with("@n1"), "written by n1: {stamp}");
     for apply in &applies {
         let node = &apply.resource["service.instance.id"];
+        // The cluster's id (the default) and the node's version are the spans' resource too.
+        assert_eq!(apply.resource["hearsay.cluster.id"], "hearsay", "{node}");
+        assert_eq!(
+            apply.resource["service.version"],
+            env!("CARGO_PKG_VERSION"),
+            "{node}"
+        );
         assert_eq!(apply.kind(), "INTERNAL");
         assert_eq!(apply.parent_span_id(), admin.span_id(), "{node}");
         assert_eq!(apply.attribute("hearsay.node").as_ref(), Some(node));

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{request, start_backend, temp_data_dir, wait_for, Node};
+use support::{http, request, sample, scrape, start_backend, temp_data_dir, wait_for, Node};
 
 /// A node with one listener `web` over pool `app` and its metrics on a port of its choosing.
 fn node_with_metrics(backend: SocketAddr) -> (Node, SocketAddr) {
@@ -27,57 +27,8 @@ fn node_with_metrics_and(backend: SocketAddr, telemetry: &str, more: &str) -> (N
          [[pool]]\nname = \"app\"\nbackends = [\"{backend}\"]\n",
         temp_data_dir()
     ));
-    let address = |line: &str| {
-        let rest = line
-            .contains("metrics endpoint listening")
-            .then(|| line.split("address=").nth(1))??;
-        rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    };
-    let logged = node.started.iter().find_map(|line| address(line));
-    let metrics = logged.unwrap_or_else(|| {
-        wait_for(
-            "the node to log its metrics address",
-            Duration::from_secs(10),
-            || address(&node.log.try_recv().ok()?),
-        )
-    });
+    let metrics = support::metrics_address(&node);
     (node, metrics)
-}
-
-/// Sends one request to the metrics server and returns the whole response (it closes).
-fn http(address: SocketAddr, head: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn scrape(address: SocketAddr) -> String {
-    let response = http(
-        address,
-        "GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n",
-    );
-    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    assert!(
-        response.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
-        "{response}"
-    );
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
-}
-
-/// The value of one sample, by its exact name and labels as exposed.
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
 }
 
 #[test]
@@ -535,10 +486,18 @@ fn otlp_push_carries_the_metrics_of_known_traffic_to_a_real_receiver() {
             .then_some(request)
         },
     );
-    // Who pushed: the resource of the node (alone: no cluster id).
+    // Who pushed: the resource of the node's spans (alone: no cluster id), with the SDK's own
+    // `telemetry.sdk.*` beside it.
     let resource = pushed.resource_metrics[0].resource.as_ref().unwrap();
     let mut attributes = string_attributes(&resource.attributes);
     attributes.sort();
+    let (sdk, attributes): (Vec<_>, Vec<_>) = attributes
+        .into_iter()
+        .partition(|(key, _)| key.starts_with("telemetry.sdk."));
+    assert!(
+        sdk.contains(&("telemetry.sdk.language".to_owned(), "rust".to_owned())),
+        "{sdk:?}"
+    );
     assert_eq!(
         attributes,
         [

@@ -241,6 +241,12 @@ fn proxied_requests_are_traced_and_logged() {
             span.resource.get("service.instance.id").map(String::as_str),
             Some("trace-e2e")
         );
+        assert_eq!(
+            span.resource.get("service.version").map(String::as_str),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        // A node outside a cluster names none.
+        assert_eq!(span.resource.get("hearsay.cluster.id"), None);
     }
 
     // The access log: one JSON line per request, the same trace ids.
@@ -602,20 +608,17 @@ fn a_retried_request_has_a_client_span_per_attempt() {
 
 #[test]
 fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
-    // A batch would wait a minute: only the flush at shutdown can send it.
+    // A batch would wait a minute: only the flush at shutdown can send it. The collector is
+    // named by the standard variable alone (no `otlp_endpoint`).
     let receiver = OtlpReceiver::start();
     let (backend, _heads) = recording_backend();
     let child = spawn_node(
         "flush",
-        &config(
-            "flush-e2e",
-            backend,
-            &format!(
-                "otlp_endpoint = \"{}\"\nsample_ratio = 1.0",
-                receiver.endpoint()
-            ),
-        ),
-        &[("OTEL_BSP_SCHEDULE_DELAY", "60000")],
+        &config("flush-e2e", backend, "sample_ratio = 1.0"),
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+        ],
     );
     let mut node = Node::from_child(child);
     let mut client = TcpStream::connect(node.address).unwrap();
@@ -637,11 +640,22 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
         &config(
             "dead-collector-e2e",
             backend,
-            &format!("otlp_endpoint = \"http://{gone}\"\nsample_ratio = 1.0"),
+            &format!(
+                "otlp_endpoint = \"http://{gone}\"\nsample_ratio = 1.0\n\
+                 metrics_listen = \"127.0.0.1:0\""
+            ),
         ),
         &[("OTEL_BSP_SCHEDULE_DELAY", "10")],
     );
     let node = Node::from_child(child);
+    let metrics = support::metrics_address(&node);
+    let failed = || {
+        support::sample(
+            &support::scrape(metrics),
+            "hearsay_trace_spans_export_failed_total",
+        )
+        .unwrap_or(0.0)
+    };
     let mut client = TcpStream::connect(node.address).unwrap();
     for _ in 0..20 {
         get(&mut client, "/", "");
@@ -653,6 +667,7 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
     });
     assert!(warning.contains("spans_lost="), "{warning}");
     // More failing batches within the next second: no second line.
+    let failed_before = failed();
     for _ in 0..20 {
         get(&mut client, "/", "");
     }
@@ -665,6 +680,11 @@ fn queued_spans_are_sent_at_shutdown_and_a_dead_collector_costs_one_warning() {
             );
         }
     }
+    // The window did hold failed exports (counted, not said).
+    let failed_after = wait_for("more failed exports", Duration::from_secs(10), || {
+        Some(failed()).filter(|after| *after > failed_before)
+    });
+    assert!(failed_after > failed_before);
 }
 
 /// The JSON field `name` of an access log line, as text (quotes removed).

@@ -214,3 +214,57 @@ pub fn missing_tool(message: &str) {
     );
     eprintln!("SKIPPED: {message}");
 }
+
+/// The address a node logged for its metrics endpoint (`metrics_listen = "127.0.0.1:0"`).
+pub fn metrics_address(node: &Node) -> SocketAddr {
+    let address = |line: &str| {
+        let rest = line
+            .contains("metrics endpoint listening")
+            .then(|| line.split("address=").nth(1))??;
+        rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+    };
+    let logged = node.started.iter().find_map(|line| address(line));
+    logged.unwrap_or_else(|| {
+        wait_for(
+            "the node to log its metrics address",
+            Duration::from_secs(10),
+            || address(&node.log.try_recv().ok()?),
+        )
+    })
+}
+
+/// Sends one request to the metrics server and returns the whole response (it closes).
+pub fn http(address: SocketAddr, head: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+pub fn scrape(address: SocketAddr) -> String {
+    let response = http(
+        address,
+        "GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{response}"
+    );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of one sample, by its exact name and labels as exposed.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
